@@ -1,0 +1,28 @@
+# Veil's two commands: `make demo` shows it working, `make test` runs every test.
+SHELL := /bin/bash
+CARGO ?= cargo
+POLICY_OUT := target/policies
+# Shipped policies, then test fixtures (hostile and wrong-world components).
+POLICY_CRATES := risky-actions secrets-by-team
+FIXTURE_CRATES := hostile other-world
+
+.PHONY: build policies demo test deps
+
+build:
+	$(CARGO) build --release --locked
+
+policies:
+	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2 >/dev/null
+	$(CARGO) build --locked --profile wasm --target wasm32-wasip2 $(addprefix -p ,$(POLICY_CRATES) $(FIXTURE_CRATES))
+	@mkdir -p $(POLICY_OUT)/fixtures
+	@for c in $(POLICY_CRATES); do cp target/wasm32-wasip2/wasm/$${c//-/_}.wasm $(POLICY_OUT)/$$c.wasm; done
+	@for c in $(FIXTURE_CRATES); do cp target/wasm32-wasip2/wasm/$${c//-/_}.wasm $(POLICY_OUT)/fixtures/$$c.wasm; done
+
+demo: build policies
+	@bash scripts/demo.sh
+
+deps:
+	@bash scripts/deps.sh
+
+test: deps build policies
+	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world

@@ -1,0 +1,63 @@
+//! Cost of one policy hook, fresh instance included, with a 4 KB response.
+//! Run `make policies` first. Prints criterion's figures for: instantiation
+//! alone, on-request, on-response (4 KB body), on-response + masking.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use serde_json::{json, Value};
+use veil_gateway::masking::{self, HashKey};
+use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet};
+
+fn secret_4k() -> Value {
+    let filler: String = "x".repeat(3600);
+    json!({
+        "ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/search/db-AbCdEf",
+        "Name": "prod/search/db",
+        "VersionId": "EXAMPLE1-90ab-cdef-fedc-ba987EXAMPLE",
+        "SecretString": format!("{{\"username\":\"admin\",\"password\":\"{filler}\"}}"),
+        "VersionStages": ["AWSCURRENT"],
+        "CreatedDate": 1523477145.713
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies");
+    let host = Host::new(Limits::default()).unwrap();
+    let compiled = host.load(&root.join("secrets-by-team.wasm")).expect("run `make policies` first");
+    let policy = Arc::new(LoadedPolicy {
+        compiled,
+        config_json: json!({"owners": {"payments": ["prod/payments/"]}}).to_string(),
+    });
+    let set = PolicySet::new(vec![policy.clone()]);
+    let call = CallInput {
+        identity: Identity {
+            issuer: "https://issuer.test".into(),
+            subject: "agent".into(),
+            claims: json!({"sub": "agent", "groups": ["search"]}),
+        },
+        operation: Operation::parse_qualified("secretsmanager:GetSecretValue").unwrap(),
+        params: json!({"SecretId": "prod/search/db"}),
+    };
+    let body = secret_4k();
+    assert!(body.to_string().len() >= 3900);
+    let key = HashKey::new(b"bench".to_vec());
+
+    let mut g = c.benchmark_group("policy-hook");
+    g.bench_function("instantiate-only", |b| b.iter(|| policy.compiled.with_instance(|_, _| Ok(())).unwrap()));
+    g.bench_function("on-request (fresh instance)", |b| b.iter(|| set.on_request(&call)));
+    g.bench_function("on-response 4KB (fresh instance)", |b| b.iter(|| set.on_response(&call, 200, &body)));
+    g.bench_function("on-response 4KB + mask", |b| {
+        b.iter(|| {
+            let d = set.on_response(&call, 200, &body);
+            let mut doc = body.clone();
+            masking::apply(&mut doc, &d.masks, &key);
+            doc
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

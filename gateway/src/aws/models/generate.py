@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""Generate services.json, Veil's table of AWS operations, from botocore's
+service models (botocore is pinned in tests/requirements.txt; regenerate after
+bumping it: `python3 gateway/src/aws/models/generate.py`).
+
+For every service, keyed by its SigV4 signing name, one entry per model:
+  protocol     json | rest-json | rest-xml | query | ec2
+  prefix       endpoint prefix (host name part: <prefix>.<region>.amazonaws.com)
+  global       true when the service has one global endpoint (iam, route53 …)
+  target       X-Amz-Target prefix (json protocol)
+  ops          rest protocols: [name, method, requestUri, [required headers]?]
+  streaming    operations whose response body is a stream (passed through unparsed)
+"""
+import json
+import os
+import sys
+
+import botocore
+from botocore.loaders import Loader
+
+GLOBAL = {"iam", "route53", "cloudfront", "organizations", "globalaccelerator", "shield", "waf", "networkmanager"}
+
+def main():
+    loader = Loader()
+    out = {}
+    for name in sorted(loader.list_available_services("service-2")):
+        model = loader.load_service_model(name, "service-2")
+        meta = model["metadata"]
+        protocol = meta.get("protocol")
+        if "protocols" in meta and protocol not in meta["protocols"]:
+            protocol = meta["protocols"][0]
+        signing = meta.get("signingName") or meta["endpointPrefix"]
+        shapes = model["shapes"]
+        entry = {"model": name, "protocol": protocol, "prefix": meta["endpointPrefix"]}
+        if meta["endpointPrefix"] in GLOBAL:
+            entry["global"] = True
+        if protocol == "json" or "targetPrefix" in meta:
+            entry["target"] = meta.get("targetPrefix", "")
+        ops, streaming = [], []
+        for op_name, op in sorted(model["operations"].items()):
+            http = op.get("http", {})
+            if protocol in ("rest-json", "rest-xml"):
+                row = [op_name, http.get("method", "POST"), http.get("requestUri", "/")]
+                # Required request headers tell apart operations that share a
+                # method and URI (s3 CopyObject vs PutObject).
+                headers = []
+                if "input" in op:
+                    shape = shapes[op["input"]["shape"]]
+                    for member in shape.get("required", []):
+                        ref = shape["members"][member]
+                        if ref.get("location") == "header":
+                            headers.append(ref["locationName"].lower())
+                if headers:
+                    row.append(sorted(headers))
+                ops.append(row)
+            out_ref = op.get("output")
+            if out_ref:
+                shape = shapes[out_ref["shape"]]
+                payload = shape.get("payload")
+                if payload:
+                    target = shapes[shape["members"][payload]["shape"]]
+                    if target.get("streaming") or target.get("type") == "blob" or target.get("eventstream"):
+                        streaming.append(op_name)
+                    elif shape["members"][payload].get("eventstream") or target.get("eventstream"):
+                        streaming.append(op_name)
+        if ops:
+            entry["ops"] = ops
+        if streaming:
+            entry["streaming"] = streaming
+        out.setdefault(signing, []).append(entry)
+    dest = os.path.join(os.path.dirname(os.path.abspath(__file__)), "services.json")
+    with open(dest, "w") as f:
+        f.write('{"_source": "botocore %s", "services": {\n' % botocore.__version__)
+        items = sorted(out.items())
+        for i, (k, v) in enumerate(items):
+            f.write("%s: %s%s\n" % (json.dumps(k), json.dumps(v, separators=(",", ":")), "," if i + 1 < len(items) else ""))
+        f.write("}}\n")
+    print("wrote %s: %d signing names" % (dest, len(out)), file=sys.stderr)
+
+if __name__ == "__main__":
+    main()

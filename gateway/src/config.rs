@@ -1,0 +1,363 @@
+//! Configuration: `veil.toml` → a typed, validated [`Config`].
+//!
+//! Every key is documented in `veil.example.toml`. Unknown keys and wrong
+//! types are errors (serde `deny_unknown_fields`); validation names the file,
+//! the key and the reason. Validation never changes anything: a bad file is
+//! rejected as a whole.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// A configuration problem: which file, which key, what is wrong.
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {reason}")]
+pub struct ConfigError {
+    /// The config file.
+    pub file: String,
+    /// The key (dotted path) or `line N` where parsing failed.
+    pub key: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where and how Veil listens.
+    pub listener: Listener,
+    /// OIDC issuers whose tokens Veil accepts.
+    pub identity: IdentityConfig,
+    /// STS emulation for standard SDKs.
+    #[serde(default)]
+    pub sts: StsConfig,
+    /// Roles callers may assume, each mapped to an upstream credential.
+    #[serde(default)]
+    pub roles: Vec<RoleConfig>,
+    /// How Veil calls AWS.
+    #[serde(default)]
+    pub upstream: UpstreamConfig,
+    /// Policies.
+    pub policies: PoliciesConfig,
+    /// Masking.
+    #[serde(default)]
+    pub masking: MaskingConfig,
+    /// Metrics endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// Directory of the file this was loaded from (relative paths resolve against it).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[listener]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listener {
+    /// `host:port` to listen on.
+    pub address: String,
+    /// PEM certificate chain.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key.
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP (no TLS). Only for local development.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+    /// Largest request or response body Veil buffers, in bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Time limit for reading a request's headers, in seconds.
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+    /// Time to let in-flight calls finish on SIGTERM, in seconds.
+    #[serde(default = "default_drain")]
+    pub shutdown_drain_secs: u64,
+}
+
+fn default_max_body() -> usize {
+    10 << 20
+}
+fn default_header_timeout() -> u64 {
+    10
+}
+fn default_drain() -> u64 {
+    30
+}
+
+/// `[identity]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// Accepted issuers.
+    pub issuers: Vec<IssuerConfig>,
+    /// Clock leeway for exp/nbf/iat, in seconds.
+    #[serde(default = "default_leeway")]
+    pub leeway_secs: u64,
+    /// Minimum interval between JWKS refreshes of one issuer, in seconds.
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_min_refresh_secs: u64,
+}
+
+fn default_leeway() -> u64 {
+    30
+}
+fn default_jwks_refresh() -> u64 {
+    30
+}
+
+/// `[[identity.issuers]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// Issuer URL, exactly as in the tokens' `iss`.
+    pub issuer: String,
+    /// Audience the tokens must carry in `aud`.
+    pub audience: String,
+}
+
+/// `[sts]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StsConfig {
+    /// File holding the key that authenticates session tokens (any bytes,
+    /// ≥ 32). Every replica must share it. Unset: `VEIL_SESSION_KEY`, else a
+    /// random key per process (sessions then die with the process).
+    pub session_key_file: Option<PathBuf>,
+    /// Longest session Veil issues, in seconds.
+    #[serde(default = "default_max_session")]
+    pub max_session_secs: u64,
+    /// Clock skew tolerated on signed requests, in seconds.
+    #[serde(default = "default_skew")]
+    pub max_clock_skew_secs: u64,
+}
+
+impl Default for StsConfig {
+    fn default() -> Self {
+        StsConfig { session_key_file: None, max_session_secs: default_max_session(), max_clock_skew_secs: default_skew() }
+    }
+}
+
+fn default_max_session() -> u64 {
+    3600
+}
+fn default_skew() -> u64 {
+    300
+}
+
+/// `[[roles]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoleConfig {
+    /// The role ARN callers pass as `RoleArn` (AWS_ROLE_ARN).
+    pub arn: String,
+    /// Name of the `[upstream.credentials.<name>]` Veil uses for this role.
+    pub credentials: String,
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Send every call to this URL instead of the regional AWS endpoint
+    /// (for emulators and VPC endpoints).
+    pub endpoint: Option<String>,
+    /// Connect timeout, seconds.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Whole-call timeout, seconds.
+    #[serde(default = "default_upstream_timeout")]
+    pub timeout_secs: u64,
+    /// Named upstream credentials.
+    #[serde(default)]
+    pub credentials: BTreeMap<String, CredentialConfig>,
+}
+
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            endpoint: None,
+            connect_timeout_secs: default_connect_timeout(),
+            timeout_secs: default_upstream_timeout(),
+            credentials: BTreeMap::new(),
+        }
+    }
+}
+
+fn default_connect_timeout() -> u64 {
+    5
+}
+fn default_upstream_timeout() -> u64 {
+    60
+}
+
+/// `[upstream.credentials.<name>]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialConfig {
+    /// A profile of the shared config/credentials files; unset means the
+    /// default chain (environment, shared files, web identity, IMDS …).
+    pub profile: Option<String>,
+}
+
+/// `[policies]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoliciesConfig {
+    /// Directory of `*.wasm` policies.
+    pub dir: PathBuf,
+    /// CPU deadline per hook call, milliseconds.
+    #[serde(default = "default_deadline")]
+    pub deadline_ms: u64,
+    /// Memory cap per instance, MiB.
+    #[serde(default = "default_memory")]
+    pub memory_mib: usize,
+    /// Each policy's configuration, by policy name.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+fn default_deadline() -> u64 {
+    50
+}
+fn default_memory() -> usize {
+    64
+}
+
+/// `[masking]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaskingConfig {
+    /// File holding the key of the `hash` mask style. Unset:
+    /// `VEIL_HASH_KEY`, else a random key per process (hashes then do not
+    /// correlate across restarts).
+    pub hash_key_file: Option<PathBuf>,
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// `host:port` of the Prometheus endpoint (`/metrics`); unset: off.
+    pub address: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { address: None }
+    }
+}
+
+impl Config {
+    /// Load and validate `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let err = |key: &str, reason: String| ConfigError { file: file.clone(), key: key.to_string(), reason };
+        let text = std::fs::read_to_string(path).map_err(|e| err("(file)", format!("cannot read: {e}")))?;
+        let mut config: Config = toml::from_str(&text).map_err(|e| {
+            let key = match e.span() {
+                Some(span) => format!("line {}", text[..span.start].lines().count().max(1)),
+                None => "(file)".into(),
+            };
+            err(&key, e.message().to_string())
+        })?;
+        config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.validate().map_err(|(key, reason)| err(&key, reason))?;
+        Ok(config)
+    }
+
+    /// Resolve a path from the config against the config file's directory.
+    pub fn resolve(&self, p: &Path) -> PathBuf {
+        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+    }
+
+    fn validate(&mut self) -> Result<(), (String, String)> {
+        let e = |k: &str, r: &str| Err((k.to_string(), r.to_string()));
+        if self.listener.address.parse::<std::net::SocketAddr>().is_err() {
+            return e("listener.address", "expected host:port with a numeric IP, e.g. 0.0.0.0:8443");
+        }
+        match (&self.listener.tls_cert, &self.listener.tls_key, self.listener.insecure_plaintext) {
+            (Some(cert), Some(key), false) => {
+                for (k, p) in [("listener.tls_cert", cert), ("listener.tls_key", key)] {
+                    if !self.resolve(p).is_file() {
+                        return Err((k.into(), format!("file {} does not exist", self.resolve(p).display())));
+                    }
+                }
+            }
+            (None, None, true) => {}
+            (_, _, true) => return e("listener.insecure_plaintext", "set either TLS files or insecure_plaintext, not both"),
+            _ => return e("listener.tls_cert", "tls_cert and tls_key are required (or insecure_plaintext = true for local development)"),
+        }
+        if self.listener.max_body_bytes == 0 || self.listener.max_body_bytes > 1 << 30 {
+            return e("listener.max_body_bytes", "must be between 1 and 1073741824");
+        }
+        if self.identity.issuers.is_empty() {
+            return e("identity.issuers", "at least one issuer is required");
+        }
+        for (i, iss) in self.identity.issuers.iter().enumerate() {
+            let url = iss.issuer.trim_end_matches('/');
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err((format!("identity.issuers[{i}].issuer"), "must be an http(s) URL".into()));
+            }
+            if iss.audience.is_empty() {
+                return Err((format!("identity.issuers[{i}].audience"), "must not be empty".into()));
+            }
+        }
+        if !(60..=43200).contains(&self.sts.max_session_secs) {
+            return e("sts.max_session_secs", "must be between 60 and 43200");
+        }
+        if let Some(f) = &self.sts.session_key_file {
+            if !self.resolve(f).is_file() {
+                return e("sts.session_key_file", "file does not exist");
+            }
+        }
+        for (i, role) in self.roles.iter().enumerate() {
+            if !role.arn.starts_with("arn:") {
+                return Err((format!("roles[{i}].arn"), "must be an ARN (arn:aws:iam::<account>:role/<name>)".into()));
+            }
+            if !self.upstream.credentials.contains_key(&role.credentials) {
+                return Err((
+                    format!("roles[{i}].credentials"),
+                    format!("no [upstream.credentials.{}] is defined", role.credentials),
+                ));
+            }
+        }
+        if let Some(ep) = &self.upstream.endpoint {
+            if ep.parse::<http::Uri>().ok().and_then(|u| u.scheme_str().map(str::to_owned)).is_none() {
+                return e("upstream.endpoint", "must be a URL like https://host:port");
+            }
+        }
+        if !self.resolve(&self.policies.dir).is_dir() {
+            return e("policies.dir", "directory does not exist");
+        }
+        if self.policies.deadline_ms == 0 || self.policies.deadline_ms > 10_000 {
+            return e("policies.deadline_ms", "must be between 1 and 10000");
+        }
+        if !(1..=4096).contains(&self.policies.memory_mib) {
+            return e("policies.memory_mib", "must be between 1 and 4096");
+        }
+        if let Some(f) = &self.masking.hash_key_file {
+            if !self.resolve(f).is_file() {
+                return e("masking.hash_key_file", "file does not exist");
+            }
+        }
+        if let Some(a) = &self.metrics.address {
+            if a.parse::<std::net::SocketAddr>().is_err() {
+                return e("metrics.address", "expected host:port with a numeric IP");
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-hook timeouts as durations.
+    pub fn policy_deadline(&self) -> Duration {
+        Duration::from_millis(self.policies.deadline_ms)
+    }
+
+    /// Each policy's config as JSON, by name.
+    pub fn policy_configs(&self) -> serde_json::Value {
+        serde_json::to_value(&self.policies.config).unwrap_or_default()
+    }
+}

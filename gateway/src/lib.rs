@@ -1,0 +1,29 @@
+//! Veil: a gateway between AI agents and the AWS API that runs sandboxed
+//! WebAssembly policies on every call, masks secrets in responses and audits
+//! everything. The binary (`src/main.rs`) is a thin CLI over this library.
+#![forbid(unsafe_code)]
+
+pub mod aws;
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod listener;
+pub mod masking;
+pub mod metrics;
+pub mod pipeline;
+pub mod policy;
+pub mod sigv4;
+pub mod sts;
+pub mod upstream;
+
+/// An error and its sources, joined with `: `, for messages and logs.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,497 @@
+//! Masking: Veil's selector language and the application of mask decisions
+//! to a JSON document tree.
+//!
+//! Selector grammar (documented for policy authors in the README):
+//!
+//! ```text
+//! selector := step ( "." step | "[" index "]" )*
+//! step     := name | "\"" quoted "\"" | "*" | "**"
+//! index    := digits | "*" | "\"" quoted "\""
+//! ```
+//!
+//! - `a.b` descends into object keys; `"a.b"` is one key containing a dot
+//!   (`\"` and `\\` escape inside quotes); `["a.b"]` is the same.
+//! - `[n]` selects the n-th array element, `[*]` every element.
+//! - `*` selects every value of an object (or element of an array).
+//! - `**` matches zero or more levels of objects and arrays, so `**.Password`
+//!   selects every `Password` key at any depth.
+//!
+//! Invariants: a selector that does not parse is an error (the caller denies);
+//! each selected value is masked exactly once, with the strongest style asked
+//! for (redact > hash > partial), and a value inside a masked value is not
+//! masked again; masking never changes the document's shape, so SDKs still
+//! parse the result.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use hmac::{Hmac, Mac};
+use serde_json::Value;
+use sha2::Sha256;
+
+/// Longest selector accepted, in bytes.
+pub const MAX_SELECTOR_LEN: usize = 1024;
+/// Most `**` steps in one selector (each multiplies the work of a match).
+const MAX_RECURSIVE_STEPS: usize = 4;
+/// The marker that replaces redacted strings.
+pub const REDACTED: &str = "***";
+
+/// How a selected value is replaced. Ordered from weakest to strongest: when
+/// several masks select the same value, the strongest wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MaskStyle {
+    /// Keep the last four characters.
+    Partial,
+    /// Keyed, stable hash.
+    Hash,
+    /// Fixed marker.
+    Redact,
+}
+
+/// One step of a parsed selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Step {
+    Key(String),
+    Index(usize),
+    /// Every child: `*` or `[*]`.
+    Any,
+    /// Zero or more levels: `**`.
+    Recursive,
+}
+
+/// A parsed selector.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selector {
+    text: String,
+    steps: Vec<Step>,
+}
+
+/// A selector that does not parse, with the byte offset of the problem.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid selector `{selector}` at byte {offset}: {reason}")]
+pub struct SelectorError {
+    /// The selector text (cut to 80 characters).
+    pub selector: String,
+    /// Where parsing failed.
+    pub offset: usize,
+    /// Why.
+    pub reason: &'static str,
+}
+
+impl fmt::Display for Selector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl Selector {
+    /// Parse a selector.
+    pub fn parse(text: &str) -> Result<Selector, SelectorError> {
+        let err = |offset, reason| SelectorError {
+            selector: text.chars().take(80).collect(),
+            offset,
+            reason,
+        };
+        if text.is_empty() {
+            return Err(err(0, "empty selector"));
+        }
+        if text.len() > MAX_SELECTOR_LEN {
+            return Err(err(MAX_SELECTOR_LEN, "selector longer than 1024 bytes"));
+        }
+        let bytes = text.as_bytes();
+        let mut steps = Vec::new();
+        let mut i = 0;
+        // Whether the next thing must be a step (start, or after a dot).
+        let mut expect_step = true;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'.' if !expect_step => {
+                    expect_step = true;
+                    i += 1;
+                }
+                b'[' => {
+                    i += 1;
+                    let (step, next) = match bytes.get(i) {
+                        Some(b'*') => (Step::Any, i + 1),
+                        Some(b'"') => {
+                            let (key, next) = parse_quoted(text, i).map_err(|(o, r)| err(o, r))?;
+                            (Step::Key(key), next)
+                        }
+                        Some(c) if c.is_ascii_digit() => {
+                            let end = i + bytes[i..].iter().take_while(|c| c.is_ascii_digit()).count();
+                            let n = text[i..end].parse().map_err(|_| err(i, "index too large"))?;
+                            (Step::Index(n), end)
+                        }
+                        _ => return Err(err(i, "expected a number, `*` or a quoted key after `[`")),
+                    };
+                    if bytes.get(next) != Some(&b']') {
+                        return Err(err(next, "expected `]`"));
+                    }
+                    steps.push(step);
+                    i = next + 1;
+                    expect_step = false;
+                }
+                _ if !expect_step => return Err(err(i, "expected `.` or `[`")),
+                b'"' => {
+                    let (key, next) = parse_quoted(text, i).map_err(|(o, r)| err(o, r))?;
+                    steps.push(Step::Key(key));
+                    i = next;
+                    expect_step = false;
+                }
+                b'*' => {
+                    if bytes.get(i + 1) == Some(&b'*') {
+                        if steps.last() != Some(&Step::Recursive) {
+                            steps.push(Step::Recursive);
+                        }
+                        i += 2;
+                    } else {
+                        steps.push(Step::Any);
+                        i += 1;
+                    }
+                    if matches!(bytes.get(i), Some(c) if !matches!(c, b'.' | b'[')) {
+                        return Err(err(i, "`*` and `**` must be a whole step"));
+                    }
+                    expect_step = false;
+                }
+                _ => {
+                    let start = i;
+                    while i < bytes.len() && !matches!(bytes[i], b'.' | b'[' | b']' | b'"' | b'*') {
+                        if bytes[i].is_ascii_whitespace() || bytes[i].is_ascii_control() {
+                            return Err(err(i, "whitespace in a name (quote the key)"));
+                        }
+                        i += 1;
+                    }
+                    if i == start {
+                        return Err(err(i, "expected a name"));
+                    }
+                    steps.push(Step::Key(text[start..i].to_string()));
+                    expect_step = false;
+                }
+            }
+        }
+        if expect_step {
+            return Err(err(text.len(), "selector ends with `.`"));
+        }
+        if steps.iter().filter(|s| **s == Step::Recursive).count() > MAX_RECURSIVE_STEPS {
+            return Err(err(0, "more than 4 `**` steps"));
+        }
+        Ok(Selector { text: text.to_string(), steps })
+    }
+
+    /// The selector's text.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+/// Parse `"..."` starting at `start` (the opening quote); returns the key and
+/// the offset after the closing quote.
+fn parse_quoted(text: &str, start: usize) -> Result<(String, usize), (usize, &'static str)> {
+    let mut key = String::new();
+    let mut chars = text[start + 1..].char_indices();
+    while let Some((off, c)) = chars.next() {
+        match c {
+            '"' => return Ok((key, start + 1 + off + 1)),
+            '\\' => match chars.next() {
+                Some((_, c @ ('"' | '\\'))) => key.push(c),
+                _ => return Err((start + 1 + off, "only `\\\"` and `\\\\` escapes are allowed")),
+            },
+            c => key.push(c),
+        }
+    }
+    Err((text.len(), "unterminated quoted key"))
+}
+
+/// One element of a concrete path into a document.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum PathElem {
+    Key(String),
+    Index(usize),
+}
+
+/// Every concrete path in `doc` that `steps` selects, appended to `out`.
+fn select(doc: &Value, steps: &[Step], prefix: &mut Vec<PathElem>, out: &mut Vec<Vec<PathElem>>) {
+    let Some((step, rest)) = steps.split_first() else {
+        out.push(prefix.clone());
+        return;
+    };
+    let descend = |child: &Value, elem: PathElem, rest: &[Step], prefix: &mut Vec<PathElem>, out: &mut Vec<Vec<PathElem>>| {
+        prefix.push(elem);
+        select(child, rest, prefix, out);
+        prefix.pop();
+    };
+    match (step, doc) {
+        (Step::Key(k), Value::Object(map)) => {
+            if let Some(child) = map.get(k) {
+                descend(child, PathElem::Key(k.clone()), rest, prefix, out);
+            }
+        }
+        (Step::Index(n), Value::Array(items)) => {
+            if let Some(child) = items.get(*n) {
+                descend(child, PathElem::Index(*n), rest, prefix, out);
+            }
+        }
+        (Step::Any, Value::Object(map)) => {
+            for (k, child) in map {
+                descend(child, PathElem::Key(k.clone()), rest, prefix, out);
+            }
+        }
+        (Step::Any, Value::Array(items)) => {
+            for (i, child) in items.iter().enumerate() {
+                descend(child, PathElem::Index(i), rest, prefix, out);
+            }
+        }
+        (Step::Recursive, _) => {
+            // Zero levels: the rest applies here.
+            select(doc, rest, prefix, out);
+            // One or more levels: keep the `**` for the children.
+            match doc {
+                Value::Object(map) => {
+                    for (k, child) in map {
+                        descend(child, PathElem::Key(k.clone()), steps, prefix, out);
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, child) in items.iter().enumerate() {
+                        descend(child, PathElem::Index(i), steps, prefix, out);
+                    }
+                }
+                _ => {}
+            }
+        }
+        _ => {}
+    }
+}
+
+fn get_mut<'a>(doc: &'a mut Value, path: &[PathElem]) -> Option<&'a mut Value> {
+    path.iter().try_fold(doc, |v, elem| match (elem, v) {
+        (PathElem::Key(k), Value::Object(map)) => map.get_mut(k),
+        (PathElem::Index(i), Value::Array(items)) => items.get_mut(*i),
+        _ => None,
+    })
+}
+
+/// The key of the keyed hash used by [`MaskStyle::Hash`]. One per deployment,
+/// so hashes correlate within it and cannot be reversed by a dictionary
+/// attack without the key.
+#[derive(Clone)]
+pub struct HashKey(Vec<u8>);
+
+impl HashKey {
+    /// A key from secret bytes.
+    pub fn new(key: impl Into<Vec<u8>>) -> Self {
+        HashKey(key.into())
+    }
+}
+
+impl fmt::Debug for HashKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("HashKey(..)")
+    }
+}
+
+/// A mask ready to apply: a parsed selector and a style.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mask {
+    /// What to mask.
+    pub selector: Selector,
+    /// How.
+    pub style: MaskStyle,
+}
+
+/// Apply `masks` to `doc`; returns how many values were masked.
+pub fn apply(doc: &mut Value, masks: &[Mask], key: &HashKey) -> usize {
+    let mut targets: BTreeMap<Vec<PathElem>, MaskStyle> = BTreeMap::new();
+    let mut found = Vec::new();
+    for mask in masks {
+        found.clear();
+        select(doc, &mask.selector.steps, &mut Vec::new(), &mut found);
+        for path in found.drain(..) {
+            let style = targets.entry(path).or_insert(mask.style);
+            *style = (*style).max(mask.style);
+        }
+    }
+    // BTreeMap order puts an ancestor right before its descendants. A value
+    // inside an already masked value is covered by it, whatever its style:
+    // masking it again would hash a hash.
+    let mut masked: Vec<&Vec<PathElem>> = Vec::new();
+    let mut count = 0;
+    for (path, style) in &targets {
+        if masked.last().is_some_and(|a| path.starts_with(a)) {
+            continue;
+        }
+        if let Some(v) = get_mut(doc, path) {
+            mask_value(v, *style, key);
+            count += 1;
+        }
+        masked.push(path);
+    }
+    count
+}
+
+/// Mask one value, leaf by leaf, keeping its type: SDKs parse numbers and
+/// booleans strictly, so those are redacted to `0` and `false` whatever the
+/// style; hash and partial apply to strings.
+fn mask_value(v: &mut Value, style: MaskStyle, key: &HashKey) {
+    match v {
+        Value::String(s) => *s = mask_str(s, style, key),
+        Value::Number(_) => *v = Value::from(0),
+        Value::Bool(b) => *b = false,
+        Value::Null => {}
+        Value::Array(items) => items.iter_mut().for_each(|i| mask_value(i, style, key)),
+        Value::Object(map) => map.values_mut().for_each(|i| mask_value(i, style, key)),
+    }
+}
+
+/// Mask one string.
+pub fn mask_str(s: &str, style: MaskStyle, key: &HashKey) -> String {
+    match style {
+        MaskStyle::Redact => REDACTED.to_string(),
+        MaskStyle::Hash => {
+            let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&key.0).expect("HMAC takes any key length");
+            mac.update(s.as_bytes());
+            let digest = mac.finalize().into_bytes();
+            format!("hmac-sha256:{}", hex::encode(&digest[..8]))
+        }
+        MaskStyle::Partial => {
+            let n = s.chars().count();
+            if n <= 8 {
+                REDACTED.to_string()
+            } else {
+                let tail: String = s.chars().skip(n - 4).collect();
+                format!("{REDACTED}{tail}")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn key() -> HashKey {
+        HashKey::new(b"test-key".to_vec())
+    }
+
+    fn mask(doc: Value, specs: &[(&str, MaskStyle)]) -> Value {
+        let masks: Vec<Mask> = specs
+            .iter()
+            .map(|(s, style)| Mask { selector: Selector::parse(s).unwrap(), style: *style })
+            .collect();
+        let mut doc = doc;
+        apply(&mut doc, &masks, &key());
+        doc
+    }
+
+    #[test]
+    fn dotted_fields() {
+        let out = mask(
+            json!({"Credentials": {"SecretAccessKey": "abc", "AccessKeyId": "AKIA"}}),
+            &[("Credentials.SecretAccessKey", MaskStyle::Redact)],
+        );
+        assert_eq!(out, json!({"Credentials": {"SecretAccessKey": "***", "AccessKeyId": "AKIA"}}));
+    }
+
+    #[test]
+    fn indexes_and_wildcards() {
+        let doc = json!({"Parameters": [{"Value": "a"}, {"Value": "b"}, {"Value": "c"}]});
+        assert_eq!(
+            mask(doc.clone(), &[("Parameters[1].Value", MaskStyle::Redact)]),
+            json!({"Parameters": [{"Value": "a"}, {"Value": "***"}, {"Value": "c"}]})
+        );
+        assert_eq!(
+            mask(doc.clone(), &[("Parameters[*].Value", MaskStyle::Redact)]),
+            json!({"Parameters": [{"Value": "***"}, {"Value": "***"}, {"Value": "***"}]})
+        );
+        assert_eq!(
+            mask(json!({"a": {"x": "1", "y": "2"}}), &[("a.*", MaskStyle::Redact)]),
+            json!({"a": {"x": "***", "y": "***"}})
+        );
+        // Out of range and wrong-type steps select nothing.
+        assert_eq!(mask(doc.clone(), &[("Parameters[9].Value", MaskStyle::Redact)]), doc);
+        assert_eq!(mask(doc.clone(), &[("Parameters.Value", MaskStyle::Redact)]), doc);
+    }
+
+    #[test]
+    fn recursive_descent() {
+        let doc = json!({"Password": "p0", "a": [{"b": {"Password": "p1"}}, {"Password": "p2"}], "c": "keep"});
+        assert_eq!(
+            mask(doc, &[("**.Password", MaskStyle::Redact)]),
+            json!({"Password": "***", "a": [{"b": {"Password": "***"}}, {"Password": "***"}], "c": "keep"})
+        );
+    }
+
+    #[test]
+    fn quoted_keys_with_dots() {
+        let doc = json!({"Tags": {"team.name": "x", "team": {"name": "y"}}});
+        assert_eq!(
+            mask(doc.clone(), &[(r#"Tags."team.name""#, MaskStyle::Redact)]),
+            json!({"Tags": {"team.name": "***", "team": {"name": "y"}}})
+        );
+        assert_eq!(
+            mask(doc, &[(r#"Tags["team.name"]"#, MaskStyle::Redact)]),
+            json!({"Tags": {"team.name": "***", "team": {"name": "y"}}})
+        );
+        let s = Selector::parse(r#""a\"b\\c""#).unwrap();
+        assert_eq!(s.steps, vec![Step::Key("a\"b\\c".into())]);
+    }
+
+    #[test]
+    fn redact_preserves_types() {
+        let out = mask(
+            json!({"s": {"n": 42, "b": true, "z": null, "l": ["x", 1]}}),
+            &[("s", MaskStyle::Redact)],
+        );
+        assert_eq!(out, json!({"s": {"n": 0, "b": false, "z": null, "l": ["***", 0]}}));
+    }
+
+    #[test]
+    fn hash_is_keyed_and_stable() {
+        let doc = json!({"a": "secret", "b": "secret", "c": "other"});
+        let out = mask(doc, &[("*", MaskStyle::Hash)]);
+        assert_eq!(out["a"], out["b"]);
+        assert_ne!(out["a"], out["c"]);
+        assert!(out["a"].as_str().unwrap().starts_with("hmac-sha256:"));
+        assert_ne!(mask_str("secret", MaskStyle::Hash, &HashKey::new(b"other".to_vec())), out["a"]);
+    }
+
+    #[test]
+    fn partial_keeps_last_four() {
+        assert_eq!(mask_str("AKIAIOSFODNN7EXAMPLE", MaskStyle::Partial, &key()), "***MPLE");
+        assert_eq!(mask_str("short", MaskStyle::Partial, &key()), "***");
+        assert_eq!(mask_str("ünïcödé-välüé", MaskStyle::Partial, &key()), "***älüé");
+    }
+
+    #[test]
+    fn strongest_style_wins_and_nothing_is_masked_twice() {
+        let doc = json!({"a": {"b": "value-that-is-long"}});
+        let out = mask(doc.clone(), &[("a.b", MaskStyle::Partial), ("**.b", MaskStyle::Redact)]);
+        assert_eq!(out, json!({"a": {"b": "***"}}));
+        // The ancestor is hashed once; the descendant is not hashed again.
+        let out = mask(doc, &[("a", MaskStyle::Hash), ("a.b", MaskStyle::Hash), ("**.**.b", MaskStyle::Hash)]);
+        assert_eq!(out["a"]["b"], Value::String(mask_str("value-that-is-long", MaskStyle::Hash, &key())));
+    }
+
+    #[test]
+    fn bad_selectors_are_errors() {
+        for bad in ["", "a.", ".a", "a..b", "a[", "a[x]", "a[1", "\"abc", "a b", "a*", "**x", "a]", "a\"b\"",
+            "**.**a", r#""\n""#] {
+            assert!(Selector::parse(bad).is_err(), "{bad:?} should not parse");
+        }
+        assert!(Selector::parse(&"a.".repeat(600)).is_err());
+        assert!(Selector::parse("a.**.b.**.c.**.d.**.e.**.f").is_err());
+        let e = Selector::parse("Secret[[").unwrap_err();
+        assert_eq!(e.offset, 7);
+    }
+
+    #[test]
+    fn good_selectors_parse() {
+        for good in ["a", "a.b", "a[0]", "a[*].b", "**", "**.a", "*.a", "a[\"x.y\"].b", "Tag:Name", "a-b_c@d", "a.**"] {
+            assert!(Selector::parse(good).is_ok(), "{good:?} should parse");
+        }
+        // `**.**` collapses into one step.
+        assert_eq!(Selector::parse("**.**.a").unwrap().steps, vec![Step::Recursive, Step::Key("a".into())]);
+    }
+}

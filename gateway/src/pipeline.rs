@@ -1,0 +1,531 @@
+//! The request flow, stage by stage: identify → classify → decide → forward
+//! → mask → log. One [`Ctx`] per call; stages return typed [`Failure`]s and
+//! [`Failure::to_aws`] is the one place that turns them into AWS-shaped
+//! errors. The log phase runs for every call, failed or not.
+//!
+//! Fail closed: a call that cannot be identified, classified or decided, or
+//! whose response cannot be parsed, is refused; a response body is returned
+//! only after every policy has seen it and its masks are applied.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::aws::error::AwsError;
+use crate::aws::xml::Document;
+use crate::aws::{self, ClassifyError, Protocol, RequestView};
+use crate::config::Config;
+use crate::identity::{IdentityError, Verifier};
+use crate::masking::{self, HashKey};
+use crate::metrics::{CallLabels, Metrics, PolicyLabels};
+use crate::policy::{CallInput, Identity, Operation, PolicySet, Reason, Verdict};
+use crate::sigv4::{self, SigError};
+use crate::sts::{self, Session, SessionError, SessionKeys};
+use crate::upstream::{self, OutBody, Outgoing, Upstream, UpstreamError};
+
+/// Response body type.
+pub type RespBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Header naming the service for Bearer-token callers.
+pub const SERVICE_HEADER: &str = "x-veil-service";
+/// Header naming the region for Bearer-token callers.
+pub const REGION_HEADER: &str = "x-veil-region";
+/// Header naming the role (ARN) for Bearer-token callers, when several are configured.
+pub const ROLE_HEADER: &str = "x-veil-role";
+/// Largest STS form body accepted.
+const MAX_STS_BODY: usize = 64 * 1024;
+
+/// Why a call was refused; rendered by [`Failure::to_aws`].
+#[derive(Debug, thiserror::Error)]
+pub enum Failure {
+    /// No authentication at all.
+    #[error("request carries no authentication (SigV4 with Veil session credentials, or Authorization: Bearer <OIDC token>)")]
+    MissingAuth,
+    /// The signature did not verify.
+    #[error(transparent)]
+    Signature(#[from] SigError),
+    /// The session token did not verify.
+    #[error(transparent)]
+    Session(#[from] SessionError),
+    /// The OIDC token did not verify.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
+    /// A request field is missing or wrong.
+    #[error("{0}")]
+    BadRequest(String),
+    /// The role is not (or no longer) configured.
+    #[error("role {0:?} is not configured in this gateway")]
+    UnknownRole(String),
+    /// The operation could not be determined.
+    #[error(transparent)]
+    Classify(#[from] ClassifyError),
+    /// A body was larger than the configured cap.
+    #[error("{0} body is larger than the gateway's limit of {1} bytes")]
+    TooLarge(&'static str, usize),
+    /// Policies denied the call or its response.
+    #[error("denied by policy: {}", reasons_text(.0))]
+    Denied(Vec<Reason>),
+    /// Policies want a human's approval.
+    #[error("approval required (approval id {id}): {}; ask a reviewer to approve it, then retry the same call", reasons_text(.reasons))]
+    ApprovalRequired { id: String, reasons: Vec<Reason> },
+    /// AWS could not be reached.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// AWS's response could not be parsed, so it cannot be checked.
+    #[error("the upstream response could not be checked by policy and was withheld: {0}")]
+    Unparseable(String),
+    /// Reading the caller's body failed or timed out.
+    #[error("reading the request body failed: {0}")]
+    BodyRead(String),
+}
+
+fn reasons_text(r: &[Reason]) -> String {
+    r.iter().map(|r| format!("{}: {}", r.policy, r.message)).collect::<Vec<_>>().join("; ")
+}
+
+impl Failure {
+    /// The one mapping from failures to AWS-shaped errors.
+    pub fn to_aws(&self) -> AwsError {
+        use StatusCode as S;
+        let msg = self.to_string();
+        match self {
+            Failure::MissingAuth => AwsError::new(S::FORBIDDEN, "MissingAuthenticationToken", msg),
+            Failure::Signature(SigError::Unsupported(_)) => AwsError::new(S::NOT_IMPLEMENTED, "NotImplemented", msg),
+            Failure::Signature(SigError::Skew(_)) => AwsError::new(S::FORBIDDEN, "SignatureDoesNotMatch", format!("Signature expired: {msg}")),
+            Failure::Signature(SigError::Malformed { .. }) => AwsError::new(S::BAD_REQUEST, "IncompleteSignature", msg),
+            Failure::Signature(_) => AwsError::new(S::FORBIDDEN, "SignatureDoesNotMatch", msg),
+            Failure::Session(SessionError::Expired) => AwsError::new(S::FORBIDDEN, "ExpiredToken", msg),
+            Failure::Session(_) => AwsError::new(S::FORBIDDEN, "InvalidClientTokenId", msg),
+            Failure::Identity(IdentityError::Expired(_)) => AwsError::new(S::FORBIDDEN, "ExpiredTokenException", msg),
+            Failure::Identity(IdentityError::Discovery { .. }) => AwsError::new(S::SERVICE_UNAVAILABLE, "IDPCommunicationError", msg),
+            Failure::Identity(_) => AwsError::new(S::FORBIDDEN, "InvalidIdentityToken", msg),
+            Failure::BadRequest(_) => AwsError::new(S::BAD_REQUEST, "InvalidParameterValue", msg),
+            Failure::UnknownRole(_) => AwsError::new(S::FORBIDDEN, "AccessDenied", msg),
+            Failure::Classify(_) => AwsError::new(S::BAD_REQUEST, "InvalidAction", msg),
+            Failure::TooLarge(..) => AwsError::new(S::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", msg),
+            Failure::Denied(_) => AwsError::new(S::FORBIDDEN, "AccessDenied", msg),
+            Failure::ApprovalRequired { .. } => AwsError::new(S::FORBIDDEN, "ApprovalRequired", msg),
+            Failure::Upstream(UpstreamError::Timeout(_)) => AwsError::new(S::GATEWAY_TIMEOUT, "RequestTimeout", msg),
+            Failure::Upstream(_) => AwsError::new(S::BAD_GATEWAY, "ServiceUnavailable", msg),
+            Failure::Unparseable(_) => AwsError::new(S::BAD_GATEWAY, "InternalFailure", msg),
+            Failure::BodyRead(_) => AwsError::new(S::BAD_REQUEST, "IncompleteBody", msg),
+        }
+    }
+
+    fn verdict(&self) -> &'static str {
+        match self {
+            Failure::Denied(_) => "deny",
+            Failure::ApprovalRequired { .. } => "approval-required",
+            Failure::MissingAuth | Failure::Signature(_) | Failure::Session(_) | Failure::Identity(_) | Failure::UnknownRole(_) => "unauthenticated",
+            _ => "error",
+        }
+    }
+}
+
+/// Per-call context, filled in stage by stage.
+struct Ctx {
+    request_id: String,
+    started: Instant,
+    remote: SocketAddr,
+    identity: Option<Identity>,
+    credential: Option<String>,
+    service: Option<String>,
+    region: Option<String>,
+    action: Option<String>,
+    protocol: Option<Protocol>,
+    verdict: &'static str,
+}
+
+/// Everything a running gateway holds.
+pub struct Gateway {
+    verifier: Verifier,
+    sessions: SessionKeys,
+    policies: ArcSwap<PolicySet>,
+    upstream: Upstream,
+    hash_key: HashKey,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// role ARN → credential name
+    roles: HashMap<String, String>,
+    /// issuer → audience
+    audiences: HashMap<String, String>,
+    max_body: usize,
+    max_session: Duration,
+    max_skew: Duration,
+}
+
+impl Gateway {
+    /// Assemble a gateway from validated config and loaded parts.
+    pub fn new(cfg: &Config, verifier: Verifier, sessions: SessionKeys, policies: PolicySet, upstream: Upstream, hash_key: HashKey) -> Gateway {
+        Gateway {
+            verifier,
+            sessions,
+            policies: ArcSwap::from_pointee(policies),
+            upstream,
+            hash_key,
+            metrics: Metrics::default(),
+            roles: cfg.roles.iter().map(|r| (r.arn.clone(), r.credentials.clone())).collect(),
+            audiences: cfg.identity.issuers.iter().map(|i| (i.issuer.clone(), i.audience.clone())).collect(),
+            max_body: cfg.listener.max_body_bytes,
+            max_session: Duration::from_secs(cfg.sts.max_session_secs),
+            max_skew: Duration::from_secs(cfg.sts.max_clock_skew_secs),
+        }
+    }
+
+    /// Swap the active policy set; in-flight calls keep the one they loaded.
+    pub fn set_policies(&self, set: PolicySet) {
+        self.policies.store(Arc::new(set));
+    }
+
+    /// Handle one HTTP request end to end.
+    pub async fn handle(&self, req: http::Request<Incoming>, remote: SocketAddr) -> Response<RespBody> {
+        let mut ctx = Ctx {
+            request_id: uuid::Uuid::now_v7().to_string(),
+            started: Instant::now(),
+            remote,
+            identity: None,
+            credential: None,
+            service: None,
+            region: None,
+            action: None,
+            protocol: None,
+            verdict: "allow",
+        };
+        let resp = match self.run(&mut ctx, req).await {
+            Ok(resp) => resp,
+            Err(f) => {
+                ctx.verdict = f.verdict();
+                if let Failure::Denied(reasons) | Failure::ApprovalRequired { reasons, .. } = &f {
+                    for r in reasons.iter().filter(|r| r.message.starts_with("on-")) {
+                        self.metrics.policy_errors.get_or_create(&PolicyLabels { policy: r.policy.clone() }).inc();
+                    }
+                }
+                if ctx.verdict == "unauthenticated" {
+                    self.metrics.auth_failures.inc();
+                }
+                tracing::info!(request_id = %ctx.request_id, error = %f, "call refused");
+                let r = f.to_aws().render(ctx.protocol, &ctx.request_id);
+                r.map(|b| Full::new(b).map_err(|never| match never {}).boxed())
+            }
+        };
+        self.log(&ctx, &resp);
+        resp
+    }
+
+    /// The log phase: metrics and one structured line per call (the audit
+    /// trail proper is the audit module's).
+    fn log(&self, ctx: &Ctx, resp: &Response<RespBody>) {
+        let labels = CallLabels {
+            service: ctx.service.clone().unwrap_or_else(|| "-".into()),
+            action: ctx.action.clone().unwrap_or_else(|| "-".into()),
+            verdict: ctx.verdict.to_string(),
+        };
+        let elapsed = ctx.started.elapsed();
+        self.metrics.requests.get_or_create(&labels).inc();
+        self.metrics.latency.get_or_create(&labels).observe(elapsed.as_secs_f64());
+        tracing::info!(
+            request_id = %ctx.request_id,
+            remote = %ctx.remote,
+            subject = ctx.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("-"),
+            service = %labels.service,
+            action = %labels.action,
+            region = ctx.region.as_deref().unwrap_or("-"),
+            verdict = ctx.verdict,
+            status = resp.status().as_u16(),
+            micros = elapsed.as_micros() as u64,
+            "call"
+        );
+    }
+
+    async fn run(&self, ctx: &mut Ctx, req: http::Request<Incoming>) -> Result<Response<RespBody>, Failure> {
+        let (parts, body) = req.into_parts();
+        // Stage 1: identify.
+        let bearer = parts
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_owned);
+        let (body, payload_mode) = if sigv4::is_sigv4(&parts) {
+            self.identify_sigv4(ctx, &parts, body).await?
+        } else if let Some(token) = bearer {
+            self.identify_bearer(ctx, &parts, &token).await?;
+            (Some(read_body(body, self.max_body, "request").await?), None)
+        } else if parts.method == http::Method::POST || parts.method == http::Method::GET {
+            let body = read_body(body, MAX_STS_BODY, "request").await.map_err(|_| Failure::MissingAuth)?;
+            return self.sts_web_identity(ctx, &parts, &body).await;
+        } else {
+            return Err(Failure::MissingAuth);
+        };
+        // Stage 2: classify.
+        let service = ctx.service.clone().unwrap_or_default();
+        let region = ctx.region.clone().unwrap_or_default();
+        let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
+        let view = RequestView {
+            service: &service,
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            query: parts.uri.query().unwrap_or(""),
+            target: header("x-amz-target"),
+            content_type: header("content-type"),
+            body: body.as_deref(),
+            headers: &parts.headers,
+        };
+        let classified = aws::classify(&view)?;
+        ctx.protocol = Some(classified.model.protocol);
+        ctx.action = Some(classified.action.clone());
+        let call = CallInput {
+            identity: ctx.identity.clone().ok_or(Failure::MissingAuth)?,
+            operation: Operation { service: service.clone(), action: classified.action.clone(), region: region.clone(), resource: classified.resource.clone() },
+            params: classified.params,
+        };
+        // Stage 3: decide. The set is loaded once so the whole call sees one version.
+        let policies = self.policies.load_full();
+        let decision = policies.on_request(&call);
+        match decision.verdict {
+            Verdict::Allow => {}
+            Verdict::Deny => return Err(Failure::Denied(decision.reasons)),
+            Verdict::ApprovalRequired => {
+                return Err(Failure::ApprovalRequired { id: approval_id(&call), reasons: decision.reasons });
+            }
+        }
+        // Stage 4: forward.
+        let out_body = match (body, payload_mode) {
+            (Some(b), _) => OutBody::Buffered(b),
+            (None, Some((stream, trailer))) => OutBody::Streaming { body: stream, trailer },
+            (None, None) => OutBody::Buffered(Bytes::new()),
+        };
+        let out = Outgoing {
+            method: parts.method.clone(),
+            path_and_query: parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+            headers: parts.headers.clone(),
+            service: service.clone(),
+            region: region.clone(),
+            default_host: aws::endpoint_host(classified.model, &region),
+            credential: ctx.credential.clone().ok_or_else(|| Failure::UnknownRole(String::new()))?,
+            body: out_body,
+        };
+        let resp = self.upstream.send(out).await?;
+        // Stage 5: check and mask the response.
+        let (rparts, rbody) = resp.into_parts();
+        let status = rparts.status.as_u16();
+        let mut builder = Response::builder().status(rparts.status);
+        for (k, v) in rparts.headers.iter() {
+            if upstream::pass_response_header(k) && k != http::header::CONTENT_LENGTH {
+                builder = builder.header(k, v);
+            }
+        }
+        if classified.model.streams_output(&classified.action) && rparts.status.is_success() {
+            // Streamed bodies pass unparsed; policies still see the call and may deny it.
+            let d = policies.on_response(&call, status, &json!({}));
+            if !d.deny.is_empty() {
+                return Err(Failure::Denied(d.deny));
+            }
+            if let Some(len) = rparts.headers.get(http::header::CONTENT_LENGTH) {
+                builder = builder.header(http::header::CONTENT_LENGTH, len);
+            }
+            let body = rbody.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed();
+            return builder.body(body).map_err(|e| Failure::Unparseable(e.to_string()));
+        }
+        let raw = tokio::time::timeout(self.upstream.timeout(), read_body(rbody, self.max_body, "response"))
+            .await
+            .map_err(|_| Failure::Upstream(UpstreamError::Timeout(self.upstream.timeout())))??;
+        let protocol = classified.model.protocol;
+        let query_action = (protocol == Protocol::Query).then_some(classified.action.as_str());
+        let mut parsed = ParsedBody::parse(protocol, &raw).map_err(Failure::Unparseable)?;
+        let doc = parsed.view(query_action);
+        let d = policies.on_response(&call, status, &doc);
+        if !d.deny.is_empty() {
+            return Err(Failure::Denied(d.deny));
+        }
+        let mut doc = doc;
+        let changed = masking::apply(&mut doc, &d.masks, &self.hash_key) > 0;
+        let out = if changed {
+            builder = builder.header("x-veil-masked", HeaderValue::from_static("true"));
+            parsed.serialise(query_action, &doc)
+        } else {
+            raw
+        };
+        let mut resp = builder.body(Full::new(out).map_err(|never| match never {}).boxed()).map_err(|e| Failure::Unparseable(e.to_string()))?;
+        if changed {
+            // The body changed: checksums of the original would fail the SDK's check.
+            for h in ["x-amz-crc32", "content-md5"] {
+                resp.headers_mut().remove(h);
+            }
+        }
+        Ok(resp)
+    }
+
+    async fn identify_sigv4(
+        &self,
+        ctx: &mut Ctx,
+        parts: &Parts,
+        body: Incoming,
+    ) -> Result<(Option<Bytes>, Option<(upstream::UpBody, bool)>), Failure> {
+        let signed = sigv4::parse(parts)?;
+        ctx.service = Some(signed.service.clone());
+        ctx.region = Some(signed.region.clone());
+        let token = signed.security_token.as_deref().ok_or(Failure::Session(SessionError::Invalid))?;
+        let (session, secret) = self.sessions.verify(&signed.access_key, token, SystemTime::now())?;
+        ctx.identity = Some(session.identity());
+        ctx.credential = Some(self.roles.get(&session.role).cloned().ok_or_else(|| Failure::UnknownRole(session.role.clone()))?);
+        let hashed = sigv4::payload_is_hashed(&signed)?;
+        if !hashed && signed.service == "s3" {
+            // Unsigned S3 payloads (uploads) stream through without buffering.
+            sigv4::verify(parts, &signed, &secret, None, SystemTime::now(), self.max_skew)?;
+            let trailer = signed.payload_hash == sigv4::STREAMING_UNSIGNED_TRAILER;
+            let stream = body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed();
+            return Ok((None, Some((stream, trailer))));
+        }
+        let bytes = read_body(body, self.max_body, "request").await?;
+        let hash = hex::encode(Sha256::digest(&bytes));
+        sigv4::verify(parts, &signed, &secret, Some(&hash), SystemTime::now(), self.max_skew)?;
+        Ok((Some(bytes), None))
+    }
+
+    async fn identify_bearer(&self, ctx: &mut Ctx, parts: &Parts, token: &str) -> Result<(), Failure> {
+        let identity = self.verifier.verify(token).await?;
+        let header = |n: &'static str| -> Result<String, Failure> {
+            let v = parts.headers.get(n).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 64);
+            v.map(str::to_owned).ok_or_else(|| Failure::BadRequest(format!("header {n} is required with Bearer authentication")))
+        };
+        ctx.service = Some(header(SERVICE_HEADER)?);
+        ctx.region = Some(header(REGION_HEADER)?);
+        let role = match parts.headers.get(ROLE_HEADER).and_then(|v| v.to_str().ok()) {
+            Some(r) => r.to_string(),
+            None if self.roles.len() == 1 => self.roles.keys().next().cloned().unwrap_or_default(),
+            None => return Err(Failure::BadRequest(format!("header {ROLE_HEADER} is required: several roles are configured"))),
+        };
+        ctx.credential = Some(self.roles.get(&role).cloned().ok_or(Failure::UnknownRole(role))?);
+        ctx.identity = Some(identity);
+        Ok(())
+    }
+
+    /// STS `AssumeRoleWithWebIdentity`, the unsigned form SDKs send.
+    async fn sts_web_identity(&self, ctx: &mut Ctx, parts: &Parts, body: &[u8]) -> Result<Response<RespBody>, Failure> {
+        let mut form: HashMap<String, String> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
+        form.extend(form_urlencoded::parse(body).into_owned());
+        if form.get("Action").map(String::as_str) != Some("AssumeRoleWithWebIdentity") {
+            return Err(Failure::MissingAuth);
+        }
+        ctx.protocol = Some(Protocol::Query);
+        ctx.service = Some("sts".into());
+        ctx.action = Some("AssumeRoleWithWebIdentity".into());
+        let field = |k: &str| form.get(k).cloned().ok_or_else(|| Failure::BadRequest(format!("{k} is required")));
+        let token = field("WebIdentityToken")?;
+        let role = field("RoleArn")?;
+        let name = field("RoleSessionName")?;
+        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"=,.@_-".contains(&b)) {
+            return Err(Failure::BadRequest("RoleSessionName must be 2-64 characters of [\\w+=,.@-]".into()));
+        }
+        let duration = match form.get("DurationSeconds") {
+            Some(d) => d.parse::<u64>().ok().filter(|d| (900..=43200).contains(d)).ok_or_else(|| Failure::BadRequest("DurationSeconds must be 900..43200".into()))?,
+            None => 3600,
+        };
+        let identity = self.verifier.verify(&token).await?;
+        ctx.identity = Some(identity.clone());
+        if !self.roles.contains_key(&role) {
+            return Err(Failure::UnknownRole(role));
+        }
+        let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let token_exp = identity.claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
+        let exp = (now + duration).min(now + self.max_session.as_secs()).min(token_exp);
+        let session = Session {
+            akid: String::new(),
+            iss: identity.issuer.clone(),
+            sub: identity.subject.clone(),
+            claims: identity.claims.clone(),
+            role,
+            name,
+            exp,
+        };
+        let creds = self.sessions.issue(session.clone())?;
+        let audience = self.audiences.get(&identity.issuer).cloned().unwrap_or_default();
+        let xml = sts::assume_role_response(&creds, &session, &audience, &ctx.request_id);
+        Response::builder()
+            .status(StatusCode::OK)
+            .header(http::header::CONTENT_TYPE, "text/xml")
+            .header("x-amzn-requestid", &ctx.request_id)
+            .body(Full::new(Bytes::from(xml)).map_err(|never| match never {}).boxed())
+            .map_err(|e| Failure::BadRequest(e.to_string()))
+    }
+}
+
+/// A stable id for a call needing approval: the same caller, operation and
+/// parameters give the same id, so SDK retries join one approval.
+fn approval_id(call: &CallInput) -> String {
+    let mut h = Sha256::new();
+    h.update(call.identity.issuer.as_bytes());
+    h.update(b"\0");
+    h.update(call.identity.subject.as_bytes());
+    h.update(b"\0");
+    h.update(call.operation.service.as_bytes());
+    h.update(b":");
+    h.update(call.operation.action.as_bytes());
+    h.update(b"\0");
+    h.update(call.params.to_string().as_bytes());
+    format!("apr-{}", &hex::encode(h.finalize())[..20])
+}
+
+async fn read_body<B>(body: B, max: usize, what: &'static str) -> Result<Bytes, Failure>
+where
+    B: hyper::body::Body<Data = Bytes> + Send,
+    B::Error: std::error::Error + Send + Sync + 'static,
+{
+    match Limited::new(body, max).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(Failure::TooLarge(what, max)),
+        Err(e) => Err(Failure::BodyRead(e.to_string())),
+    }
+}
+
+/// A response body parsed for policies, kept so masks can be written back
+/// in the same protocol.
+enum ParsedBody {
+    Empty,
+    Json(Value),
+    Xml(Document),
+}
+
+impl ParsedBody {
+    fn parse(protocol: Protocol, raw: &[u8]) -> Result<ParsedBody, String> {
+        if raw.iter().all(u8::is_ascii_whitespace) {
+            return Ok(ParsedBody::Empty);
+        }
+        match protocol {
+            Protocol::Json | Protocol::RestJson => serde_json::from_slice(raw).map(ParsedBody::Json).map_err(|e| format!("JSON: {e}")),
+            Protocol::Query | Protocol::Ec2 | Protocol::RestXml => Document::parse(raw).map(ParsedBody::Xml).map_err(|e| e.to_string()),
+            Protocol::Cbor => Err("CBOR responses are not parsed yet".into()),
+        }
+    }
+
+    fn view(&mut self, query_action: Option<&str>) -> Value {
+        match self {
+            ParsedBody::Empty => json!({}),
+            ParsedBody::Json(v) => v.clone(),
+            ParsedBody::Xml(d) => d.view(query_action),
+        }
+    }
+
+    fn serialise(&mut self, query_action: Option<&str>, masked: &Value) -> Bytes {
+        match self {
+            ParsedBody::Empty => Bytes::new(),
+            ParsedBody::Json(_) => Bytes::from(serde_json::to_vec(masked).unwrap_or_default()),
+            ParsedBody::Xml(d) => {
+                d.write_back(query_action, masked);
+                Bytes::from(d.to_bytes())
+            }
+        }
+    }
+}

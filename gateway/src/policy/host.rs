@@ -1,0 +1,314 @@
+//! The wasmtime side of the policy host: one engine, components compiled once
+//! into `InstancePre`s, a fresh instance per hook call, CPU and memory limits.
+//!
+//! Invariants: every guest call runs in its own `Store` on a fresh instance
+//! (no state crosses callers); every store carries memory limits and an epoch
+//! deadline; nothing a guest does can panic the host: traps, timeouts and
+//! limit hits come back as [`HookError`]s, which the caller turns into denies.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "policy",
+    });
+}
+
+pub use bindings::veil::policy::types as wit;
+use bindings::PolicyPre;
+
+/// Limits applied to every hook call.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// CPU wall-clock budget of one hook call.
+    pub deadline: Duration,
+    /// Linear memory one instance may use, in bytes.
+    pub memory_bytes: usize,
+    /// Instances that may run at once (sizes the pooling allocator).
+    pub max_concurrent: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { deadline: Duration::from_millis(50), memory_bytes: 64 << 20, max_concurrent: 256 }
+    }
+}
+
+/// The epoch ticks once per this period; deadlines are counted in ticks.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Largest policy file accepted.
+pub const MAX_POLICY_FILE: u64 = 256 << 20;
+
+/// Why a policy could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{path}: cannot read: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    /// The file is too large.
+    #[error("{path}: {size} bytes is more than the {MAX_POLICY_FILE} byte limit")]
+    TooLarge { path: PathBuf, size: u64 },
+    /// Not a WebAssembly component (a core module, another format, or truncated).
+    #[error("{path}: not a valid WebAssembly component: {reason}")]
+    NotAComponent { path: PathBuf, reason: String },
+    /// A component, but not of Veil's policy world at this version.
+    #[error("{path}: does not implement world veil:policy/policy@0.1.0: {reason}")]
+    WrongWorld { path: PathBuf, reason: String },
+    /// The `info` export failed or returned nonsense.
+    #[error("{path}: info() failed: {reason}")]
+    Info { path: PathBuf, reason: String },
+}
+
+/// Why one hook call on one policy failed. Each becomes a deny.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    /// The instance could not be created (pool exhausted, start trapped).
+    #[error("instantiation failed: {0}")]
+    Instantiate(String),
+    /// The CPU deadline passed.
+    #[error("exceeded its {0} ms CPU deadline")]
+    Timeout(u128),
+    /// The guest tried to use more memory than allowed.
+    #[error("exceeded its {0} MiB memory limit")]
+    Memory(usize),
+    /// Any other trap (panic, unreachable, stack overflow …).
+    #[error("trapped: {0}")]
+    Trap(String),
+}
+
+/// Per-call host state: one per store, dropped with it.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// The engine and linker shared by every policy.
+#[derive(Clone)]
+pub struct Host {
+    engine: Engine,
+    linker: Arc<Linker<HostState>>,
+    limits: Limits,
+}
+
+impl Host {
+    /// Create the engine (pooling allocator, epoch interruption) and start
+    /// its epoch ticker. The ticker thread holds only a weak reference and
+    /// ends when the last engine clone is dropped.
+    pub fn new(limits: Limits) -> anyhow::Result<Host> {
+        let mut pool = PoolingAllocationConfig::default();
+        let n = limits.max_concurrent.max(1);
+        pool.total_component_instances(n)
+            .total_core_instances(n * 8)
+            .total_memories(n * 2)
+            .total_tables(n * 8)
+            .total_stacks(n)
+            .max_memories_per_component(4)
+            .max_tables_per_component(16)
+            .max_component_instance_size(1 << 20)
+            .max_core_instance_size(4 << 20)
+            .max_memory_size(limits.memory_bytes);
+        let mut config = Config::new();
+        config
+            .wasm_component_model(true)
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            // Reserve only what the memory limit allows plus a guard, so a
+            // large pool does not reserve terabytes of address space.
+            .memory_reservation(limits.memory_bytes as u64)
+            .memory_guard_size(64 << 10)
+            .max_wasm_stack(1 << 20);
+        let engine = Engine::new(&config)?;
+        let weak = engine.weak();
+        std::thread::Builder::new().name("veil-epoch".into()).spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(engine) => engine.increment_epoch(),
+                None => break,
+            }
+        })?;
+        let mut linker = Linker::new(&engine);
+        // WASI only as far as guest toolchains need it: the context below has
+        // no preopened directories, no network, no environment, no arguments.
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Ok(Host { engine, linker: Arc::new(linker), limits })
+    }
+
+    /// The limits applied to every call.
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Read, compile and check a policy file.
+    pub fn load(&self, path: &Path) -> Result<Compiled, LoadError> {
+        let size = std::fs::metadata(path)
+            .map_err(|source| LoadError::Read { path: path.into(), source })?
+            .len();
+        if size > MAX_POLICY_FILE {
+            return Err(LoadError::TooLarge { path: path.into(), size });
+        }
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        self.compile(path, &bytes)
+    }
+
+    /// Compile and check a policy from bytes; `path` names it in errors.
+    pub fn compile(&self, path: &Path, bytes: &[u8]) -> Result<Compiled, LoadError> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        if wasmparser_is_core_module(bytes) {
+            return Err(LoadError::NotAComponent {
+                path: path.into(),
+                reason: "this is a core WebAssembly module; policies must be components (build for wasm32-wasip2, or wrap with `wasm-tools component new`)".into(),
+            });
+        }
+        let component = Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::NotAComponent {
+            path: path.into(),
+            reason: format!("{e:#}"),
+        })?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld {
+            path: path.into(),
+            reason: format!("{e:#}"),
+        })?;
+        let pre = PolicyPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+            path: path.into(),
+            reason: format!("{e:#}"),
+        })?;
+        let mut compiled = Compiled {
+            host: self.clone(),
+            pre,
+            name: String::new(),
+            version: String::new(),
+            sha256,
+            path: path.into(),
+        };
+        let info = compiled
+            .with_instance(|p, s| p.call_info(s))
+            .map_err(|e| LoadError::Info { path: path.into(), reason: e.to_string() })?;
+        if !valid_name(&info.name) || info.version.is_empty() || info.version.len() > 64 {
+            return Err(LoadError::Info {
+                path: path.into(),
+                reason: format!(
+                    "name must be 1-64 characters of [a-z0-9._-] and version 1-64 characters, got {:?} {:?}",
+                    truncate(&info.name, 80),
+                    truncate(&info.version, 80)
+                ),
+            });
+        }
+        compiled.name = info.name;
+        compiled.version = info.version;
+        Ok(compiled)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// Cut `s` to at most `max` bytes on a character boundary.
+pub fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A core module starts with the same magic as a component but a different
+/// version/layer field: tell them apart to give a useful error.
+fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
+    bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
+}
+
+/// A compiled, checked policy component.
+pub struct Compiled {
+    host: Host,
+    pre: PolicyPre<HostState>,
+    /// Name from the policy's `info` export.
+    pub name: String,
+    /// Version from the policy's `info` export.
+    pub version: String,
+    /// sha256 of the file, hex.
+    pub sha256: String,
+    /// Where it was loaded from.
+    pub path: PathBuf,
+}
+
+impl Compiled {
+    /// Run `f` on a fresh instance in a fresh store with the host's limits.
+    pub fn with_instance<R>(
+        &self,
+        f: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> Result<R, HookError> {
+        let limits = self.host.limits;
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits.memory_bytes)
+                .instances(64)
+                .tables(64)
+                .memories(8)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(&self.host.engine, state);
+        store.limiter(|s| &mut s.limits);
+        let ticks = (limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
+        store.set_epoch_deadline(ticks);
+        let started = Instant::now();
+        let classify = |e: wasmtime::Error| classify_trap(e, limits, started);
+        let instance = self.pre.instantiate(&mut store).map_err(|e| match classify(e) {
+            HookError::Trap(m) => HookError::Instantiate(m),
+            other => other,
+        })?;
+        f(&instance, &mut store).map_err(classify)
+    }
+
+    /// Run `on-request` on a fresh instance.
+    pub fn on_request(&self, call: &wit::Call) -> Result<wit::Verdict, HookError> {
+        self.with_instance(|p, s| p.call_on_request(s, call))
+    }
+
+    /// Run `on-response` on a fresh instance.
+    pub fn on_response(&self, call: &wit::Call, resp: &wit::Response) -> Result<wit::ResponseVerdict, HookError> {
+        self.with_instance(|p, s| p.call_on_response(s, call, resp))
+    }
+}
+
+fn classify_trap(e: wasmtime::Error, limits: Limits, started: Instant) -> HookError {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => HookError::Timeout(limits.deadline.as_millis()),
+        _ => {
+            let text = format!("{e:#}");
+            // A failed memory.grow traps (trap_on_grow_failure); so does an
+            // allocator's abort when its grow fails: both are the memory cap.
+            if text.contains("forcing trap when growing memory")
+                || text.contains("memory allocation of")
+                || text.contains("capacity overflow")
+            {
+                HookError::Memory(limits.memory_bytes >> 20)
+            } else if started.elapsed() >= limits.deadline && text.contains("interrupt") {
+                HookError::Timeout(limits.deadline.as_millis())
+            } else {
+                HookError::Trap(truncate(&text, 512).to_string())
+            }
+        }
+    }
+}

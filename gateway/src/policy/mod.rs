@@ -1,0 +1,279 @@
+//! Policy evaluation: runs every loaded policy's hooks and combines their
+//! answers into one decision.
+//!
+//! Invariants (fail closed): no policy loaded → deny; any policy that traps,
+//! times out, hits its memory cap, returns a selector that does not parse or
+//! too many masks → deny naming the policy and the cause. Verdicts combine as
+//! deny > approval-required > allow; masks are the union.
+
+pub mod host;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::masking::{Mask, MaskStyle, Selector};
+pub use host::{Compiled, Host, HookError, Limits, LoadError};
+use host::{truncate, wit};
+
+/// Most masks one policy may return for one response.
+pub const MAX_MASKS: usize = 10_000;
+/// Longest reason kept from a policy, in bytes.
+pub const MAX_REASON: usize = 1024;
+
+/// Who is calling.
+#[derive(Debug, Clone, Serialize)]
+pub struct Identity {
+    /// Token issuer.
+    pub issuer: String,
+    /// Token subject.
+    pub subject: String,
+    /// All claims.
+    pub claims: Value,
+}
+
+/// Which AWS operation.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Operation {
+    /// Signing name, `secretsmanager`.
+    pub service: String,
+    /// Operation name, `GetSecretValue`.
+    pub action: String,
+    /// Region.
+    pub region: String,
+    /// Main resource, when known.
+    pub resource: Option<String>,
+}
+
+impl Operation {
+    /// Parse `service:Action` (region `us-east-1`).
+    pub fn parse_qualified(text: &str) -> Option<Operation> {
+        let (service, action) = text.split_once(':')?;
+        if service.is_empty() || action.is_empty() {
+            return None;
+        }
+        Some(Operation {
+            service: service.to_ascii_lowercase(),
+            action: action.to_string(),
+            region: "us-east-1".into(),
+            resource: None,
+        })
+    }
+}
+
+/// A call as the policies see it.
+#[derive(Debug, Clone)]
+pub struct CallInput {
+    /// The caller.
+    pub identity: Identity,
+    /// The operation.
+    pub operation: Operation,
+    /// Request parameters as JSON.
+    pub params: Value,
+}
+
+/// The combined verdict, ordered from least to most restrictive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Every policy allowed.
+    Allow,
+    /// At least one policy wants a human's approval, none denied.
+    ApprovalRequired,
+    /// At least one policy denied or failed.
+    Deny,
+}
+
+/// One policy's reason for a verdict.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Reason {
+    /// The policy's name (or file, when it failed before it had one).
+    pub policy: String,
+    /// What it said, or why it failed.
+    pub message: String,
+}
+
+/// The combined decision on a request.
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestDecision {
+    /// Most restrictive verdict.
+    pub verdict: Verdict,
+    /// Reasons of every policy that did not allow.
+    pub reasons: Vec<Reason>,
+}
+
+/// The combined decision on a response.
+#[derive(Debug, Clone)]
+pub struct ResponseDecision {
+    /// Reasons to withhold the response; empty means pass (masked).
+    pub deny: Vec<Reason>,
+    /// Union of every policy's masks.
+    pub masks: Vec<Mask>,
+}
+
+/// What an audit record says about a policy that decided a call.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct PolicyRef {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// sha256 of the component file.
+    pub sha256: String,
+}
+
+/// A policy ready to run, with its configuration.
+pub struct LoadedPolicy {
+    /// The compiled component.
+    pub compiled: Compiled,
+    /// Its configuration as JSON text.
+    pub config_json: String,
+}
+
+impl LoadedPolicy {
+    /// Audit reference.
+    pub fn reference(&self) -> PolicyRef {
+        PolicyRef {
+            name: self.compiled.name.clone(),
+            version: self.compiled.version.clone(),
+            sha256: self.compiled.sha256.clone(),
+        }
+    }
+}
+
+/// An immutable set of policies that decide calls together.
+#[derive(Default, Clone)]
+pub struct PolicySet {
+    policies: Vec<Arc<LoadedPolicy>>,
+}
+
+impl PolicySet {
+    /// A set from loaded policies, in evaluation order.
+    pub fn new(policies: Vec<Arc<LoadedPolicy>>) -> Self {
+        PolicySet { policies }
+    }
+
+    /// The policies, in order.
+    pub fn policies(&self) -> &[Arc<LoadedPolicy>] {
+        &self.policies
+    }
+
+    /// Audit references of every policy in the set.
+    pub fn references(&self) -> Vec<PolicyRef> {
+        self.policies.iter().map(|p| p.reference()).collect()
+    }
+
+    fn wit_call(call: &CallInput) -> wit::Call {
+        wit::Call {
+            identity: wit::Identity {
+                issuer: call.identity.issuer.clone(),
+                subject: call.identity.subject.clone(),
+                claims_json: call.identity.claims.to_string(),
+            },
+            operation: wit::Operation {
+                service: call.operation.service.clone(),
+                action: call.operation.action.clone(),
+                region: call.operation.region.clone(),
+                resource: call.operation.resource.clone(),
+            },
+            params_json: call.params.to_string(),
+            config_json: String::new(),
+        }
+    }
+
+    /// Run every policy's `on-request` and combine.
+    pub fn on_request(&self, call: &CallInput) -> RequestDecision {
+        if self.policies.is_empty() {
+            return RequestDecision { verdict: Verdict::Deny, reasons: vec![no_policy()] };
+        }
+        let mut wcall = Self::wit_call(call);
+        let mut verdict = Verdict::Allow;
+        let mut reasons = Vec::new();
+        for p in &self.policies {
+            wcall.config_json.clone_from(&p.config_json);
+            let (v, message) = match p.compiled.on_request(&wcall) {
+                Ok(wit::Verdict::Allow) => continue,
+                Ok(wit::Verdict::Deny(r)) => (Verdict::Deny, r),
+                Ok(wit::Verdict::ApprovalRequired(r)) => (Verdict::ApprovalRequired, r),
+                Err(e) => (Verdict::Deny, format!("on-request {e}")),
+            };
+            verdict = verdict.max(v);
+            reasons.push(reason(&p.compiled.name, &message));
+        }
+        RequestDecision { verdict, reasons }
+    }
+
+    /// Run every policy's `on-response` and combine.
+    pub fn on_response(&self, call: &CallInput, status: u16, body: &Value) -> ResponseDecision {
+        if self.policies.is_empty() {
+            return ResponseDecision { deny: vec![no_policy()], masks: Vec::new() };
+        }
+        let mut wcall = Self::wit_call(call);
+        let resp = wit::Response { status, body_json: body.to_string() };
+        let mut deny = Vec::new();
+        let mut masks = Vec::new();
+        for p in &self.policies {
+            wcall.config_json.clone_from(&p.config_json);
+            let name = &p.compiled.name;
+            match p.compiled.on_response(&wcall, &resp) {
+                Err(e) => deny.push(reason(name, &format!("on-response {e}"))),
+                Ok(v) => {
+                    if let Some(r) = v.deny {
+                        deny.push(reason(name, &r));
+                    }
+                    match convert_masks(v.masks) {
+                        Ok(m) => masks.extend(m),
+                        Err(e) => deny.push(reason(name, &format!("on-response {e}"))),
+                    }
+                }
+            }
+        }
+        ResponseDecision { deny, masks }
+    }
+}
+
+fn no_policy() -> Reason {
+    Reason { policy: "veil".into(), message: "no policy is loaded; Veil denies every call until one is".into() }
+}
+
+fn reason(policy: &str, message: &str) -> Reason {
+    Reason { policy: policy.to_string(), message: truncate(message, MAX_REASON).to_string() }
+}
+
+fn convert_masks(masks: Vec<wit::Mask>) -> Result<Vec<Mask>, String> {
+    if masks.len() > MAX_MASKS {
+        return Err(format!("returned {} masks, more than the limit of {MAX_MASKS}", masks.len()));
+    }
+    masks
+        .into_iter()
+        .map(|m| {
+            let selector = Selector::parse(&m.path).map_err(|e| format!("returned an {e}"))?;
+            let style = match m.style {
+                wit::MaskStyle::Redact => MaskStyle::Redact,
+                wit::MaskStyle::Hash => MaskStyle::Hash,
+                wit::MaskStyle::Partial => MaskStyle::Partial,
+            };
+            Ok(Mask { selector, style })
+        })
+        .collect()
+}
+
+/// The policy files of a directory: `*.wasm`, sorted by name, skipping hidden
+/// files and editors' temporary files. A file path is returned as is.
+pub fn policy_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
+    if !path.is_dir() {
+        std::fs::metadata(path)?;
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
+            !name.starts_with('.') && !name.ends_with('~') && p.extension().is_some_and(|e| e == "wasm") && p.is_file()
+        })
+        .collect();
+    files.sort();
+    Ok(files)
+}

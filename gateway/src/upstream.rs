@@ -1,0 +1,241 @@
+//! Upstream: re-sign a call with Veil's own credential (aws-sigv4) and send
+//! it to AWS (or the configured endpoint) over a pooled HTTPS client.
+//!
+//! Invariants: nothing of the caller's authentication (Authorization,
+//! security token, its x-amz-date) reaches AWS; hop-by-hop headers are not
+//! forwarded; every call has a connect timeout and a whole-call timeout.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
+use aws_credential_types::Credentials;
+use aws_sigv4::http_request::{sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode};
+use aws_sigv4::sign::v4;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use crate::config::{CredentialConfig, UpstreamConfig};
+
+/// Body type sent upstream.
+pub type UpBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// Why an upstream call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// No credential could be loaded.
+    #[error("upstream credential {name:?} is unavailable: {reason}")]
+    Credentials { name: String, reason: String },
+    /// Signing failed.
+    #[error("signing the upstream request failed: {0}")]
+    Sign(String),
+    /// Connect, send or timeout.
+    #[error("upstream call failed: {0}")]
+    Send(String),
+    /// The call took too long.
+    #[error("upstream call timed out after {0:?}")]
+    Timeout(Duration),
+}
+
+struct Credential {
+    name: String,
+    provider: SharedCredentialsProvider,
+    cached: ArcSwapOption<(Credentials, SystemTime)>,
+}
+
+impl Credential {
+    async fn get(&self) -> Result<Credentials, UpstreamError> {
+        if let Some(c) = self.cached.load_full() {
+            let (creds, fetched) = &*c;
+            let fresh = match creds.expiry() {
+                Some(exp) => exp > SystemTime::now() + Duration::from_secs(300),
+                None => fetched.elapsed().map(|e| e < Duration::from_secs(900)).unwrap_or(false),
+            };
+            if fresh {
+                return Ok(creds.clone());
+            }
+        }
+        let creds = self
+            .provider
+            .provide_credentials()
+            .await
+            .map_err(|e| UpstreamError::Credentials { name: self.name.clone(), reason: e.to_string() })?;
+        self.cached.store(Some(Arc::new((creds.clone(), SystemTime::now()))));
+        Ok(creds)
+    }
+}
+
+/// The pooled client and Veil's credentials.
+pub struct Upstream {
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>,
+    endpoint: Option<Uri>,
+    timeout: Duration,
+    credentials: BTreeMap<String, Credential>,
+}
+
+/// What to send.
+pub struct Outgoing {
+    /// Method.
+    pub method: Method,
+    /// Path and query exactly as the caller sent them.
+    pub path_and_query: String,
+    /// Caller's headers (filtered here).
+    pub headers: HeaderMap,
+    /// Signing name.
+    pub service: String,
+    /// Region.
+    pub region: String,
+    /// Endpoint host when no override is configured.
+    pub default_host: String,
+    /// Name of the credential to sign with.
+    pub credential: String,
+    /// The body: buffered bytes, or a stream with its payload mode.
+    pub body: OutBody,
+}
+
+/// Request body going upstream.
+pub enum OutBody {
+    /// Fully read; signed with its hash.
+    Buffered(Bytes),
+    /// Streamed; signed with the caller's unsigned payload form.
+    Streaming { body: UpBody, trailer: bool },
+}
+
+const HOP_BY_HOP: &[&str] = &[
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade", "host",
+    "authorization", "x-amz-security-token", "x-amz-date", "x-amz-content-sha256", "content-length",
+    "x-veil-service", "x-veil-region", "expect",
+];
+
+impl Upstream {
+    /// Build the client and load credential providers (lazily fetched).
+    pub async fn new(cfg: &UpstreamConfig) -> anyhow::Result<Upstream> {
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()?
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector({
+                let mut c = HttpConnector::new();
+                c.set_connect_timeout(Some(Duration::from_secs(cfg.connect_timeout_secs)));
+                c.set_nodelay(true);
+                c.enforce_http(false);
+                c
+            });
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
+        let mut credentials = BTreeMap::new();
+        for (name, c) in &cfg.credentials {
+            credentials.insert(name.clone(), Credential { name: name.clone(), provider: provider(c).await, cached: ArcSwapOption::empty() });
+        }
+        Ok(Upstream {
+            client,
+            endpoint: cfg.endpoint.as_deref().map(str::parse).transpose()?,
+            timeout: Duration::from_secs(cfg.timeout_secs),
+            credentials,
+        })
+    }
+
+    /// Re-sign and send; returns AWS's response head and streaming body.
+    pub async fn send(&self, out: Outgoing) -> Result<Response<Incoming>, UpstreamError> {
+        let cred = self
+            .credentials
+            .get(&out.credential)
+            .ok_or_else(|| UpstreamError::Credentials { name: out.credential.clone(), reason: "not configured".into() })?;
+        let creds = cred.get().await?;
+        let (scheme, authority) = match &self.endpoint {
+            Some(ep) => (ep.scheme_str().unwrap_or("https").to_string(), ep.authority().map(|a| a.to_string()).unwrap_or_default()),
+            None => ("https".to_string(), out.default_host.clone()),
+        };
+        let uri: Uri = format!("{scheme}://{authority}{}", out.path_and_query)
+            .parse()
+            .map_err(|e| UpstreamError::Sign(format!("bad upstream URI: {e}")))?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in out.headers.iter() {
+            if !HOP_BY_HOP.contains(&k.as_str()) {
+                headers.append(k.clone(), v.clone());
+            }
+        }
+        headers.insert(http::header::HOST, HeaderValue::from_str(&authority).map_err(|e| UpstreamError::Sign(e.to_string()))?);
+        let s3 = out.service == "s3";
+        let mut settings = SigningSettings::default();
+        if s3 {
+            settings.percent_encoding_mode = PercentEncodingMode::Single;
+            settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
+            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        }
+        let identity = creds.into();
+        let params = v4::SigningParams::builder()
+            .identity(&identity)
+            .region(&out.region)
+            .name(&out.service)
+            .time(SystemTime::now())
+            .settings(settings)
+            .build()
+            .map_err(|e| UpstreamError::Sign(e.to_string()))?
+            .into();
+        let (signable_body, len) = match &out.body {
+            OutBody::Buffered(b) => (SignableBody::Bytes(b), Some(b.len())),
+            OutBody::Streaming { trailer: true, .. } => (SignableBody::StreamingUnsignedPayloadTrailer, None),
+            OutBody::Streaming { trailer: false, .. } => (SignableBody::UnsignedPayload, None),
+        };
+        let header_pairs: Vec<(&str, &str)> =
+            headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect();
+        let uri_string = uri.to_string();
+        let signable = SignableRequest::new(out.method.as_str(), &uri_string, header_pairs.into_iter(), signable_body)
+            .map_err(|e| UpstreamError::Sign(e.to_string()))?;
+        let (instructions, _) = sign(signable, &params).map_err(|e| UpstreamError::Sign(e.to_string()))?.into_parts();
+        let body: UpBody = match out.body {
+            OutBody::Buffered(b) => http_body_util::BodyExt::boxed(http_body_util::Full::new(b).map_err_never()),
+            OutBody::Streaming { body, .. } => body,
+        };
+        let mut req = Request::builder().method(out.method).uri(uri).body(body).map_err(|e| UpstreamError::Sign(e.to_string()))?;
+        *req.headers_mut() = headers;
+        if let Some(len) = len {
+            req.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        } else if let Some(len) = out.headers.get(http::header::CONTENT_LENGTH) {
+            req.headers_mut().insert(http::header::CONTENT_LENGTH, len.clone());
+        }
+        instructions.apply_to_request_http1x(&mut req);
+        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(UpstreamError::Send(crate::error_chain(&e))),
+            Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+        }
+    }
+
+    /// The whole-call timeout (for reading response bodies).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+}
+
+trait MapErrNever {
+    fn map_err_never(self) -> http_body_util::combinators::MapErr<Self, fn(std::convert::Infallible) -> Box<dyn std::error::Error + Send + Sync>>
+    where
+        Self: Sized;
+}
+
+impl MapErrNever for http_body_util::Full<Bytes> {
+    fn map_err_never(self) -> http_body_util::combinators::MapErr<Self, fn(std::convert::Infallible) -> Box<dyn std::error::Error + Send + Sync>> {
+        http_body_util::BodyExt::map_err(self, |never| match never {})
+    }
+}
+
+async fn provider(c: &CredentialConfig) -> SharedCredentialsProvider {
+    match &c.profile {
+        Some(p) => SharedCredentialsProvider::new(aws_config::profile::ProfileFileCredentialsProvider::builder().profile_name(p).build()),
+        None => SharedCredentialsProvider::new(aws_config::default_provider::credentials::DefaultCredentialsChain::builder().build().await),
+    }
+}
+
+/// Whether a response header may be passed back to the caller.
+pub fn pass_response_header(name: &HeaderName) -> bool {
+    !matches!(name.as_str(), "connection" | "keep-alive" | "transfer-encoding" | "te" | "trailer" | "upgrade" | "proxy-connection")
+}

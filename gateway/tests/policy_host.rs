@@ -1,0 +1,219 @@
+//! The policy host driven through the library with real components built by
+//! `make policies` (shipped policies and hostile fixtures).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use veil_gateway::masking::{self, HashKey};
+use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet, Verdict};
+
+fn policy_path(rel: &str) -> PathBuf {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies").join(rel);
+    assert!(p.exists(), "{} is missing: run `make policies` first", p.display());
+    p
+}
+
+fn host() -> Host {
+    Host::new(Limits::default()).expect("engine")
+}
+
+fn load(host: &Host, rel: &str, config: Value) -> Arc<LoadedPolicy> {
+    let compiled = host.load(&policy_path(rel)).expect("policy loads");
+    Arc::new(LoadedPolicy { compiled, config_json: config.to_string() })
+}
+
+fn call(op: &str, claims: Value, params: Value) -> CallInput {
+    CallInput {
+        identity: Identity { issuer: "https://issuer.test".into(), subject: "agent-1".into(), claims },
+        operation: Operation::parse_qualified(op).unwrap(),
+        params,
+    }
+}
+
+#[test]
+fn risky_actions_decides_by_action_and_parameters() {
+    let h = host();
+    let set = PolicySet::new(vec![load(&h, "risky-actions.wasm", json!({}))]);
+    let v = |op: &str, params: Value| set.on_request(&call(op, json!({}), params));
+    assert_eq!(v("s3:ListBuckets", json!({})).verdict, Verdict::Allow);
+    assert_eq!(v("iam:ListUsers", json!({})).verdict, Verdict::Allow);
+    let d = v("iam:CreateUser", json!({"UserName": "x"}));
+    assert_eq!(d.verdict, Verdict::ApprovalRequired);
+    assert_eq!(d.reasons[0].policy, "risky-actions");
+    assert!(d.reasons[0].message.contains("iam:CreateUser"), "{d:?}");
+    assert_eq!(v("organizations:LeaveOrganization", json!({})).verdict, Verdict::Deny);
+    assert_eq!(v("cloudtrail:StopLogging", json!({"Name": "t"})).verdict, Verdict::Deny);
+    assert_eq!(
+        v("sts:AssumeRole", json!({"RoleArn": "arn:aws:iam::123456789012:role/OrgAdmin"})).verdict,
+        Verdict::ApprovalRequired
+    );
+    assert_eq!(
+        v("sts:AssumeRole", json!({"RoleArn": "arn:aws:iam::123456789012:role/reader"})).verdict,
+        Verdict::Allow
+    );
+    let ingress = |cidr: &str| {
+        v(
+            "ec2:AuthorizeSecurityGroupIngress",
+            json!({"GroupId": "sg-1", "IpPermissions": [{"IpRanges": [{"CidrIp": cidr}]}]}),
+        )
+        .verdict
+    };
+    assert_eq!(ingress("0.0.0.0/0"), Verdict::ApprovalRequired);
+    assert_eq!(ingress("10.0.0.0/8"), Verdict::Allow);
+    // Lists come from the config and replace the defaults.
+    let set = PolicySet::new(vec![load(&h, "risky-actions.wasm", json!({"deny": ["s3:Delete*"], "approval": []}))]);
+    assert_eq!(set.on_request(&call("s3:DeleteObject", json!({}), json!({}))).verdict, Verdict::Deny);
+    assert_eq!(set.on_request(&call("iam:CreateUser", json!({}), json!({}))).verdict, Verdict::Allow);
+    // A config of the wrong type is a trap, so a deny naming the policy.
+    let set = PolicySet::new(vec![load(&h, "risky-actions.wasm", json!({"deny": "s3:*"}))]);
+    let d = set.on_request(&call("s3:ListBuckets", json!({}), json!({})));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(d.reasons[0].message.contains("trapped"), "{d:?}");
+}
+
+#[test]
+fn secrets_by_team_masks_what_the_caller_does_not_own() {
+    let h = host();
+    let config = json!({"owners": {"payments": ["prod/payments/", "/payments/"]}});
+    let set = PolicySet::new(vec![load(&h, "secrets-by-team.wasm", config)]);
+    let key = HashKey::new(b"k".to_vec());
+    let secret = json!({
+        "ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/payments/db-AbCdEf",
+        "Name": "prod/payments/db", "VersionId": "v1",
+        "SecretString": "{\"password\":\"hunter2\"}", "CreatedDate": 1700000000.0
+    });
+    let run = |groups: Value, op: &str, params: Value, body: &Value| {
+        let c = call(op, json!({"groups": groups}), params);
+        let d = set.on_response(&c, 200, body);
+        assert!(d.deny.is_empty(), "{d:?}");
+        let mut out = body.clone();
+        masking::apply(&mut out, &d.masks, &key);
+        out
+    };
+    let owner = run(json!(["payments"]), "secretsmanager:GetSecretValue", json!({"SecretId": "prod/payments/db"}), &secret);
+    assert_eq!(owner["SecretString"], secret["SecretString"]);
+    let other = run(json!(["search"]), "secretsmanager:GetSecretValue", json!({"SecretId": "prod/payments/db"}), &secret);
+    assert_eq!(other["SecretString"], "***");
+    assert_eq!(other["Name"], "prod/payments/db");
+    // Asking by ARN does not dodge the check: the name comes from the response.
+    let by_arn = run(json!([]), "secretsmanager:GetSecretValue", json!({"SecretId": secret["ARN"]}), &secret);
+    assert_eq!(by_arn["SecretString"], "***");
+    let admin = run(json!(["secrets-admin"]), "secretsmanager:GetSecretValue", json!({}), &secret);
+    assert_eq!(admin["SecretString"], secret["SecretString"]);
+
+    let params = json!({"Parameters": [
+        {"Name": "/payments/api-key", "Type": "SecureString", "Value": "pay-123456789", "Version": 1},
+        {"Name": "/search/api-key", "Type": "SecureString", "Value": "search-123456789", "Version": 3}
+    ], "InvalidParameters": []});
+    let out = run(json!("payments"), "ssm:GetParameters", json!({"Names": ["/payments/api-key", "/search/api-key"]}), &params);
+    assert_eq!(out["Parameters"][0]["Value"], "pay-123456789");
+    assert_eq!(out["Parameters"][1]["Value"], "***");
+    let single = json!({"Parameter": {"Name": "/search/x", "Type": "SecureString", "Value": "v-123456789"}});
+    let out = run(json!(["payments"]), "ssm:GetParameter", json!({"Name": "/search/x"}), &single);
+    assert_eq!(out["Parameter"]["Value"], "***");
+}
+
+fn hostile(h: &Host, mode: &str) -> Arc<LoadedPolicy> {
+    load(h, "fixtures/hostile.wasm", json!({"mode": mode}))
+}
+
+#[test]
+fn a_trap_denies_naming_the_policy() {
+    let h = host();
+    let set = PolicySet::new(vec![hostile(&h, "trap")]);
+    let d = set.on_request(&call("s3:ListBuckets", json!({}), json!({})));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.reasons[0].policy, "hostile");
+    assert!(d.reasons[0].message.contains("on-request trapped"), "{d:?}");
+}
+
+#[test]
+fn an_infinite_loop_denies_within_the_deadline_while_other_calls_succeed() {
+    let h = host();
+    let spin = PolicySet::new(vec![hostile(&h, "spin")]);
+    let ok = PolicySet::new(vec![hostile(&h, "allow")]);
+    let spinner = std::thread::spawn(move || {
+        let started = Instant::now();
+        let d = spin.on_request(&call("s3:ListBuckets", json!({}), json!({})));
+        (d, started.elapsed())
+    });
+    // Calls on other policies keep being answered while the loop runs.
+    for _ in 0..20 {
+        assert_eq!(ok.on_request(&call("s3:ListBuckets", json!({}), json!({}))).verdict, Verdict::Allow);
+    }
+    let (d, took) = spinner.join().unwrap();
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(d.reasons[0].message.contains("deadline"), "{d:?}");
+    // Generous bound: the deadline is 50 ms; a loaded machine may be slow to stop it.
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+}
+
+#[test]
+fn a_memory_bomb_and_deep_recursion_deny() {
+    let h = host();
+    for (mode, expect) in [("membomb", "memory"), ("recursion", "trapped")] {
+        let set = PolicySet::new(vec![hostile(&h, mode)]);
+        let d = set.on_request(&call("s3:ListBuckets", json!({}), json!({})));
+        assert_eq!(d.verdict, Verdict::Deny, "{mode}");
+        assert!(d.reasons[0].message.contains(expect), "{mode}: {d:?}");
+    }
+}
+
+#[test]
+fn bad_outputs_deny_on_response() {
+    let h = host();
+    for (mode, expect) in [("bad-selector", "invalid selector"), ("many-masks", "masks"), ("huge-reason", "memory")] {
+        let set = PolicySet::new(vec![hostile(&h, mode)]);
+        let d = set.on_response(&call("s3:ListBuckets", json!({}), json!({})), 200, &json!({"a": 1}));
+        assert!(!d.deny.is_empty(), "{mode}");
+        assert!(d.deny[0].message.contains(expect), "{mode}: {d:?}");
+        assert!(d.deny[0].message.len() <= 1024);
+    }
+}
+
+#[test]
+fn policies_see_no_filesystem() {
+    let h = host();
+    let set = PolicySet::new(vec![hostile(&h, "filesystem")]);
+    let d = set.on_request(&call("s3:ListBuckets", json!({}), json!({})));
+    assert_eq!(d.reasons[0].message, "filesystem access refused as expected");
+}
+
+#[test]
+fn a_policy_that_traps_on_some_inputs_only_denies_those() {
+    let h = host();
+    let set = PolicySet::new(vec![load(&h, "fixtures/hostile.wasm", json!({"mode": "trap", "trigger": "DeleteBucket"}))]);
+    assert_eq!(set.on_request(&call("s3:ListBuckets", json!({}), json!({}))).verdict, Verdict::Allow);
+    assert_eq!(set.on_request(&call("s3:DeleteBucket", json!({}), json!({}))).verdict, Verdict::Deny);
+    assert_eq!(set.on_request(&call("s3:ListBuckets", json!({}), json!({}))).verdict, Verdict::Allow);
+}
+
+#[test]
+fn policies_combine_most_restrictive_first_and_masks_union() {
+    let h = host();
+    let risky = load(&h, "risky-actions.wasm", json!({}));
+    let approve = hostile(&h, "approval");
+    let set = PolicySet::new(vec![risky.clone(), approve.clone()]);
+    let d = set.on_request(&call("s3:ListBuckets", json!({}), json!({})));
+    assert_eq!(d.verdict, Verdict::ApprovalRequired);
+    let d = set.on_request(&call("cloudtrail:DeleteTrail", json!({}), json!({})));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert_eq!(d.reasons.len(), 2, "both policies' reasons are kept: {d:?}");
+    assert_eq!(PolicySet::new(vec![]).on_request(&call("s3:ListBuckets", json!({}), json!({}))).verdict, Verdict::Deny);
+
+    let masker = hostile(&h, "mask-all");
+    let teams = load(&h, "secrets-by-team.wasm", json!({}));
+    let set = PolicySet::new(vec![masker, teams]);
+    let body = json!({"Parameter": {"Name": "/x", "Value": "secret-value-1", "Id": "identifier-1234"}});
+    let c = call("ssm:GetParameter", json!({}), json!({"Name": "/x"}));
+    let d = set.on_response(&c, 200, &body);
+    let mut out = body.clone();
+    masking::apply(&mut out, &d.masks, &HashKey::new(b"k".to_vec()));
+    // redact (secrets-by-team) beats hash (hostile) on the same value.
+    assert_eq!(out["Parameter"]["Value"], "***");
+    assert_eq!(out["Parameter"]["Id"], "***1234");
+    assert_eq!(set.references().len(), 2);
+    assert_eq!(set.references()[1].sha256.len(), 64);
+}

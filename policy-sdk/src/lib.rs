@@ -1,0 +1,318 @@
+//! Rust SDK for Veil policies.
+//!
+//! A Veil policy is a WebAssembly component exporting the `veil:policy/policy`
+//! world from `wit/veil-policy.wit`. This crate wraps the generated bindings
+//! in a small typed API: implement [`Policy`] and export it with
+//! [`export_policy!`]; build with `cargo build --target wasm32-wasip2`.
+//!
+//! ```
+//! use veil_policy_sdk::{export_policy, Mask, Policy, Request, Response, ResponseDecision, Verdict};
+//!
+//! struct NoIamWrites;
+//!
+//! impl Policy for NoIamWrites {
+//!     const NAME: &'static str = "no-iam-writes";
+//!     const VERSION: &'static str = "1.0.0";
+//!
+//!     fn on_request(req: &Request) -> Verdict {
+//!         if req.service() == "iam" && !req.action().starts_with("Get") && !req.action().starts_with("List") {
+//!             return Verdict::Deny(format!("{} is not allowed through Veil", req.qualified_action()));
+//!         }
+//!         Verdict::Allow
+//!     }
+//!
+//!     fn on_response(req: &Request, _resp: &Response) -> ResponseDecision {
+//!         if req.has_group("secrets-admin") {
+//!             return ResponseDecision::allow();
+//!         }
+//!         ResponseDecision::masks(vec![Mask::redact("**.SecretAccessKey")])
+//!     }
+//! }
+//!
+//! export_policy!(NoIamWrites);
+//! ```
+//!
+//! Inputs that are not valid JSON make the SDK panic, which traps the
+//! instance; the gateway treats a trap as a deny (fail closed).
+
+use serde_json::Value;
+
+#[doc(hidden)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../wit",
+        world: "policy",
+        pub_export_macro: true,
+        export_macro_name: "__export_world",
+        default_bindings_module: "veil_policy_sdk::bindings",
+    });
+}
+
+use bindings::veil::policy::types as wit;
+
+/// A decision on a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// Let the call proceed.
+    Allow,
+    /// Refuse the call with a reason shown to the caller.
+    Deny(String),
+    /// Hold the call for a human's approval, with a reason shown to the reviewer.
+    ApprovalRequired(String),
+}
+
+/// How a masked value is replaced; see the WIT file for the exact output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskStyle {
+    /// Fixed, type-preserving marker.
+    Redact,
+    /// Keyed, stable hash.
+    Hash,
+    /// Keep the last four characters.
+    Partial,
+}
+
+/// One masking instruction: a selector and a style.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mask {
+    /// Selector in Veil's selector language.
+    pub path: String,
+    /// Replacement style.
+    pub style: MaskStyle,
+}
+
+impl Mask {
+    /// Redact what `path` selects.
+    pub fn redact(path: impl Into<String>) -> Self {
+        Mask { path: path.into(), style: MaskStyle::Redact }
+    }
+    /// Replace what `path` selects with a keyed hash.
+    pub fn hash(path: impl Into<String>) -> Self {
+        Mask { path: path.into(), style: MaskStyle::Hash }
+    }
+    /// Keep the last four characters of what `path` selects.
+    pub fn partial(path: impl Into<String>) -> Self {
+        Mask { path: path.into(), style: MaskStyle::Partial }
+    }
+}
+
+/// A decision on a response: withhold it, or mask parts of it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseDecision {
+    /// Some(reason) withholds the response.
+    pub deny: Option<String>,
+    /// What to mask.
+    pub masks: Vec<Mask>,
+}
+
+impl ResponseDecision {
+    /// Pass the response unchanged.
+    pub fn allow() -> Self {
+        Self::default()
+    }
+    /// Pass the response with these masks applied.
+    pub fn masks(masks: Vec<Mask>) -> Self {
+        ResponseDecision { deny: None, masks }
+    }
+    /// Withhold the response.
+    pub fn deny(reason: impl Into<String>) -> Self {
+        ResponseDecision { deny: Some(reason.into()), masks: Vec::new() }
+    }
+}
+
+/// One call as a policy sees it: identity, operation, parameters and the
+/// policy's own configuration, already parsed.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The token issuer.
+    pub issuer: String,
+    /// The token subject.
+    pub subject: String,
+    /// All claims of the token.
+    pub claims: Value,
+    /// Service signing name (`secretsmanager`).
+    pub service: String,
+    /// Operation name (`GetSecretValue`).
+    pub action: String,
+    /// Region (`us-east-1`).
+    pub region: String,
+    /// Main resource when known.
+    pub resource: Option<String>,
+    /// Request parameters.
+    pub params: Value,
+    /// This policy's configuration (`{}` when none).
+    pub config: Value,
+}
+
+impl Request {
+    fn from_wit(c: wit::Call) -> Self {
+        Request {
+            issuer: c.identity.issuer,
+            subject: c.identity.subject,
+            claims: parse_json("claims-json", &c.identity.claims_json),
+            service: c.operation.service,
+            action: c.operation.action,
+            region: c.operation.region,
+            resource: c.operation.resource,
+            params: parse_json("params-json", &c.params_json),
+            config: parse_json("config-json", &c.config_json),
+        }
+    }
+
+    /// Service signing name.
+    pub fn service(&self) -> &str {
+        &self.service
+    }
+
+    /// Operation name.
+    pub fn action(&self) -> &str {
+        &self.action
+    }
+
+    /// `service:Action`, the form IAM policies use (`iam:CreateUser`).
+    pub fn qualified_action(&self) -> String {
+        format!("{}:{}", self.service, self.action)
+    }
+
+    /// A string claim, if present and a string.
+    pub fn claim_str(&self, name: &str) -> Option<&str> {
+        self.claims.get(name).and_then(Value::as_str)
+    }
+
+    /// The caller's groups: the `groups` claim, as a list of strings or a
+    /// single space- or comma-separated string.
+    pub fn groups(&self) -> Vec<&str> {
+        self.claim_list("groups")
+    }
+
+    /// A claim that holds a list of strings (or one string of several names
+    /// separated by spaces or commas).
+    pub fn claim_list(&self, name: &str) -> Vec<&str> {
+        match self.claims.get(name) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
+            Some(Value::String(s)) => s.split([' ', ',']).filter(|g| !g.is_empty()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Whether the caller is in `group`.
+    pub fn has_group(&self, group: &str) -> bool {
+        self.groups().contains(&group)
+    }
+
+    /// A string parameter of the request.
+    pub fn param_str(&self, name: &str) -> Option<&str> {
+        self.params.get(name).and_then(Value::as_str)
+    }
+
+    /// A list of strings from the policy config, or `default` when the key is
+    /// absent. A present key that is not a list of strings panics (a trap, so
+    /// the gateway denies and reports the misconfiguration).
+    pub fn config_list(&self, key: &str, default: &[&str]) -> Vec<String> {
+        match self.config.get(key) {
+            None => default.iter().map(|s| s.to_string()).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v.as_str() {
+                    Some(s) => s.to_string(),
+                    None => panic!("config `{key}` must be a list of strings"),
+                })
+                .collect(),
+            Some(_) => panic!("config `{key}` must be a list of strings"),
+        }
+    }
+}
+
+/// The upstream response as a policy sees it.
+#[derive(Debug, Clone)]
+pub struct Response {
+    /// HTTP status.
+    pub status: u16,
+    /// Body as JSON.
+    pub body: Value,
+}
+
+fn parse_json(what: &str, text: &str) -> Value {
+    match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(e) => panic!("veil: {what} is not valid JSON: {e}"),
+    }
+}
+
+/// What a Veil policy implements.
+pub trait Policy {
+    /// Stable short name, recorded in audit records.
+    const NAME: &'static str;
+    /// Semver version, recorded in audit records.
+    const VERSION: &'static str;
+    /// Decide on a request before it reaches AWS.
+    fn on_request(req: &Request) -> Verdict;
+    /// Decide on the response before it reaches the caller.
+    fn on_response(req: &Request, resp: &Response) -> ResponseDecision;
+}
+
+#[doc(hidden)]
+pub mod glue {
+    //! Conversions used by [`export_policy!`](crate::export_policy); not public API.
+    use super::*;
+
+    pub fn info<P: Policy>() -> wit::PolicyInfo {
+        wit::PolicyInfo { name: P::NAME.to_string(), version: P::VERSION.to_string() }
+    }
+
+    pub fn on_request<P: Policy>(c: wit::Call) -> wit::Verdict {
+        match P::on_request(&Request::from_wit(c)) {
+            Verdict::Allow => wit::Verdict::Allow,
+            Verdict::Deny(r) => wit::Verdict::Deny(r),
+            Verdict::ApprovalRequired(r) => wit::Verdict::ApprovalRequired(r),
+        }
+    }
+
+    pub fn on_response<P: Policy>(c: wit::Call, r: wit::Response) -> wit::ResponseVerdict {
+        let resp = Response { status: r.status, body: parse_json("body-json", &r.body_json) };
+        let d = P::on_response(&Request::from_wit(c), &resp);
+        wit::ResponseVerdict {
+            deny: d.deny,
+            masks: d
+                .masks
+                .into_iter()
+                .map(|m| wit::Mask {
+                    path: m.path,
+                    style: match m.style {
+                        MaskStyle::Redact => wit::MaskStyle::Redact,
+                        MaskStyle::Hash => wit::MaskStyle::Hash,
+                        MaskStyle::Partial => wit::MaskStyle::Partial,
+                    },
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Export a [`Policy`] implementation as the component's `policy` world.
+#[macro_export]
+macro_rules! export_policy {
+    ($policy:ty) => {
+        #[doc(hidden)]
+        struct __VeilPolicyExport;
+
+        impl $crate::bindings::Guest for __VeilPolicyExport {
+            fn info() -> $crate::bindings::veil::policy::types::PolicyInfo {
+                $crate::glue::info::<$policy>()
+            }
+            fn on_request(
+                c: $crate::bindings::veil::policy::types::Call,
+            ) -> $crate::bindings::veil::policy::types::Verdict {
+                $crate::glue::on_request::<$policy>(c)
+            }
+            fn on_response(
+                c: $crate::bindings::veil::policy::types::Call,
+                r: $crate::bindings::veil::policy::types::Response,
+            ) -> $crate::bindings::veil::policy::types::ResponseVerdict {
+                $crate::glue::on_response::<$policy>(c, r)
+            }
+        }
+
+        $crate::bindings::__export_world!(__VeilPolicyExport);
+    };
+}

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs everything the tests need on a fresh Debian machine; idempotent and
+# quiet on success. Output of each step is kept in a log shown on failure.
+set -euo pipefail
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+step() {
+  if ! "$@" >"$log" 2>&1; then
+    echo "deps: failed: $*" >&2
+    cat "$log" >&2
+    exit 1
+  fi
+}
+
+rustup target list --installed | grep -qx wasm32-wasip2 || step rustup target add wasm32-wasip2
+
+# Python: the AWS emulator (moto), real AWS clients (boto3, AWS CLI), pytest.
+python3 - <<'PY' 2>/dev/null || step python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+import importlib.metadata as m, sys
+want = dict(l.strip().split("==") for l in open("tests/requirements.txt") if "==" in l)
+for name, version in want.items():
+    base = name.split("[")[0]
+    if m.version(base) != version:
+        sys.exit(1)
+PY

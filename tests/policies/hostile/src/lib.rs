@@ -1,0 +1,84 @@
+//! A policy that misbehaves on purpose, for the host's tests. The policy
+//! config's `mode` picks the misbehaviour; `trigger` (when set) makes it
+//! misbehave only for calls whose action equals it, allowing everything else.
+
+use serde_json::Value;
+use veil_policy_sdk::{export_policy, Mask, Policy, Request, Response, ResponseDecision, Verdict};
+
+struct Hostile;
+
+fn mode(req: &Request) -> &str {
+    let triggered = match req.config.get("trigger").and_then(Value::as_str) {
+        Some(action) => action == req.action(),
+        None => true,
+    };
+    if !triggered {
+        return "allow";
+    }
+    req.config.get("mode").and_then(Value::as_str).unwrap_or("allow")
+}
+
+#[inline(never)]
+fn recurse(n: u64) -> u64 {
+    let buf = std::hint::black_box([n; 64]);
+    if n == u64::MAX { return 0; }
+    recurse(n + 1).wrapping_add(buf[(n % 64) as usize])
+}
+
+fn misbehave(m: &str) {
+    match m {
+        "trap" => panic!("hostile policy traps on purpose"),
+        "spin" => {
+            let mut x = 0u64;
+            loop {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+        }
+        "membomb" => {
+            let mut hoard: Vec<Vec<u8>> = Vec::new();
+            loop {
+                // Reserve without touching: reaches the cap in a few steps, not on CPU time.
+                hoard.push(Vec::with_capacity(16 << 20));
+                std::hint::black_box(&hoard);
+            }
+        }
+        "recursion" => {
+            std::hint::black_box(recurse(0));
+        }
+        "filesystem" => {
+            let read = std::fs::read_to_string("/etc/passwd");
+            if read.is_ok() {
+                panic!("filesystem access was granted");
+            }
+        }
+        _ => {}
+    }
+}
+
+impl Policy for Hostile {
+    const NAME: &'static str = "hostile";
+    const VERSION: &'static str = "0.0.1";
+
+    fn on_request(req: &Request) -> Verdict {
+        let m = mode(req);
+        misbehave(m);
+        match m {
+            "deny" => Verdict::Deny("hostile denies".into()),
+            "approval" => Verdict::ApprovalRequired("hostile wants approval".into()),
+            "filesystem" => Verdict::Deny("filesystem access refused as expected".into()),
+            _ => Verdict::Allow,
+        }
+    }
+
+    fn on_response(req: &Request, _resp: &Response) -> ResponseDecision {
+        match mode(req) {
+            "bad-selector" => ResponseDecision::masks(vec![Mask::redact("Secret[[")]),
+            "many-masks" => ResponseDecision::masks((0..20_000).map(|i| Mask::redact(format!("a{i}"))).collect()),
+            "huge-reason" => ResponseDecision::deny("x".repeat(100 << 20)),
+            "mask-all" => ResponseDecision::masks(vec![Mask::hash("**.Value"), Mask::partial("**.Id")]),
+            _ => ResponseDecision::allow(),
+        }
+    }
+}
+
+export_policy!(Hostile);
