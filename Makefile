@@ -26,3 +26,4 @@ deps:
 
 test: deps build policies
 	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world
+	cd tests/e2e && python3 -m pytest -q -p no:cacheprovider

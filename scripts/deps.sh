@@ -23,3 +23,8 @@ for name, version in want.items():
     if m.version(base) != version:
         sys.exit(1)
 PY
+
+# Node: the real OIDC issuer used by the end-to-end tests.
+if [ ! -d tests/e2e/node_modules/oauth2-mock-server ]; then
+  step npm ci --prefix tests/e2e --no-audit --no-fund
+fi

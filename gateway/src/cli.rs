@@ -101,7 +101,8 @@ fn init_tracing() {
     let default = if std::env::args().nth(1).as_deref() == Some("serve") { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
 }
 
 /// `veil serve`: load and check everything, then serve until SIGTERM/SIGINT.
@@ -138,6 +139,7 @@ fn serve(path: &Path) -> Result<()> {
             let m: std::net::SocketAddr = m.parse()?;
             let gw = gateway.clone();
             let mtcp = tokio::net::TcpListener::bind(m).await.with_context(|| format!("{}: metrics.address {m}", path.display()))?;
+            tracing::info!(address = %mtcp.local_addr()?, "metrics endpoint is listening");
             tokio::spawn(async move {
                 if let Err(e) = listener::serve_metrics(mtcp, gw).await {
                     tracing::error!(error = %e, "metrics endpoint stopped");

@@ -374,6 +374,7 @@ impl Gateway {
         body: Incoming,
     ) -> Result<(Option<Bytes>, Option<(upstream::UpBody, bool)>), Failure> {
         let signed = sigv4::parse(parts)?;
+        ctx.protocol = aws::protocol_of(&signed.service);
         ctx.service = Some(signed.service.clone());
         ctx.region = Some(signed.region.clone());
         let token = signed.security_token.as_deref().ok_or(Failure::Session(SessionError::Invalid))?;
@@ -395,13 +396,16 @@ impl Gateway {
     }
 
     async fn identify_bearer(&self, ctx: &mut Ctx, parts: &Parts, token: &str) -> Result<(), Failure> {
-        let identity = self.verifier.verify(token).await?;
         let header = |n: &'static str| -> Result<String, Failure> {
             let v = parts.headers.get(n).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 64);
             v.map(str::to_owned).ok_or_else(|| Failure::BadRequest(format!("header {n} is required with Bearer authentication")))
         };
-        ctx.service = Some(header(SERVICE_HEADER)?);
+        let service = header(SERVICE_HEADER)?;
+        // Known before the token is checked, so even its errors are in the service's shape.
+        ctx.protocol = aws::protocol_of(&service);
+        ctx.service = Some(service);
         ctx.region = Some(header(REGION_HEADER)?);
+        let identity = self.verifier.verify(token).await?;
         let role = match parts.headers.get(ROLE_HEADER).and_then(|v| v.to_str().ok()) {
             Some(r) => r.to_string(),
             None if self.roles.len() == 1 => self.roles.keys().next().cloned().unwrap_or_default(),

@@ -87,6 +87,12 @@ fn table() -> &'static Table {
     })
 }
 
+/// The protocol of a service's main model, for shaping errors before the
+/// operation is known.
+pub fn protocol_of(service: &str) -> Option<Protocol> {
+    table().services.get(service).and_then(|m| m.first()).map(|m| m.protocol)
+}
+
 /// Why a request could not be classified.
 #[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ClassifyError {

@@ -1,0 +1,27 @@
+import pytest
+
+import harness
+
+
+@pytest.fixture(scope="session")
+def issuer():
+    proc, url = harness.start_issuer()
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def moto():
+    proc, url = harness.start_moto()
+    yield url
+    proc.stop()
+
+
+@pytest.fixture(scope="session")
+def stack(issuer, moto, tmp_path_factory):
+    """Veil with TLS in front of moto, trusting the issuer."""
+    d = tmp_path_factory.mktemp("veil")
+    cfg, ca = harness.veil_config(d, issuer, moto)
+    veil = harness.Veil(cfg)
+    yield {"veil": veil, "ca": ca, "issuer": issuer, "moto": moto, "dir": d}
+    veil.stop()

@@ -1,0 +1,234 @@
+"""Shared harness for Veil's end-to-end tests: starts the real services as
+processes on free ports (OIDC issuer, moto, Veil with TLS), mints tokens,
+and builds AWS clients that reach AWS only through Veil."""
+import base64
+import contextlib
+import datetime
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import boto3
+import requests
+from botocore.config import Config as BotoConfig
+
+ROOT = Path(__file__).resolve().parents[2]
+VEIL = ROOT / "target" / "release" / "veil"
+POLICIES = ROOT / "target" / "policies"
+ROLE_ARN = "arn:aws:iam::123456789012:role/veil-agent"
+AUDIENCE = "veil"
+# Veil's own upstream credential (moto accepts any).
+UPSTREAM_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "us-east-1"}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    """A child process whose output goes to a log file; killed on stop()."""
+
+    def __init__(self, name, args, env=None, cwd=None):
+        self.name = name
+        self.log = tempfile.NamedTemporaryFile(prefix=f"veil-e2e-{name}-", suffix=".log", delete=False)
+        self.p = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True)
+
+    def output(self):
+        return Path(self.log.name).read_text(errors="replace")
+
+    def wait_for(self, pattern, timeout=60):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            m = re.search(pattern, self.output())
+            if m:
+                return m
+            if self.p.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.p.returncode}:\n{self.output()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"{self.name} did not print {pattern!r} within {timeout}s:\n{self.output()}")
+
+    def stop(self, sig=signal.SIGTERM, timeout=15):
+        if self.p.poll() is None:
+            os.killpg(self.p.pid, sig)
+            try:
+                self.p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.p.pid, signal.SIGKILL)
+                self.p.wait()
+        return self.p.returncode
+
+
+def start_issuer():
+    proc = Proc("issuer", ["node", str(ROOT / "tests/e2e/issuer.mjs")], cwd=ROOT / "tests/e2e")
+    url = json.loads(proc.wait_for(r"\{\"url\":.*\}").group(0))["url"]
+    return proc, url
+
+
+def start_moto():
+    for _ in range(5):
+        port = free_port()
+        proc = Proc("moto", [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)])
+        try:
+            proc.wait_for(r"Running on", timeout=30)
+            return proc, f"http://127.0.0.1:{port}"
+        except RuntimeError:
+            proc.stop()
+    raise RuntimeError("moto did not start")
+
+
+def make_tls(dirpath):
+    """A test CA and a server certificate for 127.0.0.1/localhost."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Veil test CA")])
+    ca = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
+                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veil")]))
+        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    d = Path(dirpath)
+    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (d / "veil.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (d / "veil-key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return d / "ca.pem", d / "veil.pem", d / "veil-key.pem"
+
+
+def veil_config(dirpath, issuer_url, moto_url, extra=""):
+    ca, cert, key = make_tls(dirpath)
+    (Path(dirpath) / "session.key").write_text("s" * 48)
+    (Path(dirpath) / "hash.key").write_text("h" * 48)
+    cfg = Path(dirpath) / "veil.toml"
+    cfg.write_text(f"""
+[listener]
+address = "127.0.0.1:0"
+tls_cert = "veil.pem"
+tls_key = "veil-key.pem"
+shutdown_drain_secs = 5
+
+[identity]
+[[identity.issuers]]
+issuer = "{issuer_url}"
+audience = "{AUDIENCE}"
+
+[sts]
+session_key_file = "session.key"
+
+[[roles]]
+arn = "{ROLE_ARN}"
+credentials = "emulator"
+
+[upstream]
+endpoint = "{moto_url}"
+
+[upstream.credentials.emulator]
+
+[policies]
+dir = "{POLICIES}"
+
+[policies.config.secrets-by-team]
+owners = {{ payments = ["prod/payments/", "/payments/"] }}
+
+[masking]
+hash_key_file = "hash.key"
+
+[metrics]
+address = "127.0.0.1:0"
+{extra}
+""")
+    return cfg, ca
+
+
+class Veil:
+    def __init__(self, config, env=None):
+        e = dict(os.environ)
+        e.update(UPSTREAM_ENV)
+        e.update(env or {})
+        self.proc = Proc("veil", [str(VEIL), "serve", "--config", str(config)], env=e)
+        m = self.proc.wait_for(r"veil is listening address=(\S+)")
+        self.url = "https://" + m.group(1).replace("127.0.0.1", "127.0.0.1")
+        self.metrics_url = "http://" + self.proc.wait_for(r"metrics endpoint is listening address=(\S+)").group(1) + "/metrics"
+
+    def stop(self):
+        return self.proc.stop()
+
+
+def mint(issuer_url, **claims):
+    claims.setdefault("sub", "agent-1")
+    r = requests.post(f"{issuer_url}/token", data={"grant_type": "client_credentials", "aud": claims.pop("aud", AUDIENCE), "claims": json.dumps(claims)}, timeout=10)
+    r.raise_for_status()
+    return r.json()["access_token"]
+
+
+def moto_client(moto_url, service):
+    """A client straight to the emulator, for seeding and checking state."""
+    return boto3.client(service, endpoint_url=moto_url, region_name="us-east-1",
+                        aws_access_key_id="testing", aws_secret_access_key="testing")
+
+
+CLIENT_ENV_DROP = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"]
+
+
+def agent_env(veil, ca, token_file):
+    """The environment an agent needs to reach AWS through Veil: nothing else."""
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_DROP}
+    env.update({
+        "AWS_ENDPOINT_URL": veil.url,
+        "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_file),
+        "AWS_ROLE_ARN": ROLE_ARN,
+        "AWS_CA_BUNDLE": str(ca),
+        "AWS_REGION": "us-east-1",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_CONFIG_FILE": "/dev/null",
+        "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
+        "AWS_S3_ADDRESSING_STYLE": "path",
+    })
+    return env
+
+
+@contextlib.contextmanager
+def agent_session(veil, ca, token, tmpdir):
+    """A boto3 session configured only by the agent environment."""
+    token_file = Path(tmpdir) / f"token-{time.time_ns()}"
+    token_file.write_text(token)
+    env = agent_env(veil, ca, token_file)
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(env)
+    try:
+        yield boto3.Session()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def aws_cli(env, *args, check=False):
+    return subprocess.run(["aws", *args, "--output", "json"], env=env, capture_output=True, text=True, timeout=120)
