@@ -18,8 +18,8 @@ policies:
 	@for c in $(POLICY_CRATES); do cp target/wasm32-wasip2/wasm/$${c//-/_}.wasm $(POLICY_OUT)/$$c.wasm; done
 	@for c in $(FIXTURE_CRATES); do cp target/wasm32-wasip2/wasm/$${c//-/_}.wasm $(POLICY_OUT)/fixtures/$$c.wasm; done
 
-demo: build policies
-	@bash scripts/demo.sh
+demo: deps build policies
+	@python3 scripts/demo.py
 
 deps:
 	@bash scripts/deps.sh

@@ -168,13 +168,13 @@ address = "127.0.0.1:0"
 
 
 class Veil:
-    def __init__(self, config, env=None):
+    def __init__(self, config, env=None, scheme="https"):
         e = dict(os.environ)
         e.update(UPSTREAM_ENV)
         e.update(env or {})
         self.proc = Proc("veil", [str(VEIL), "serve", "--config", str(config)], env=e)
         m = self.proc.wait_for(r"veil is listening address=(\S+)")
-        self.url = "https://" + m.group(1).replace("127.0.0.1", "127.0.0.1")
+        self.url = f"{scheme}://" + m.group(1)
         self.metrics_url = "http://" + self.proc.wait_for(r"metrics endpoint is listening address=(\S+)").group(1) + "/metrics"
 
     def stop(self):

@@ -1,0 +1,60 @@
+"""`veil serve` refuses bad configuration with exit 1, naming file, key and reason."""
+import subprocess
+from pathlib import Path
+
+import harness
+
+
+def serve(cfg, timeout=30):
+    return subprocess.run([str(harness.VEIL), "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=timeout,
+                          env={**harness.UPSTREAM_ENV, "PATH": "/usr/bin:/bin"})
+
+
+def test_example_config_parses_up_to_the_network(tmp_path):
+    # The committed example is valid apart from files and issuers that only exist in a real deployment.
+    example = (harness.ROOT / "veil.example.toml").read_text()
+    cfg = tmp_path / "veil.toml"
+    cfg.write_text(example)
+    r = serve(cfg)
+    assert r.returncode == 1
+    assert "listener.tls_cert" in r.stderr and "does not exist" in r.stderr, r.stderr
+
+
+def broken(tmp_path, issuer, moto, old, new):
+    cfg, _ = harness.veil_config(tmp_path, issuer, moto)
+    text = cfg.read_text()
+    assert old in text, old
+    cfg.write_text(text.replace(old, new, 1))
+    return cfg
+
+
+def test_bad_configs_exit_1_with_file_key_and_reason(tmp_path, issuer, moto):
+    cases = [
+        ('shutdown_drain_secs = 5', 'shutdown_drain_secs = 5\nlisten_port = 1', ["unknown field `listen_port`", "line "]),
+        ('shutdown_drain_secs = 5', 'shutdown_drain_secs = "five"', ["invalid type", "line "]),
+        ('tls_cert = "veil.pem"', 'tls_cert = "missing.pem"', ["listener.tls_cert", "does not exist"]),
+        (f'issuer = "{issuer}"', 'issuer = "http://127.0.0.1:9"', ["identity.issuers", "discovery failed"]),
+        ('credentials = "emulator"', 'credentials = "nope"', ["roles[0].credentials", "no [upstream.credentials.nope]"]),
+        (f'dir = "{harness.POLICIES}"', 'dir = "/nonexistent"', ["policies.dir", "does not exist"]),
+        ('address = "127.0.0.1:0"\ntls', 'address = "localhost:x"\ntls', ["listener.address"]),
+    ]
+    for i, (old, new, expect) in enumerate(cases):
+        d = tmp_path / str(i)
+        d.mkdir()
+        r = serve(broken(d, issuer, moto, old, new))
+        assert r.returncode == 1, (new, r.stderr)
+        assert "veil.toml" in r.stderr, r.stderr
+        for e in expect:
+            assert e in r.stderr, (new, r.stderr)
+        assert "panicked" not in r.stderr
+
+
+def test_plaintext_needs_an_explicit_flag_and_warns(tmp_path, issuer, moto):
+    cfg = broken(tmp_path, issuer, moto, 'tls_cert = "veil.pem"\ntls_key = "veil-key.pem"', 'insecure_plaintext = true')
+    veil = harness.Veil(cfg, scheme="http")
+    try:
+        assert "insecure_plaintext = true" in veil.proc.output()
+        import requests
+        assert requests.get(veil.url + "/", timeout=10).status_code == 403
+    finally:
+        veil.stop()
