@@ -6,7 +6,7 @@ POLICY_OUT := target/policies
 POLICY_CRATES := risky-actions secrets-by-team
 FIXTURE_CRATES := hostile other-world
 
-.PHONY: build policies demo test deps
+.PHONY: build policies demo test deps bench
 
 build:
 	$(CARGO) build --release --locked
@@ -27,3 +27,11 @@ deps:
 test: deps build policies
 	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world
 	cd tests/e2e && python3 -m pytest -q -p no:cacheprovider
+
+# Benchmarks (not part of `make test`): policy hooks (criterion), then the
+# gateway against nginx and a direct upstream with wrk, side by side.
+bench: deps build policies
+	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null; }
+	$(CARGO) build --release --locked --example bench_upstream
+	$(CARGO) bench --locked --bench policy -- --warm-up-time 1 --measurement-time 5
+	python3 bench/gateway.py

@@ -2,9 +2,15 @@
 //! into `InstancePre`s, a fresh instance per hook call, CPU and memory limits.
 //!
 //! Invariants: every guest call runs in its own `Store` on a fresh instance
-//! (no state crosses callers); every store carries memory limits and an epoch
-//! deadline; nothing a guest does can panic the host: traps, timeouts and
-//! limit hits come back as [`HookError`]s, which the caller turns into denies.
+//! that serves that one call only (no state crosses callers); every store
+//! carries memory limits and an epoch deadline set just before the call;
+//! nothing a guest does can panic the host: traps, timeouts and limit hits
+//! come back as [`HookError`]s, which the caller turns into denies.
+//!
+//! Instantiation is kept off the request path: each policy keeps a few
+//! ready, never-used instances, refilled by a background thread that also
+//! drops used stores (resetting a slot is work too). When the pool is empty
+//! a call instantiates inline, so the pool affects speed, never behaviour.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -97,12 +103,31 @@ impl WasiView for HostState {
     }
 }
 
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Ready instances kept per policy.
+const READY_PER_POLICY: usize = 4;
+
 /// The engine and linker shared by every policy.
 #[derive(Clone)]
 pub struct Host {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     limits: Limits,
+    /// Background work: refilling ready pools, dropping used stores.
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+/// A ready, never-used instance in its own store.
+struct Ready {
+    store: Store<HostState>,
+    policy: bindings::Policy,
+}
+
+struct Inner {
+    pre: PolicyPre<HostState>,
+    ready: std::sync::Mutex<Vec<Ready>>,
+    refilling: std::sync::atomic::AtomicBool,
 }
 
 impl Host {
@@ -111,7 +136,8 @@ impl Host {
     /// ends when the last engine clone is dropped.
     pub fn new(limits: Limits) -> anyhow::Result<Host> {
         let mut pool = PoolingAllocationConfig::default();
-        let n = limits.max_concurrent.max(1);
+        // Slots for concurrent calls plus the ready pools of many policies.
+        let n = limits.max_concurrent.max(1) + 512;
         pool.total_component_instances(n)
             .total_core_instances(n * 8)
             .total_memories(n * 2)
@@ -121,7 +147,13 @@ impl Host {
             .max_tables_per_component(16)
             .max_component_instance_size(1 << 20)
             .max_core_instance_size(4 << 20)
-            .max_memory_size(limits.memory_bytes);
+            .max_memory_size(limits.memory_bytes)
+            // Reset used slots by rewriting only their dirty pages (pagemap
+            // scan) instead of unmapping them: the next instance then runs
+            // without page faults. This is most of the per-call cost.
+            .linear_memory_keep_resident(4 << 20)
+            .table_keep_resident(64 << 10)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = Config::new();
         config
             .wasm_component_model(true)
@@ -145,7 +177,13 @@ impl Host {
         // WASI only as far as guest toolchains need it: the context below has
         // no preopened directories, no network, no environment, no arguments.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        Ok(Host { engine, linker: Arc::new(linker), limits })
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new().name("veil-policy-pool".into()).spawn(move || {
+            while let Ok(job) = rx.recv() {
+                job();
+            }
+        })?;
+        Ok(Host { engine, linker: Arc::new(linker), limits, jobs })
     }
 
     /// The limits applied to every call.
@@ -188,7 +226,7 @@ impl Host {
         })?;
         let mut compiled = Compiled {
             host: self.clone(),
-            pre,
+            inner: Arc::new(Inner { pre, ready: Default::default(), refilling: Default::default() }),
             name: String::new(),
             version: String::new(),
             sha256,
@@ -209,7 +247,40 @@ impl Host {
         }
         compiled.name = info.name;
         compiled.version = info.version;
+        compiled.refill();
         Ok(compiled)
+    }
+
+    fn new_store(&self) -> Store<HostState> {
+        let state = HostState {
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(self.limits.memory_bytes)
+                .instances(64)
+                .tables(64)
+                .memories(8)
+                .trap_on_grow_failure(true)
+                .build(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+    }
+
+    fn instantiate(&self, pre: &PolicyPre<HostState>) -> Result<Ready, HookError> {
+        let mut store = self.new_store();
+        store.set_epoch_deadline(self.deadline_ticks());
+        let started = Instant::now();
+        let policy = pre.instantiate(&mut store).map_err(|e| match classify_trap(e, self.limits, started) {
+            HookError::Trap(m) => HookError::Instantiate(m),
+            other => other,
+        })?;
+        Ok(Ready { store, policy })
     }
 }
 
@@ -239,7 +310,7 @@ fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
 /// A compiled, checked policy component.
 pub struct Compiled {
     host: Host,
-    pre: PolicyPre<HostState>,
+    inner: Arc<Inner>,
     /// Name from the policy's `info` export.
     pub name: String,
     /// Version from the policy's `info` export.
@@ -251,34 +322,60 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Run `f` on a fresh instance in a fresh store with the host's limits.
+    /// Run `f` on a fresh, never-used instance with the host's limits.
     pub fn with_instance<R>(
         &self,
         f: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> Result<R, HookError> {
-        let limits = self.host.limits;
-        let state = HostState {
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits.memory_bytes)
-                .instances(64)
-                .tables(64)
-                .memories(8)
-                .trap_on_grow_failure(true)
-                .build(),
+        let ready = self.inner.ready.lock().ok().and_then(|mut r| r.pop());
+        let Ready { mut store, policy } = match ready {
+            Some(r) => r,
+            None => self.host.instantiate(&self.inner.pre)?,
         };
-        let mut store = Store::new(&self.host.engine, state);
-        store.limiter(|s| &mut s.limits);
-        let ticks = (limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64;
-        store.set_epoch_deadline(ticks);
+        self.refill();
+        // The deadline counts from now, not from when the instance was made.
+        store.set_epoch_deadline(self.host.deadline_ticks());
         let started = Instant::now();
-        let classify = |e: wasmtime::Error| classify_trap(e, limits, started);
-        let instance = self.pre.instantiate(&mut store).map_err(|e| match classify(e) {
-            HookError::Trap(m) => HookError::Instantiate(m),
-            other => other,
-        })?;
-        f(&instance, &mut store).map_err(classify)
+        let result = f(&policy, &mut store).map_err(|e| classify_trap(e, self.host.limits, started));
+        // Dropping resets the pool slot: do it off the request path.
+        let _ = self.host.jobs.send(Box::new(move || drop(store)));
+        result
+    }
+
+    /// Instantiate a fresh instance inline and drop it: what a call costs
+    /// when the ready pool is empty (benchmarks report it separately).
+    pub fn instantiate_inline(&self) -> Result<(), HookError> {
+        self.host.instantiate(&self.inner.pre).map(drop)
+    }
+
+    /// Ask the background thread to top up the ready pool (once at a time).
+    fn refill(&self) {
+        use std::sync::atomic::Ordering;
+        if self.inner.refilling.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let inner = self.inner.clone();
+        let host = self.host.clone();
+        let _ = self.host.jobs.send(Box::new(move || {
+            loop {
+                let have = inner.ready.lock().map(|r| r.len()).unwrap_or(READY_PER_POLICY);
+                if have >= READY_PER_POLICY {
+                    break;
+                }
+                match host.instantiate(&inner.pre) {
+                    Ok(r) => {
+                        if let Ok(mut ready) = inner.ready.lock() {
+                            ready.push(r);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "could not pre-instantiate a policy");
+                        break;
+                    }
+                }
+            }
+            inner.refilling.store(false, Ordering::Release);
+        }));
     }
 
     /// Run `on-request` on a fresh instance.

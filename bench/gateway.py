@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+"""Gateway overhead, side by side in one run: the same 4 KB GetSecretValue-shaped
+call (a) direct to a minimal fast upstream, (b) through nginx as a plain
+reverse proxy, (c) through Veil's full pipeline (SigV4 verify, the shipped
+policies with a mask applied, re-sign). wrk drives each at fixed
+concurrency; each cell is the median of REPEATS runs, with the spread.
+
+Usage: python3 bench/gateway.py   (after `make build policies`; installs nothing)
+Environment: DURATION (s, default 5), REPEATS (default 3), CONNS (default "1,16,64").
+"""
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+import harness  # noqa: E402
+import botocore.auth  # noqa: E402
+import botocore.awsrequest  # noqa: E402
+import botocore.credentials  # noqa: E402
+import requests  # noqa: E402
+import xml.etree.ElementTree as ET  # noqa: E402
+
+DURATION = int(os.environ.get("DURATION", "5"))
+REPEATS = int(os.environ.get("REPEATS", "3"))
+CONNS = [int(c) for c in os.environ.get("CONNS", "1,16,64").split(",")]
+
+LUA = """
+wrk.method = "POST"
+wrk.body = %(body)s
+%(headers)s
+done = function(summary, latency, requests)
+  io.write(string.format("RESULT rps=%%f p50=%%d p99=%%d p999=%%d errors=%%d\\n",
+    summary.requests / (summary.duration / 1e6), latency:percentile(50), latency:percentile(99),
+    latency:percentile(99.9), summary.errors.status + summary.errors.connect + summary.errors.read + summary.errors.write + summary.errors.timeout))
+end
+"""
+
+
+def lua_script(path, headers, body):
+    lines = "\n".join(f'wrk.headers[{json.dumps(k)}] = {json.dumps(v)}' for k, v in headers.items())
+    Path(path).write_text(LUA % {"body": json.dumps(body), "headers": lines})
+
+
+def wrk(url, script, conns):
+    threads = min(conns, 2)
+    out = subprocess.run(["wrk", "-t", str(threads), "-c", str(conns), "-d", f"{DURATION}s", "-s", script, url],
+                         capture_output=True, text=True, timeout=DURATION + 60).stdout
+    m = re.search(r"RESULT rps=([\d.]+) p50=(\d+) p99=(\d+) p999=(\d+) errors=(\d+)", out)
+    if not m:
+        raise RuntimeError(out)
+    rps, p50, p99, p999, errors = float(m[1]), int(m[2]), int(m[3]), int(m[4]), int(m[5])
+    if errors:
+        raise RuntimeError(f"{url}: {errors} errors\n{out}")
+    return rps, p50, p99, p999
+
+
+def nginx(upstream_port, d):
+    port = harness.free_port()
+    conf = Path(d) / "nginx.conf"
+    conf.write_text(f"""
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  upstream up {{ server 127.0.0.1:{upstream_port}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }}
+  }}
+}}
+""")
+    proc = harness.Proc("nginx", ["nginx", "-c", str(conf), "-g", "daemon off;"])
+    time.sleep(0.5)
+    return proc, f"http://127.0.0.1:{port}/"
+
+
+def main():
+    procs = []
+    with tempfile.TemporaryDirectory() as d:
+        try:
+            up = harness.Proc("upstream", [str(ROOT / "target/release/examples/bench_upstream")])
+            procs.append(up)
+            up_port = int(up.wait_for(r"listening 127.0.0.1:(\d+)").group(1))
+            issuer_proc, issuer = harness.start_issuer()
+            procs.append(issuer_proc)
+            cfg, ca = harness.veil_config(d, issuer, f"http://127.0.0.1:{up_port}")
+            text = cfg.read_text().replace('tls_cert = "veil.pem"\ntls_key = "veil-key.pem"', "insecure_plaintext = true")
+            cfg.write_text(text)
+            veil = harness.Veil(cfg, env={"VEIL_LOG": "warn,veil_gateway::cli=info"}, scheme="http")
+            procs.append(veil.proc)
+            nginx_proc, nginx_url = nginx(up_port, d)
+            procs.append(nginx_proc)
+
+            # Veil session credentials, then one signed request that stays valid for the skew window.
+            r = requests.post(veil.url, data={"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": harness.ROLE_ARN,
+                                               "RoleSessionName": "bench", "WebIdentityToken": harness.mint(issuer, groups=["search"])}, timeout=30)
+            r.raise_for_status()
+            ns = {"s": "https://sts.amazonaws.com/doc/2011-06-15/"}
+            c = ET.fromstring(r.text).find(".//s:Credentials", ns)
+            creds = botocore.credentials.Credentials(c.find("s:AccessKeyId", ns).text, c.find("s:SecretAccessKey", ns).text, c.find("s:SessionToken", ns).text)
+            body = json.dumps({"SecretId": "prod/search/db"})
+            base = {"X-Amz-Target": "secretsmanager.GetSecretValue", "Content-Type": "application/x-amz-json-1.1"}
+            req = botocore.awsrequest.AWSRequest(method="POST", url=veil.url + "/", data=body, headers=dict(base))
+            botocore.auth.SigV4Auth(creds, "secretsmanager", "us-east-1").add_auth(req)
+            signed = {k: v for k, v in req.headers.items()}
+            check = requests.post(veil.url + "/", data=body, headers=signed, timeout=10)
+            assert check.status_code == 200 and check.json()["SecretString"] == "***", check.text
+            plain = Path(d) / "plain.lua"
+            lua_script(plain, base, body)
+            sig = Path(d) / "signed.lua"
+            lua_script(sig, signed, body)
+
+            targets = [("direct", f"http://127.0.0.1:{up_port}/", plain), ("nginx", nginx_url, plain), ("veil", veil.url + "/", sig)]
+            results = {}
+            for conns in CONNS:
+                for name, url, script in targets:
+                    runs = [wrk(url, str(script), conns) for _ in range(REPEATS)]
+                    results[(name, conns)] = runs
+            print(f"\nGateway overhead: 4 KB GetSecretValue-shaped JSON, plain HTTP, {DURATION}s x {REPEATS} runs per cell (median, [min-max] throughput)")
+            print(f"machine: {os.cpu_count()} cores; wrk and all servers share them\n")
+            print("| conns | target | req/s | p50 µs | p99 µs | p99.9 µs | vs nginx req/s | added p50 vs direct |")
+            print("|---|---|---|---|---|---|---|---|")
+            for conns in CONNS:
+                med = {n: [statistics.median(x[i] for x in results[(n, conns)]) for i in range(4)] for n, _, _ in targets}
+                for name, _, _ in targets:
+                    rps, p50, p99, p999 = med[name]
+                    runs = results[(name, conns)]
+                    spread = f"[{min(x[0] for x in runs):.0f}-{max(x[0] for x in runs):.0f}]"
+                    print(f"| {conns} | {name} | {rps:.0f} {spread} | {p50:.0f} | {p99:.0f} | {p999:.0f} | {rps / med['nginx'][0]:.2f}x | {p50 - med['direct'][1]:+.0f} µs |")
+        finally:
+            for p in reversed(procs):
+                p.stop()
+
+
+if __name__ == "__main__":
+    main()
