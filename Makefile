@@ -3,7 +3,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 POLICY_OUT := target/policies
 # Shipped policies, then test fixtures (hostile and wrong-world components).
-POLICY_CRATES := risky-actions secrets-by-team
+POLICY_CRATES := aws-sensitive risky-actions secrets-by-team
 FIXTURE_CRATES := hostile other-world
 
 .PHONY: build policies demo test deps bench

@@ -11,7 +11,10 @@
 //!
 //! - `a.b` descends into object keys; `"a.b"` is one key containing a dot
 //!   (`\"` and `\\` escape inside quotes); `["a.b"]` is the same.
-//! - `[n]` selects the n-th array element, `[*]` every element.
+//! - `[n]` selects the n-th array element, `[*]` every element. On a value
+//!   that is not an array, `[*]` selects the value itself: XML has no arrays,
+//!   and a list of one element arrives as a single object, so one selector
+//!   serves lists of any length.
 //! - `*` selects every value of an object (or element of an array).
 //! - `**` matches zero or more levels of objects and arrays, so `**.Password`
 //!   selects every `Password` key at any depth.
@@ -54,8 +57,10 @@ pub enum MaskStyle {
 enum Step {
     Key(String),
     Index(usize),
-    /// Every child: `*` or `[*]`.
+    /// Every child: `*`.
     Any,
+    /// Every element: `[*]`; a non-array is its own single element.
+    Elements,
     /// Zero or more levels: `**`.
     Recursive,
 }
@@ -113,7 +118,7 @@ impl Selector {
                 b'[' => {
                     i += 1;
                     let (step, next) = match bytes.get(i) {
-                        Some(b'*') => (Step::Any, i + 1),
+                        Some(b'*') => (Step::Elements, i + 1),
                         Some(b'"') => {
                             let (key, next) = parse_quoted(text, i).map_err(|(o, r)| err(o, r))?;
                             (Step::Key(key), next)
@@ -242,6 +247,12 @@ fn select(doc: &Value, steps: &[Step], prefix: &mut Vec<PathElem>, out: &mut Vec
                 descend(child, PathElem::Index(i), rest, prefix, out);
             }
         }
+        (Step::Elements, Value::Array(items)) => {
+            for (i, child) in items.iter().enumerate() {
+                descend(child, PathElem::Index(i), rest, prefix, out);
+            }
+        }
+        (Step::Elements, _) => select(doc, rest, prefix, out),
         (Step::Recursive, _) => {
             // Zero levels: the rest applies here.
             select(doc, rest, prefix, out);
@@ -408,6 +419,11 @@ mod tests {
         assert_eq!(
             mask(json!({"a": {"x": "1", "y": "2"}}), &[("a.*", MaskStyle::Redact)]),
             json!({"a": {"x": "***", "y": "***"}})
+        );
+        // `[*]` on a single object (an XML list of one) selects the object.
+        assert_eq!(
+            mask(json!({"Parameters": {"Value": "a"}}), &[("Parameters[*].Value", MaskStyle::Redact)]),
+            json!({"Parameters": {"Value": "***"}})
         );
         // Out of range and wrong-type steps select nothing.
         assert_eq!(mask(doc.clone(), &[("Parameters[9].Value", MaskStyle::Redact)]), doc);

@@ -155,7 +155,10 @@ endpoint = "{moto_url}"
 dir = "{POLICIES}"
 
 [policies.config.secrets-by-team]
-owners = {{ payments = ["prod/payments/", "/payments/"] }}
+owners = {{ payments = ["prod/payments/", "/payments/"], search = ["prod/search/", "/search/"] }}
+
+[policies.config.aws-sensitive]
+exceptions = [{{ group = "payments", prefix = "prod/payments/" }}, {{ group = "payments", prefix = "/payments/" }}]
 
 [masking]
 hash_key_file = "hash.key"
