@@ -98,8 +98,9 @@ fn eval_runs_both_hooks_and_prints_the_masked_body() {
     assert_eq!(out["verdict"], "allow");
     assert_eq!(out["body"]["SecretString"], "***");
     assert_eq!(out["body"]["Name"], "prod/payments/db");
-    assert_eq!(out["masks"][0]["path"], "SecretString");
-    assert_eq!(out["policies"].as_array().unwrap().len(), 2);
+    assert!(out["masks"].as_array().unwrap().iter().any(|m| m["path"] == "SecretString"), "{out}");
+    let names: Vec<&str> = out["policies"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["aws-sensitive", "risky-actions", "secrets-by-team"]);
 
     let out = eval(&[s(&policy("risky-actions.wasm")), "--operation", "iam:CreateUser", "--params", &params]);
     assert_eq!(out["verdict"], "approval-required");
