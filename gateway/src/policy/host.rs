@@ -8,9 +8,9 @@
 //! come back as [`HookError`]s, which the caller turns into denies.
 //!
 //! Instantiation is kept off the request path: each policy keeps a few
-//! ready, never-used instances, refilled by a background thread that also
-//! drops used stores (resetting a slot is work too). When the pool is empty
-//! a call instantiates inline, so the pool affects speed, never behaviour.
+//! ready, never-used instances, refilled by a background thread. When the
+//! pool is empty a call instantiates inline, so the pool affects speed,
+//! never behaviour.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -114,7 +114,7 @@ pub struct Host {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     limits: Limits,
-    /// Background work: refilling ready pools, dropping used stores.
+    /// Background work: refilling ready pools.
     jobs: std::sync::mpsc::Sender<Job>,
 }
 
@@ -336,10 +336,10 @@ impl Compiled {
         // The deadline counts from now, not from when the instance was made.
         store.set_epoch_deadline(self.host.deadline_ticks());
         let started = Instant::now();
-        let result = f(&policy, &mut store).map_err(|e| classify_trap(e, self.host.limits, started));
-        // Dropping resets the pool slot: do it off the request path.
-        let _ = self.host.jobs.send(Box::new(move || drop(store)));
-        result
+        // The store (and its pool slot) is released here, inline: deferring
+        // the drop to a background thread lets used slots pile up faster
+        // than they are freed under load, exhausting the pool.
+        f(&policy, &mut store).map_err(|e| classify_trap(e, self.host.limits, started))
     }
 
     /// Instantiate a fresh instance inline and drop it: what a call costs
