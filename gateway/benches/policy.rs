@@ -60,6 +60,14 @@ fn bench(c: &mut Criterion) {
             doc
         })
     });
+    let sensitive = Arc::new(LoadedPolicy {
+        compiled: host.load(&root.join("aws-sensitive.wasm")).expect("run `make policies` first"),
+        config_json: "{}".into(),
+    });
+    let sensitive_set = PolicySet::new(vec![sensitive.clone()]);
+    g.bench_function("aws-sensitive instantiate inline", |b| b.iter(|| sensitive.compiled.instantiate_inline().unwrap()));
+    g.bench_function("aws-sensitive on-request", |b| b.iter(|| sensitive_set.on_request(&call)));
+    g.bench_function("aws-sensitive on-response 4KB", |b| b.iter(|| sensitive_set.on_response(&call, 200, &body)));
     g.finish();
 }
 
