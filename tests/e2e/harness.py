@@ -197,6 +197,21 @@ def moto_client(moto_url, service):
                         aws_access_key_id="testing", aws_secret_access_key="testing")
 
 
+def create_function(moto_url, environment=None):
+    """A Lambda function in the emulator (with a role to run as); returns its name."""
+    import io
+    import zipfile
+    role = moto_client(moto_url, "iam").create_role(RoleName=f"fn{time.time_ns()}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr("index.py", "def handler(e, c):\n    return 1\n")
+    name = f"fn{time.time_ns()}"
+    extra = {"Environment": {"Variables": environment}} if environment else {}
+    moto_client(moto_url, "lambda").create_function(
+        FunctionName=name, Runtime="python3.12", Role=role, Handler="index.handler", Code={"ZipFile": buf.getvalue()}, **extra)
+    return name
+
+
 CLIENT_ENV_DROP = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"]
 
 
@@ -231,6 +246,11 @@ def agent_session(veil, ca, token, tmpdir):
     finally:
         os.environ.clear()
         os.environ.update(saved)
+
+
+def agent(stack, tmpdir, **claims):
+    """A boto3 session for an agent with these token claims, through the stack's Veil."""
+    return agent_session(stack["veil"], stack["ca"], mint(stack["issuer"], **claims), tmpdir)
 
 
 def aws_cli(env, *args, check=False):

@@ -17,19 +17,14 @@ from botocore.exceptions import ClientError
 import harness
 
 
-def session(stack, tmp_path, **claims):
-    token = harness.mint(stack["issuer"], **claims)
-    return harness.agent_session(stack["veil"], stack["ca"], token, tmp_path)
-
-
 def test_secret_masked_for_other_teams_and_plain_for_the_owner(stack, tmp_path):
     name = f"prod/payments/db-{time.time_ns()}"
     harness.moto_client(stack["moto"], "secretsmanager").create_secret(Name=name, SecretString='{"password":"hunter2"}')
-    with session(stack, tmp_path, sub="search-agent", groups=["search"]) as s:
+    with harness.agent(stack, tmp_path, sub="search-agent", groups=["search"]) as s:
         v = s.client("secretsmanager").get_secret_value(SecretId=name)
         assert v["SecretString"] == "***"
         assert v["Name"] == name
-    with session(stack, tmp_path, sub="payments-agent", groups=["payments"]) as s:
+    with harness.agent(stack, tmp_path, sub="payments-agent", groups=["payments"]) as s:
         v = s.client("secretsmanager").get_secret_value(SecretId=name)
         assert v["SecretString"] == '{"password":"hunter2"}'
 
@@ -50,7 +45,7 @@ def test_ssm_get_parameter_with_decryption_through_the_cli(stack, tmp_path):
 
 
 def test_sts_get_caller_identity(stack, tmp_path):
-    with session(stack, tmp_path) as s:
+    with harness.agent(stack, tmp_path) as s:
         ident = s.client("sts").get_caller_identity()
         assert ident["Account"]
 
@@ -59,7 +54,7 @@ def test_iam_query_protocol(stack, tmp_path):
     iam = harness.moto_client(stack["moto"], "iam")
     user = f"u{time.time_ns()}"
     iam.create_user(UserName=user)
-    with session(stack, tmp_path) as s:
+    with harness.agent(stack, tmp_path) as s:
         client = s.client("iam")
         users = [u["UserName"] for u in client.list_users()["Users"]]
         assert user in users
@@ -76,7 +71,7 @@ def test_ec2_describe_instances(stack, tmp_path):
     ec2 = harness.moto_client(stack["moto"], "ec2")
     image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
     iid = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
-    with session(stack, tmp_path) as s:
+    with harness.agent(stack, tmp_path) as s:
         ids = [i["InstanceId"] for r in s.client("ec2").describe_instances()["Reservations"] for i in r["Instances"]]
         assert iid in ids
 
@@ -85,7 +80,7 @@ def test_s3_streams_20_mb_byte_exact(stack, tmp_path):
     bucket = f"b{time.time_ns()}"
     harness.moto_client(stack["moto"], "s3").create_bucket(Bucket=bucket)
     data = os.urandom(20 * 1024 * 1024)
-    with session(stack, tmp_path) as s:
+    with harness.agent(stack, tmp_path) as s:
         s3 = s.client("s3")
         s3.put_object(Bucket=bucket, Key="big/blob.bin", Body=data)
         got = s3.get_object(Bucket=bucket, Key="big/blob.bin")["Body"].read()
@@ -95,17 +90,8 @@ def test_s3_streams_20_mb_byte_exact(stack, tmp_path):
 
 
 def test_lambda_get_function_rest_json(stack, tmp_path):
-    import io
-    import zipfile
-    iam = harness.moto_client(stack["moto"], "iam")
-    role = iam.create_role(RoleName=f"r{time.time_ns()}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("index.py", "def handler(e, c):\n    return 1\n")
-    name = f"fn{time.time_ns()}"
-    harness.moto_client(stack["moto"], "lambda").create_function(
-        FunctionName=name, Runtime="python3.12", Role=role, Handler="index.handler", Code={"ZipFile": buf.getvalue()})
-    with session(stack, tmp_path) as s:
+    name = harness.create_function(stack["moto"])
+    with harness.agent(stack, tmp_path) as s:
         fn = s.client("lambda").get_function(FunctionName=name)
         assert fn["Configuration"]["FunctionName"] == name
 
@@ -116,7 +102,7 @@ def test_denied_call_never_reaches_aws(stack, tmp_path):
     harness.moto_client(stack["moto"], "s3").create_bucket(Bucket=bucket)
     ct.create_trail(Name=bucket, S3BucketName=bucket)
     ct.start_logging(Name=bucket)
-    with session(stack, tmp_path) as s:
+    with harness.agent(stack, tmp_path) as s:
         with pytest.raises(ClientError) as e:
             s.client("cloudtrail").stop_logging(Name=bucket)
         assert e.value.response["Error"]["Code"] == "AccessDenied"
@@ -229,7 +215,7 @@ def test_bearer_token_clients(stack, tmp_path):
 
 
 def test_metrics_count_calls(stack, tmp_path):
-    with session(stack, tmp_path) as s:
+    with harness.agent(stack, tmp_path) as s:
         s.client("sts").get_caller_identity()
     text = requests.get(stack["veil"].metrics_url, timeout=10).text
     assert 'veil_requests_total{service="sts",action="GetCallerIdentity",verdict="allow"}' in text

@@ -1,21 +1,14 @@
 """aws-sensitive, loaded by default: secrets in responses are masked for
 every caller without an exception, whatever the service or protocol."""
-import io
-import json
 import time
-import zipfile
 
 import harness
-
-
-def session(stack, tmp_path, **claims):
-    return harness.agent_session(stack["veil"], stack["ca"], harness.mint(stack["issuer"], **claims), tmp_path)
 
 
 def test_sts_assume_role_credentials_are_masked(stack, tmp_path):
     iam = harness.moto_client(stack["moto"], "iam")
     role = iam.create_role(RoleName=f"reader{time.time_ns()}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    with session(stack, tmp_path) as s:
+    with harness.agent(stack, tmp_path) as s:
         creds = s.client("sts").assume_role(RoleArn=role, RoleSessionName="agent-x")["Credentials"]
     assert creds["SecretAccessKey"] == "***"
     assert creds["SessionToken"] == "***"
@@ -23,16 +16,8 @@ def test_sts_assume_role_credentials_are_masked(stack, tmp_path):
 
 
 def test_lambda_environment_values_are_masked(stack, tmp_path):
-    iam = harness.moto_client(stack["moto"], "iam")
-    role = iam.create_role(RoleName=f"fn{time.time_ns()}", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as z:
-        z.writestr("index.py", "def handler(e, c):\n    return 1\n")
-    name = f"fn{time.time_ns()}"
-    harness.moto_client(stack["moto"], "lambda").create_function(
-        FunctionName=name, Runtime="python3.12", Role=role, Handler="index.handler", Code={"ZipFile": buf.getvalue()},
-        Environment={"Variables": {"DB_PASSWORD": "hunter2-hunter2", "LOG_LEVEL": "debug"}})
-    with session(stack, tmp_path) as s:
+    name = harness.create_function(stack["moto"], {"DB_PASSWORD": "hunter2-hunter2", "LOG_LEVEL": "debug"})
+    with harness.agent(stack, tmp_path) as s:
         lam = s.client("lambda")
         env = lam.get_function_configuration(FunctionName=name)["Environment"]["Variables"]
         assert env["DB_PASSWORD"] == "***"
@@ -46,7 +31,7 @@ def test_ssm_secure_strings_masked_plain_strings_kept(stack, tmp_path):
     base = f"/search/app{time.time_ns()}"
     ssm.put_parameter(Name=f"{base}/db-password", Value="pa55-w0rd-value", Type="SecureString")
     ssm.put_parameter(Name=f"{base}/log-level", Value="debug", Type="String")
-    with session(stack, tmp_path, groups=["search"]) as s:
+    with harness.agent(stack, tmp_path, groups=["search"]) as s:
         params = s.client("ssm").get_parameters_by_path(Path=base, WithDecryption=True)["Parameters"]
     values = {p["Name"]: p["Value"] for p in params}
     assert values[f"{base}/db-password"] == "***"
@@ -58,7 +43,7 @@ def test_detectors_catch_secrets_in_unexpected_places(stack, tmp_path):
     vpc = ec2.create_vpc(CidrBlock="10.9.0.0/16")["Vpc"]["VpcId"]
     token = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
     ec2.create_tags(Resources=[vpc], Tags=[{"Key": "deploy-token", "Value": token}, {"Key": "team", "Value": "search"}])
-    with session(stack, tmp_path) as s:
+    with harness.agent(stack, tmp_path) as s:
         vpcs = s.client("ec2").describe_vpcs(VpcIds=[vpc])["Vpcs"]
     tags = {t["Key"]: t["Value"] for t in vpcs[0]["Tags"]}
     assert tags["deploy-token"] == "***"
@@ -66,7 +51,7 @@ def test_detectors_catch_secrets_in_unexpected_places(stack, tmp_path):
     sm = harness.moto_client(stack["moto"], "secretsmanager")
     name = f"app/config-{time.time_ns()}"
     sm.create_secret(Name=name, SecretString="x", Description="db url postgres://app:Sup3rS3cret@db:5432/app")
-    with session(stack, tmp_path) as s:
+    with harness.agent(stack, tmp_path) as s:
         d = s.client("secretsmanager").describe_secret(SecretId=name)
     assert d["Description"] == "***"
     assert d["Name"] == name
