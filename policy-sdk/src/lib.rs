@@ -120,16 +120,42 @@ impl ResponseDecision {
     }
 }
 
+/// JSON text parsed on first use: a hook that never looks at an input does
+/// not pay for parsing it (every call runs on a fresh instance).
+#[derive(Debug, Clone)]
+pub struct LazyJson {
+    what: &'static str,
+    text: String,
+    value: std::cell::OnceCell<Value>,
+}
+
+impl LazyJson {
+    /// Wrap JSON text; `what` names it in the panic if it does not parse.
+    pub fn new(what: &'static str, text: String) -> Self {
+        LazyJson { what, text, value: std::cell::OnceCell::new() }
+    }
+
+    /// An already parsed value.
+    pub fn from_value(value: Value) -> Self {
+        let cell = std::cell::OnceCell::new();
+        let _ = cell.set(value);
+        LazyJson { what: "value", text: String::new(), value: cell }
+    }
+
+    /// The parsed value.
+    pub fn get(&self) -> &Value {
+        self.value.get_or_init(|| parse_json(self.what, &self.text))
+    }
+}
+
 /// One call as a policy sees it: identity, operation, parameters and the
-/// policy's own configuration, already parsed.
+/// policy's own configuration. JSON inputs are parsed on first use.
 #[derive(Debug, Clone)]
 pub struct Request {
     /// The token issuer.
     pub issuer: String,
     /// The token subject.
     pub subject: String,
-    /// All claims of the token.
-    pub claims: Value,
     /// Service signing name (`secretsmanager`).
     pub service: String,
     /// Operation name (`GetSecretValue`).
@@ -138,10 +164,9 @@ pub struct Request {
     pub region: String,
     /// Main resource when known.
     pub resource: Option<String>,
-    /// Request parameters.
-    pub params: Value,
-    /// This policy's configuration (`{}` when none).
-    pub config: Value,
+    claims: LazyJson,
+    params: LazyJson,
+    config: LazyJson,
 }
 
 impl Request {
@@ -149,14 +174,44 @@ impl Request {
         Request {
             issuer: c.identity.issuer,
             subject: c.identity.subject,
-            claims: parse_json("claims-json", &c.identity.claims_json),
+            claims: LazyJson::new("claims-json", c.identity.claims_json),
             service: c.operation.service,
             action: c.operation.action,
             region: c.operation.region,
             resource: c.operation.resource,
-            params: parse_json("params-json", &c.params_json),
-            config: parse_json("config-json", &c.config_json),
+            params: LazyJson::new("params-json", c.params_json),
+            config: LazyJson::new("config-json", c.config_json),
         }
+    }
+
+    /// A request from parsed parts (for unit tests of policies).
+    pub fn new(service: &str, action: &str, claims: Value, params: Value, config: Value) -> Self {
+        Request {
+            issuer: "https://issuer.test".into(),
+            subject: claims.get("sub").and_then(Value::as_str).unwrap_or("test").to_string(),
+            service: service.into(),
+            action: action.into(),
+            region: "us-east-1".into(),
+            resource: None,
+            claims: LazyJson::from_value(claims),
+            params: LazyJson::from_value(params),
+            config: LazyJson::from_value(config),
+        }
+    }
+
+    /// All claims of the token.
+    pub fn claims(&self) -> &Value {
+        self.claims.get()
+    }
+
+    /// Request parameters.
+    pub fn params(&self) -> &Value {
+        self.params.get()
+    }
+
+    /// This policy's configuration (`{}` when none).
+    pub fn config(&self) -> &Value {
+        self.config.get()
     }
 
     /// Service signing name.
@@ -176,7 +231,7 @@ impl Request {
 
     /// A string claim, if present and a string.
     pub fn claim_str(&self, name: &str) -> Option<&str> {
-        self.claims.get(name).and_then(Value::as_str)
+        self.claims().get(name).and_then(Value::as_str)
     }
 
     /// The caller's groups: the `groups` claim, as a list of strings or a
@@ -188,7 +243,7 @@ impl Request {
     /// A claim that holds a list of strings (or one string of several names
     /// separated by spaces or commas).
     pub fn claim_list(&self, name: &str) -> Vec<&str> {
-        match self.claims.get(name) {
+        match self.claims().get(name) {
             Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).collect(),
             Some(Value::String(s)) => s.split([' ', ',']).filter(|g| !g.is_empty()).collect(),
             _ => Vec::new(),
@@ -202,14 +257,14 @@ impl Request {
 
     /// A string parameter of the request.
     pub fn param_str(&self, name: &str) -> Option<&str> {
-        self.params.get(name).and_then(Value::as_str)
+        self.params().get(name).and_then(Value::as_str)
     }
 
     /// A list of strings from the policy config, or `default` when the key is
     /// absent. A present key that is not a list of strings panics (a trap, so
     /// the gateway denies and reports the misconfiguration).
     pub fn config_list(&self, key: &str, default: &[&str]) -> Vec<String> {
-        match self.config.get(key) {
+        match self.config().get(key) {
             None => default.iter().map(|s| s.to_string()).collect(),
             Some(Value::Array(items)) => items
                 .iter()
@@ -223,13 +278,24 @@ impl Request {
     }
 }
 
-/// The upstream response as a policy sees it.
+/// The upstream response as a policy sees it; the body is parsed on first use.
 #[derive(Debug, Clone)]
 pub struct Response {
     /// HTTP status.
     pub status: u16,
-    /// Body as JSON.
-    pub body: Value,
+    body: LazyJson,
+}
+
+impl Response {
+    /// A response from a parsed body (for unit tests of policies).
+    pub fn new(status: u16, body: Value) -> Self {
+        Response { status, body: LazyJson::from_value(body) }
+    }
+
+    /// The body as JSON.
+    pub fn body(&self) -> &Value {
+        self.body.get()
+    }
 }
 
 fn parse_json(what: &str, text: &str) -> Value {
@@ -269,7 +335,7 @@ pub mod glue {
     }
 
     pub fn on_response<P: Policy>(c: wit::Call, r: wit::Response) -> wit::ResponseVerdict {
-        let resp = Response { status: r.status, body: parse_json("body-json", &r.body_json) };
+        let resp = Response { status: r.status, body: LazyJson::new("body-json", r.body_json) };
         let d = P::on_response(&Request::from_wit(c), &resp);
         wit::ResponseVerdict {
             deny: d.deny,

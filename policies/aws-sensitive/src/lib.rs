@@ -38,12 +38,12 @@ impl Policy for AwsSensitive {
         let (service, action) = (req.service(), req.action());
         let mut masks: Vec<Mask> = Vec::new();
         match curated::ssm_items(service, action) {
-            Some(field) => mask_secure_strings(&resp.body, field, &mut masks),
+            Some(field) => mask_secure_strings(resp.body(), field, &mut masks),
             None => masks.extend(generated::model_selectors(service, action).iter().map(|s| Mask::redact(*s))),
         }
         masks.extend(curated::selectors(service, action).iter().map(|(s, style)| Mask { path: s.to_string(), style: *style }));
         let mut path = String::new();
-        scan(&resp.body, "", &mut path, &mut masks);
+        scan(resp.body(), "", &mut path, &mut masks);
         if masks.len() > MAX_OWN_MASKS {
             return ResponseDecision::masks(vec![Mask::redact("**")]);
         }
@@ -52,7 +52,7 @@ impl Policy for AwsSensitive {
 }
 
 fn exception_applies(req: &Request) -> bool {
-    let Some(Value::Array(rules)) = req.config.get("exceptions") else { return false };
+    let Some(Value::Array(rules)) = req.config().get("exceptions") else { return false };
     let groups = req.groups();
     rules.iter().any(|rule| {
         let Some(group) = rule.get("group").and_then(Value::as_str) else {

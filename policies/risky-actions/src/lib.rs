@@ -103,7 +103,7 @@ impl Policy for RiskyActions {
         }
         if first_match(&req.config_list("ingress_actions", INGRESS_ACTIONS), &action).is_some() {
             let open = req.config_list("open_cidrs", OPEN_CIDRS);
-            if let Some(cidr) = find_string(&req.params, &open) {
+            if let Some(cidr) = find_string(req.params(), &open) {
                 return Verdict::ApprovalRequired(format!(
                     "{action} opens the security group to {cidr}"
                 ));

@@ -29,13 +29,13 @@ impl Policy for SecretsByTeam {
     }
 
     fn on_response(req: &Request, resp: &Response) -> ResponseDecision {
-        let claim = req.config.get("groups_claim").and_then(Value::as_str).unwrap_or("groups");
+        let claim = req.config().get("groups_claim").and_then(Value::as_str).unwrap_or("groups");
         let groups = req.claim_list(claim);
         let admins = req.config_list("admin_groups", &["secrets-admin"]);
         if groups.iter().any(|g| admins.iter().any(|a| a == g)) {
             return ResponseDecision::allow();
         }
-        let owned: Vec<String> = match req.config.get("owners") {
+        let owned: Vec<String> = match req.config().get("owners") {
             None => Vec::new(),
             Some(Value::Object(owners)) => groups
                 .iter()
@@ -51,7 +51,7 @@ impl Policy for SecretsByTeam {
             Some(_) => panic!("config `owners` must be an object of group -> [prefix]"),
         };
         let owns = |name: &str| !name.is_empty() && owned.iter().any(|p| name.starts_with(p.as_str()));
-        let body = &resp.body;
+        let body = resp.body();
         let mut masks = Vec::new();
         let mut mask_item = |prefix: String, name: &str, fields: &[&str]| {
             if !owns(name) {

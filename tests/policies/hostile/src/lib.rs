@@ -8,14 +8,14 @@ use veil_policy_sdk::{export_policy, Mask, Policy, Request, Response, ResponseDe
 struct Hostile;
 
 fn mode(req: &Request) -> &str {
-    let triggered = match req.config.get("trigger").and_then(Value::as_str) {
+    let triggered = match req.config().get("trigger").and_then(Value::as_str) {
         Some(action) => action == req.action(),
         None => true,
     };
     if !triggered {
         return "allow";
     }
-    req.config.get("mode").and_then(Value::as_str).unwrap_or("allow")
+    req.config().get("mode").and_then(Value::as_str).unwrap_or("allow")
 }
 
 #[inline(never)]
