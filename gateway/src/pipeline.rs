@@ -257,6 +257,12 @@ impl Gateway {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::to_owned);
+        if sigv4::is_sigv2(&parts) {
+            ctx.protocol = Some(Protocol::RestXml);
+            return Err(Failure::Signature(SigError::Unsupported(
+                "Signature Version 2 (configure the SDK for SigV4, e.g. signature_version='s3v4')".into(),
+            )));
+        }
         let (body, payload_mode) = if sigv4::is_sigv4(&parts) {
             self.identify_sigv4(ctx, &parts, body).await?
         } else if let Some(token) = bearer {
@@ -308,7 +314,7 @@ impl Gateway {
         };
         let out = Outgoing {
             method: parts.method.clone(),
-            path_and_query: parts.uri.path_and_query().map(|p| p.as_str().to_string()).unwrap_or_else(|| "/".into()),
+            path_and_query: sigv4::strip_presign_query(&parts.uri),
             headers: parts.headers.clone(),
             service: service.clone(),
             region: region.clone(),

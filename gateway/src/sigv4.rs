@@ -47,7 +47,7 @@ pub enum SigError {
     #[error("x-amz-content-sha256 does not match the request body")]
     PayloadMismatch,
     /// A payload form Veil does not verify.
-    #[error("payload signing form {0} is not supported; use HTTPS so the SDK sends UNSIGNED-PAYLOAD")]
+    #[error("{0} is not supported by Veil (SigV4 with UNSIGNED-PAYLOAD, a payload hash or STREAMING-UNSIGNED-PAYLOAD-TRAILER is; SDKs use those over HTTPS)")]
     Unsupported(String),
 }
 
@@ -99,6 +99,13 @@ pub fn is_sigv4(parts: &Parts) -> bool {
         || query_pairs(parts.uri.query().unwrap_or("")).any(|(k, _)| k == "X-Amz-Algorithm")
 }
 
+/// Whether the request uses the legacy Signature Version 2 (`Authorization:
+/// AWS key:sig`, or presigned `AWSAccessKeyId=…&Signature=…`).
+pub fn is_sigv2(parts: &Parts) -> bool {
+    parts.headers.get(http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).is_some_and(|v| v.starts_with("AWS "))
+        || query_pairs(parts.uri.query().unwrap_or("")).any(|(k, _)| k == "AWSAccessKeyId")
+}
+
 fn query_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
     q.split('&').filter(|p| !p.is_empty()).map(|p| {
         let (k, v) = p.split_once('=').unwrap_or((p, ""));
@@ -108,6 +115,25 @@ fn query_pairs(q: &str) -> impl Iterator<Item = (String, String)> + '_ {
 
 fn pct_decode(s: &str) -> String {
     percent_decode_str(s).decode_utf8_lossy().into_owned()
+}
+
+/// The path and query to forward upstream: the caller's presigned-URL
+/// authentication parameters (`X-Amz-Signature` …) are removed, since Veil
+/// signs the upstream request itself.
+pub fn strip_presign_query(uri: &http::Uri) -> String {
+    const AUTH: &[&str] = &[
+        "X-Amz-Algorithm", "X-Amz-Credential", "X-Amz-Date", "X-Amz-Expires", "X-Amz-SignedHeaders", "X-Amz-Signature", "X-Amz-Security-Token",
+    ];
+    let path = if uri.path().is_empty() { "/" } else { uri.path() };
+    let Some(q) = uri.query() else { return path.to_string() };
+    let kept: Vec<&str> = q
+        .split('&')
+        .filter(|p| {
+            let key = pct_decode(p.split('=').next().unwrap_or(""));
+            !AUTH.iter().any(|a| a.eq_ignore_ascii_case(&key))
+        })
+        .collect();
+    if kept.is_empty() { path.to_string() } else { format!("{path}?{}", kept.join("&")) }
 }
 
 /// Parse the signature claims of a request.
@@ -257,7 +283,7 @@ pub fn payload_is_hashed(req: &SignedRequest) -> Result<bool, SigError> {
         "" => Ok(true),
         UNSIGNED_PAYLOAD | STREAMING_UNSIGNED_TRAILER => Ok(false),
         h if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(true),
-        other => Err(SigError::Unsupported(other.chars().take(64).collect())),
+        other => Err(SigError::Unsupported(format!("payload signing form {}", other.chars().take(64).collect::<String>()))),
     }
 }
 
@@ -449,6 +475,16 @@ mod tests {
             .body(())
             .unwrap();
         assert!(matches!(parse(&req.into_parts().0), Err(SigError::Malformed { field: "x-amz-date", .. })));
+    }
+
+    #[test]
+    fn presign_parameters_are_not_forwarded() {
+        let uri: http::Uri = "/b/k?versionId=3&X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=ab&x-amz-security-token=t".parse().unwrap();
+        assert_eq!(strip_presign_query(&uri), "/b/k?versionId=3");
+        let uri: http::Uri = "/b/k?X-Amz-Date=1".parse().unwrap();
+        assert_eq!(strip_presign_query(&uri), "/b/k");
+        let uri: http::Uri = "/?Action=ListUsers".parse().unwrap();
+        assert_eq!(strip_presign_query(&uri), "/?Action=ListUsers");
     }
 
     #[test]

@@ -219,3 +219,23 @@ def test_metrics_count_calls(stack, tmp_path):
         s.client("sts").get_caller_identity()
     text = requests.get(stack["veil"].metrics_url, timeout=10).text
     assert 'veil_requests_total{service="sts",action="GetCallerIdentity",verdict="allow"}' in text
+
+
+def test_s3_presigned_url(stack, tmp_path):
+    bucket = f"pre{time.time_ns()}"
+    s3 = harness.moto_client(stack["moto"], "s3")
+    s3.create_bucket(Bucket=bucket)
+    s3.put_object(Bucket=bucket, Key="report.txt", Body=b"quarterly numbers")
+    from botocore.config import Config
+    with harness.agent(stack, tmp_path) as s:
+        url = s.client("s3", config=Config(signature_version="s3v4")).generate_presigned_url(
+            "get_object", Params={"Bucket": bucket, "Key": "report.txt"}, ExpiresIn=300)
+        legacy = s.client("s3").generate_presigned_url("get_object", Params={"Bucket": bucket, "Key": "report.txt"})
+    r = requests.get(url, verify=str(stack["ca"]), timeout=30)
+    assert r.status_code == 200, r.text
+    assert r.content == b"quarterly numbers"
+    tampered = url.replace("report.txt", "other.txt")
+    assert requests.get(tampered, verify=str(stack["ca"]), timeout=30).status_code == 403
+    # SigV2 presigned URLs get a clear refusal, not a pass.
+    r = requests.get(legacy, verify=str(stack["ca"]), timeout=30)
+    assert r.status_code == 501 and "Signature Version 2" in r.text, r.text
