@@ -361,6 +361,10 @@ impl Gateway {
             builder = builder.header("x-veil-masked", HeaderValue::from_static("true"));
             parsed.serialise(query_action, &doc)
         } else {
+            // Unchanged: keep AWS's length (a HEAD response has none of its body).
+            if let Some(len) = rparts.headers.get(http::header::CONTENT_LENGTH) {
+                builder = builder.header(http::header::CONTENT_LENGTH, len);
+            }
             raw
         };
         let mut resp = builder.body(Full::new(out).map_err(|never| match never {}).boxed()).map_err(|e| Failure::Unparseable(e.to_string()))?;

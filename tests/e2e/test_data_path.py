@@ -87,6 +87,7 @@ def test_s3_streams_20_mb_byte_exact(stack, tmp_path):
         assert hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest()
         keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
         assert keys == ["big/blob.bin"]
+        assert s3.head_object(Bucket=bucket, Key="big/blob.bin")["ContentLength"] == len(data)
 
 
 def test_lambda_get_function_rest_json(stack, tmp_path):
