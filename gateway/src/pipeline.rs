@@ -145,6 +145,8 @@ struct Ctx {
     action: Option<String>,
     protocol: Option<Protocol>,
     verdict: &'static str,
+    /// The Veil session, for callers using session credentials.
+    session: Option<Session>,
 }
 
 /// Everything a running gateway holds.
@@ -201,6 +203,7 @@ impl Gateway {
             action: None,
             protocol: None,
             verdict: "allow",
+            session: None,
         };
         let resp = match self.run(&mut ctx, req).await {
             Ok(resp) => resp,
@@ -306,6 +309,16 @@ impl Gateway {
                 return Err(Failure::ApprovalRequired { id: approval_id(&call), reasons: decision.reasons });
             }
         }
+        // The caller's identity is the role session Veil issued, not Veil's
+        // own upstream principal: answer "who am I" from the session.
+        if let (Some(session), "sts", "GetCallerIdentity") = (&ctx.session, service.as_str(), classified.action.as_str()) {
+            let xml = sts::caller_identity_response(session, &ctx.request_id);
+            return Response::builder()
+                .header(http::header::CONTENT_TYPE, "text/xml")
+                .header("x-amzn-requestid", &ctx.request_id)
+                .body(Full::new(Bytes::from(xml)).map_err(|never| match never {}).boxed())
+                .map_err(|e| Failure::BadRequest(e.to_string()));
+        }
         // Stage 4: forward.
         let out_body = match (body, payload_mode) {
             (Some(b), _) => OutBody::Buffered(b),
@@ -390,6 +403,7 @@ impl Gateway {
         let token = signed.security_token.as_deref().ok_or(Failure::Session(SessionError::Invalid))?;
         let (session, secret) = self.sessions.verify(&signed.access_key, token, SystemTime::now())?;
         ctx.identity = Some(session.identity());
+        ctx.session = Some(session.clone());
         ctx.credential = Some(self.roles.get(&session.role).cloned().ok_or_else(|| Failure::UnknownRole(session.role.clone()))?);
         let hashed = sigv4::payload_is_hashed(&signed)?;
         if !hashed && signed.service == "s3" {

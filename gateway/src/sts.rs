@@ -176,11 +176,40 @@ pub fn xml_escape(s: &str) -> String {
     out
 }
 
+impl Session {
+    /// Account id of the role.
+    pub fn account(&self) -> &str {
+        self.role.split(':').nth(4).filter(|a| !a.is_empty()).unwrap_or("000000000000")
+    }
+
+    /// `arn:aws:sts::<account>:assumed-role/<role>/<session>`.
+    pub fn assumed_role_arn(&self) -> String {
+        let role_name = self.role.rsplit('/').next().unwrap_or("role");
+        format!("arn:aws:sts::{}:assumed-role/{role_name}/{}", self.account(), self.name)
+    }
+
+    /// `AROA…` id derived from the access key id.
+    pub fn role_id(&self) -> String {
+        format!("AROA{}", self.akid.get(4..).unwrap_or_default())
+    }
+}
+
+/// The STS XML response for `GetCallerIdentity` of a Veil session.
+pub fn caller_identity_response(session: &Session, request_id: &str) -> String {
+    format!(
+        "<GetCallerIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\"><GetCallerIdentityResult>\
+<Arn>{arn}</Arn><UserId>{rid}:{name}</UserId><Account>{account}</Account>\
+</GetCallerIdentityResult><ResponseMetadata><RequestId>{request_id}</RequestId></ResponseMetadata></GetCallerIdentityResponse>",
+        arn = xml_escape(&session.assumed_role_arn()),
+        rid = session.role_id(),
+        name = xml_escape(&session.name),
+        account = xml_escape(session.account()),
+    )
+}
+
 /// The STS XML response for `AssumeRoleWithWebIdentity`.
 pub fn assume_role_response(creds: &Credentials, session: &Session, audience: &str, request_id: &str) -> String {
-    let role_name = session.role.rsplit('/').next().unwrap_or("role");
-    let account = session.role.split(':').nth(4).unwrap_or("000000000000");
-    let assumed_arn = format!("arn:aws:sts::{account}:assumed-role/{role_name}/{}", session.name);
+    let assumed_arn = session.assumed_role_arn();
     let role_id = format!("AROA{}", &creds.access_key_id[4..]);
     format!(
         "<AssumeRoleWithWebIdentityResponse xmlns=\"https://sts.amazonaws.com/doc/2011-06-15/\">\

@@ -47,7 +47,10 @@ def test_ssm_get_parameter_with_decryption_through_the_cli(stack, tmp_path):
 def test_sts_get_caller_identity(stack, tmp_path):
     with harness.agent(stack, tmp_path) as s:
         ident = s.client("sts").get_caller_identity()
-        assert ident["Account"]
+    # The agent is the role session Veil issued, not Veil's own principal.
+    assert ident["Account"] == "123456789012"
+    assert ident["Arn"].startswith("arn:aws:sts::123456789012:assumed-role/veil-agent/"), ident
+    assert ident["UserId"].startswith("AROA")
 
 
 def test_iam_query_protocol(stack, tmp_path):
