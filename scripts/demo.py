@@ -3,8 +3,13 @@
 TLS and the shipped policies, then acts as an AI agent using plain boto3 with
 only the web-identity environment variables. Shows a masked secret, the
 owner's plaintext, a denial and a call held for approval."""
+import concurrent.futures
+import json
+import os
+import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "e2e"))
@@ -21,6 +26,22 @@ def show(title, fn):
         print(f"   refused: {err['Code']}: {err['Message']}")
 
 
+def approve_first_pending(veil, ca, reviewer_token):
+    """Act as the reviewer: list pending approvals, approve the first."""
+    env = dict(os.environ, VEIL_REVIEWER_TOKEN=reviewer_token)
+    run = lambda *a: subprocess.run([str(harness.VEIL), "approvals", *a, "--admin", veil.admin_url, "--ca", str(ca)],
+                                    capture_output=True, text=True, env=env, timeout=30)
+    for _ in range(100):
+        pending = json.loads(run("list").stdout)["pending"]
+        if pending:
+            break
+        time.sleep(0.1)
+    e = pending[0]
+    print(f"   reviewer alice sees: {e['id']} {e['operation']} by {e['subject']} ({'; '.join(e['reasons'])})")
+    print(f"   $ veil approvals approve {e['id']} --reason 'onboarding ticket OPS-42'")
+    run("approve", e["id"], "--reason", "onboarding ticket OPS-42")
+
+
 def main():
     procs = []
     with tempfile.TemporaryDirectory() as d:
@@ -29,7 +50,7 @@ def main():
             procs.append(issuer_proc)
             moto_proc, moto = harness.start_moto()
             procs.append(moto_proc)
-            cfg, ca = harness.veil_config(d, issuer, moto)
+            cfg, ca = harness.veil_config(d, issuer, moto, '[admin]\naddress = "127.0.0.1:0"\n\n[approvals]\nwait_secs = 30\n')
             veil = harness.Veil(cfg)
             procs.append(veil.proc)
             print(f"Veil is listening on {veil.url} (TLS), in front of an AWS emulator at {moto}")
@@ -48,8 +69,11 @@ def main():
             with harness.agent_session(veil, ca, search, d) as s:
                 show("3. The agent tries to turn off CloudTrail: denied before it reaches AWS",
                      lambda: s.client("cloudtrail").stop_logging(Name="org-trail"))
-                show("4. The agent creates an IAM user: held for a human's approval",
-                     lambda: s.client("iam").create_user(UserName="agent-made-this"))
+                print("\n== 4. The agent creates an IAM user: the call is held until a human approves it")
+                with concurrent.futures.ThreadPoolExecutor(1) as ex:
+                    call = ex.submit(s.client("iam").create_user, UserName="agent-made-this")
+                    approve_first_pending(veil, ca, harness.mint(issuer, sub="alice", groups=["security-reviewers"]))
+                    print(f"   the agent's call completed: created {call.result()['User']['Arn']}")
                 show("5. Harmless calls pass: sts get-caller-identity",
                      lambda: s.client("sts").get_caller_identity()["Arn"])
             print("\nVeil's log of these calls:")

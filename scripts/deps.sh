@@ -12,6 +12,13 @@ step() {
   fi
 }
 
+# Debian: ClickHouse (the audit store the tests ship to).
+if [ ! -x /usr/sbin/clickhouse-server ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  step apt-get update -q
+  step apt-get install -y -q --no-install-recommends clickhouse-server
+fi
+
 rustup target list --installed | grep -qx wasm32-wasip2 || step rustup target add wasm32-wasip2
 
 # Python: the AWS emulator (moto), real AWS clients (boto3, AWS CLI), pytest.

@@ -11,7 +11,14 @@ use serde_json::{json, Value};
 
 use std::time::Duration;
 
+use crate::admin::Admin;
+use crate::approvals::{Approvals, FileStore};
+use crate::audit::shipper::{self, ClickHouse, QueryArgs, Shipper};
+use crate::pipeline::GatewayParts;
+use crate::policy::reload::{self, Loader};
+use crate::audit::{self as audit_mod, Audit};
 use crate::config::Config;
+use crate::metrics::Metrics;
 use crate::identity::Verifier;
 use crate::listener;
 use crate::masking::{self, HashKey};
@@ -39,10 +46,111 @@ enum Command {
     /// Work with policy components.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// The audit trail: schema, compliance queries, the local spool.
+    #[command(subcommand)]
+    Audit(AuditCommand),
+    /// Review calls held for approval (reviewer token: --token-file or VEIL_REVIEWER_TOKEN).
+    #[command(subcommand)]
+    Approvals(ApprovalsCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ApprovalsCommand {
+    /// Pending approvals.
+    List(AdminArgs),
+    /// One approval.
+    Show {
+        /// Approval id (apr-…).
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Approve a held call: the waiting call (or its retry) goes through once.
+    Approve {
+        /// Approval id.
+        id: String,
+        /// Why (recorded in the audit trail).
+        #[arg(long, default_value = "")]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Deny a held call.
+    Deny {
+        /// Approval id.
+        id: String,
+        /// Why (required; the agent sees it).
+        #[arg(long)]
+        reason: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCommand {
+    /// Create the ClickHouse database and table (the gateway also does this at start).
+    Migrate {
+        /// The gateway's configuration file.
+        #[arg(long, default_value = "veil.toml")]
+        config: PathBuf,
+    },
+    /// Run a compliance query against ClickHouse, or the local spool when none is configured.
+    Query {
+        /// secrets-accessed, denials-by-policy, approvals, masked-by-identity,
+        /// calls-by-identity, policy-for-call or agent-session.
+        name: String,
+        /// The gateway's configuration file.
+        #[arg(long, default_value = "veil.toml")]
+        config: PathBuf,
+        /// Window start: RFC 3339 time, Unix seconds, or an age like 15m, 24h, 7d.
+        #[arg(long)]
+        since: Option<String>,
+        /// Window end (exclusive), same forms; default now.
+        #[arg(long)]
+        until: Option<String>,
+        /// Identity subject.
+        #[arg(long)]
+        subject: Option<String>,
+        /// Agent session header, trace id, SDK app id or role session name.
+        #[arg(long)]
+        session: Option<String>,
+        /// Record id (policy-for-call).
+        #[arg(long)]
+        id: Option<String>,
+        /// Print TSV with a header line instead of an aligned table.
+        #[arg(long)]
+        tsv: bool,
+    },
+    /// Print the records in the local spool (not yet shipped) as JSON lines.
+    Export {
+        /// The gateway's configuration file.
+        #[arg(long, default_value = "veil.toml")]
+        config: PathBuf,
+    },
+}
+
+/// How to reach a running gateway's admin API.
+#[derive(clap::Args, Debug)]
+struct AdminArgs {
+    /// The admin API's URL (`admin.address`), e.g. https://127.0.0.1:9443.
+    #[arg(long, env = "VEIL_ADMIN_URL")]
+    admin: String,
+    /// File holding the token (admin token, or a reviewer's OIDC token);
+    /// default: VEIL_ADMIN_TOKEN (policy commands) or VEIL_REVIEWER_TOKEN (approvals).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// PEM CA bundle that signed the gateway's certificate (default: the system roots).
+    #[arg(long, env = "VEIL_CA_BUNDLE")]
+    ca: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]
 enum PolicyCommand {
+    /// Make a running gateway reload its policies and their config now.
+    Reload(AdminArgs),
+    /// List a running gateway's active policies and the last rejected file.
+    Status(AdminArgs),
     /// Compile and validate a policy component; print its name, version and sha256.
     Check {
         /// The component file (`.wasm`).
@@ -87,6 +195,21 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Policy(cmd) => run_policy(cmd),
+        Command::Audit(cmd) => run_audit(cmd),
+        Command::Approvals(cmd) => {
+            use http::Method;
+            let reason = |r: &str| Some(json!({ "reason": r }).to_string());
+            match cmd {
+                ApprovalsCommand::List(a) => admin_call(&a, "VEIL_REVIEWER_TOKEN", Method::GET, "/v1/approvals", None),
+                ApprovalsCommand::Show { id, admin } => admin_call(&admin, "VEIL_REVIEWER_TOKEN", Method::GET, &format!("/v1/approvals/{id}"), None),
+                ApprovalsCommand::Approve { id, reason: r, admin } => {
+                    admin_call(&admin, "VEIL_REVIEWER_TOKEN", Method::POST, &format!("/v1/approvals/{id}/approve"), reason(&r))
+                }
+                ApprovalsCommand::Deny { id, reason: r, admin } => {
+                    admin_call(&admin, "VEIL_REVIEWER_TOKEN", Method::POST, &format!("/v1/approvals/{id}/deny"), reason(&r))
+                }
+            }
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,13 +248,68 @@ fn serve(path: &Path) -> Result<()> {
             memory_bytes: cfg.policies.memory_mib << 20,
             ..Limits::default()
         })?;
-        let policies = load_set(&host, &[cfg.resolve(&cfg.policies.dir)], &cfg.policy_configs())
+        let policy_dir = cfg.resolve(&cfg.policies.dir);
+        let policies = load_set(&host, &[policy_dir.clone()], &cfg.policy_configs())
             .with_context(|| format!("{}: policies", path.display()))?;
+        for p in policies.policies() {
+            reload::self_check(p).map_err(|e| anyhow::anyhow!("{}: {}: {e}", path.display(), p.compiled.path.display()))?;
+        }
+        let loader = Loader::new(host, policy_dir, Some(path.to_path_buf()), cfg.policy_configs());
         for p in policies.policies() {
             tracing::info!(name = %p.compiled.name, version = %p.compiled.version, sha256 = %p.compiled.sha256, "policy loaded");
         }
         let upstream = Upstream::new(&cfg.upstream).await.with_context(|| format!("{}: upstream", path.display()))?;
-        let gateway = Arc::new(Gateway::new(&cfg, verifier, sessions, policies, upstream, hash_key));
+        let audit = Audit::open(&cfg).with_context(|| format!("{}: audit.spool_dir", path.display()))?;
+        let metrics = Arc::new(Metrics::default());
+        let store = FileStore::open(cfg.resolve(&cfg.approvals.store_file)).with_context(|| format!("{}: approvals.store_file", path.display()))?;
+        let approvals = Approvals::new(
+            Box::new(store),
+            Duration::from_secs(cfg.approvals.wait_secs),
+            Duration::from_secs(cfg.approvals.ttl_secs),
+            cfg.approvals.min_approvals,
+        );
+        if let Some(ch) = &cfg.audit.clickhouse {
+            let shipper = Shipper {
+                ch: ClickHouse::new(ch, clickhouse_password(&cfg)?),
+                spool: audit.spool().clone(),
+                batch_rows: ch.batch_rows,
+                batch_wait: Duration::from_millis(ch.batch_wait_ms),
+                metrics: metrics.clone(),
+            };
+            tokio::spawn(shipper.run());
+        }
+        let gateway = Arc::new(Gateway::new(
+            &cfg,
+            GatewayParts { verifier, sessions, policies, loader, upstream, hash_key, audit, approvals, metrics },
+        ));
+        let sweeper = gateway.clone();
+        tokio::spawn(async move {
+            loop {
+                sweeper.expire_approvals().await;
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        });
+        tokio::spawn(watch_policies(gateway.clone(), cfg.policies.watch));
+        if let Some(addr) = &cfg.admin.address {
+            let addr: std::net::SocketAddr = addr.parse()?;
+            let token = match &cfg.admin.token_file {
+                Some(_) => Some(secret(&cfg, cfg.admin.token_file.as_deref(), "VEIL_ADMIN_TOKEN", "admin.token_file")?),
+                None => std::env::var("VEIL_ADMIN_TOKEN").ok().map(String::into_bytes),
+            };
+            let admin = Arc::new(Admin::new(gateway.clone(), token));
+            let atcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{}: admin.address {addr}", path.display()))?;
+            tracing::info!(address = %atcp.local_addr()?, "admin API is listening");
+            let (atls, timeout) = (tls.clone(), Duration::from_secs(cfg.listener.header_timeout_secs));
+            tokio::spawn(async move {
+                let handler = move |req, remote| {
+                    let admin = admin.clone();
+                    async move { admin.handle(req, remote).await }
+                };
+                if let Err(e) = listener::serve(atcp, atls, handler, timeout, Duration::ZERO, std::future::pending()).await {
+                    tracing::error!(error = %e, "admin API stopped");
+                }
+            });
+        }
         let addr: std::net::SocketAddr = cfg.listener.address.parse()?;
         let tcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{}: listener.address {addr}", path.display()))?;
         tracing::info!(address = %tcp.local_addr()?, tls = tls.is_some(), "veil is listening");
@@ -146,16 +324,97 @@ fn serve(path: &Path) -> Result<()> {
                 }
             });
         }
+        let handler = move |req, remote| {
+            let gateway = gateway.clone();
+            async move { gateway.handle(req, remote).await }
+        };
         listener::serve(
             tcp,
             tls,
-            gateway,
+            handler,
             Duration::from_secs(cfg.listener.header_timeout_secs),
             Duration::from_secs(cfg.listener.shutdown_drain_secs),
             shutdown_signal(),
         )
         .await
     })
+}
+
+/// Reload policies when the policy directory or the config file changes
+/// (debounced), and on SIGHUP. Kubernetes ConfigMaps swap a `..data`
+/// symlink: that shows up as a change in the watched directory too.
+async fn watch_policies(gateway: Arc<Gateway>, watch_files: bool) {
+    use notify::{event::AccessKind, event::AccessMode, EventKind, RecursiveMode, Watcher};
+    use tokio::signal::unix::{signal, SignalKind};
+    let (dir, config) = gateway.policy_sources();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let config_name = config.as_ref().and_then(|c| c.file_name().map(|n| n.to_os_string()));
+    let policy_dir = dir.clone();
+    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        let Ok(ev) = res else { return };
+        let relevant_kind = match ev.kind {
+            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+            EventKind::Access(_) => false,
+            _ => true,
+        };
+        let relevant_path = ev.paths.iter().any(|p| {
+            p.parent() == Some(policy_dir.as_path())
+                || p.starts_with(&policy_dir)
+                || p.file_name().map(|n| Some(n.to_os_string()) == config_name || n == "..data").unwrap_or(false)
+        });
+        if relevant_kind && relevant_path {
+            let _ = tx.send(());
+        }
+    });
+    let _watcher = match watcher {
+        _ if !watch_files => None,
+        Ok(mut w) => {
+            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policy directory; reload with SIGHUP or `veil policy reload`");
+            }
+            if let Some(parent) = config.as_ref().and_then(|c| c.parent()).filter(|p| *p != dir) {
+                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+                if let Err(e) = w.watch(parent, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %parent.display(), error = %e, "cannot watch the config file's directory");
+                }
+            }
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP or `veil policy reload`");
+            None
+        }
+    };
+    let mut hup = match signal(SignalKind::hangup()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "SIGHUP handler unavailable");
+            return;
+        }
+    };
+    loop {
+        let trigger = tokio::select! {
+            Some(()) = rx.recv() => "file-change",
+            Some(()) = hup.recv() => "sighup",
+        };
+        // Debounce: let a copy or an editor's save settle.
+        while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(150), rx.recv()).await {}
+        let _ = gateway.reload_policies(trigger).await;
+    }
+}
+
+/// Call the admin API of a running gateway and print its JSON answer.
+fn admin_call(a: &AdminArgs, token_env: &str, method: http::Method, path: &str, body: Option<String>) -> Result<()> {
+    let token = match &a.token_file {
+        Some(f) => std::fs::read_to_string(f).with_context(|| format!("--token-file {}", f.display()))?.trim().to_string(),
+        None => std::env::var(token_env).with_context(|| format!("no token: pass --token-file or set {token_env}"))?,
+    };
+    let (status, body) = crate::client::request(&a.admin, a.ca.as_deref(), method, path, &token, body)?;
+    println!("{}", body.trim_end());
+    if !status.is_success() {
+        bail!("the gateway answered {status}");
+    }
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -190,8 +449,95 @@ fn secret(cfg: &Config, file: Option<&Path>, env: &str, key: &str) -> Result<Vec
     Ok(k)
 }
 
+/// The ClickHouse password: `audit.clickhouse.password_file`, else `VEIL_CLICKHOUSE_PASSWORD`.
+fn clickhouse_password(cfg: &Config) -> Result<Option<String>> {
+    let Some(ch) = &cfg.audit.clickhouse else { return Ok(None) };
+    if let Some(f) = &ch.password_file {
+        let p = std::fs::read_to_string(cfg.resolve(f)).with_context(|| format!("audit.clickhouse.password_file {}", f.display()))?;
+        return Ok(Some(p.trim().to_string()));
+    }
+    Ok(std::env::var("VEIL_CLICKHOUSE_PASSWORD").ok())
+}
+
+fn run_audit(cmd: AuditCommand) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    match cmd {
+        AuditCommand::Migrate { config } => {
+            let cfg = Config::load(&config)?;
+            let ch = cfg.audit.clickhouse.as_ref().with_context(|| format!("{}: audit.clickhouse: not configured", config.display()))?;
+            let client = ClickHouse::new(ch, clickhouse_password(&cfg)?);
+            rt.block_on(client.migrate()).with_context(|| format!("ClickHouse at {}", ch.url))?;
+            println!("ok: {}.audit is ready at {}", ch.database, ch.url);
+            Ok(())
+        }
+        AuditCommand::Query { name, config, since, until, subject, session, id, tsv } => {
+            let cfg = Config::load(&config)?;
+            let sql = shipper::QUERIES
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, q)| *q)
+                .with_context(|| format!("no query named {name:?}; known: {}", shipper::QUERIES.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")))?;
+            let now = unix_now();
+            let args = QueryArgs {
+                since: since.as_deref().map(|s| parse_time(s, now, "--since")).transpose()?.unwrap_or(0),
+                until: until.as_deref().map(|s| parse_time(s, now, "--until")).transpose()?.unwrap_or(now + 1),
+                subject: subject.unwrap_or_default(),
+                session: session.unwrap_or_default(),
+                id: id.unwrap_or_default(),
+            };
+            let needs = |flag: &str, v: &str| if v.is_empty() { bail!("query {name} needs {flag}") } else { Ok(()) };
+            match name.as_str() {
+                "calls-by-identity" => needs("--subject", &args.subject)?,
+                "policy-for-call" => needs("--id", &args.id)?,
+                "agent-session" => needs("--session", &args.session)?,
+                _ => {}
+            }
+            let table = match &cfg.audit.clickhouse {
+                Some(ch) => {
+                    let client = ClickHouse::new(ch, clickhouse_password(&cfg)?);
+                    rt.block_on(client.query_tsv(&shipper::render(sql, &ch.database, &args))).with_context(|| format!("ClickHouse at {}", ch.url))?
+                }
+                None => {
+                    let records = audit_mod::local::spool_records(&cfg.resolve(&cfg.audit.spool_dir))?;
+                    audit_mod::local::query(&name, &records, &args)
+                }
+            };
+            print!("{}", if tsv { table } else { audit_mod::local::align(&table) });
+            Ok(())
+        }
+        AuditCommand::Export { config } => {
+            let cfg = Config::load(&config)?;
+            for r in audit_mod::local::spool_records(&cfg.resolve(&cfg.audit.spool_dir))? {
+                println!("{}", serde_json::to_string(&r)?);
+            }
+            Ok(())
+        }
+    }
+}
+
+fn unix_now() -> u32 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as u32).unwrap_or(0)
+}
+
+/// RFC 3339, Unix seconds, or an age (`15m`, `24h`, `7d`) before `now`.
+fn parse_time(s: &str, now: u32, flag: &str) -> Result<u32> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    if let Some((num, unit)) = s.split_at_checked(s.len().saturating_sub(1)) {
+        if let (Ok(n), Some(mult)) = (num.parse::<u32>(), match unit { "s" => Some(1), "m" => Some(60), "h" => Some(3600), "d" => Some(86400), _ => None }) {
+            return Ok(now.saturating_sub(n.saturating_mul(mult)));
+        }
+    }
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .with_context(|| format!("{flag} {s:?}: expected RFC 3339 (2026-11-25T10:00:00Z), Unix seconds, or an age like 24h"))?;
+    u32::try_from(t.unix_timestamp()).with_context(|| format!("{flag} {s:?}: out of range"))
+}
+
 fn run_policy(cmd: PolicyCommand) -> Result<()> {
     match cmd {
+        PolicyCommand::Reload(a) => admin_call(&a, "VEIL_ADMIN_TOKEN", http::Method::POST, "/v1/policies/reload", None),
+        PolicyCommand::Status(a) => admin_call(&a, "VEIL_ADMIN_TOKEN", http::Method::GET, "/v1/policies", None),
         PolicyCommand::Check { file } => {
             let host = Host::new(Limits::default())?;
             let c = host.load(&file)?;

@@ -48,6 +48,15 @@ pub struct Config {
     /// Metrics endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Audit trail: local spool and ClickHouse.
+    #[serde(default)]
+    pub audit: AuditConfig,
+    /// Admin and reviewer API.
+    #[serde(default)]
+    pub admin: AdminConfig,
+    /// Human approval of calls policies hold.
+    #[serde(default)]
+    pub approvals: ApprovalsConfig,
     /// Directory of the file this was loaded from (relative paths resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -217,6 +226,10 @@ pub struct PoliciesConfig {
     /// Each policy's configuration, by policy name.
     #[serde(default)]
     pub config: BTreeMap<String, toml::Value>,
+    /// Reload when files in `dir` or this config file change. Off: only
+    /// SIGHUP and `veil policy reload` reload.
+    #[serde(default = "default_true")]
+    pub watch: bool,
 }
 
 fn default_deadline() -> u64 {
@@ -248,6 +261,168 @@ impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { address: None }
     }
+}
+
+/// `[admin]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` of the admin API (policy status/reload, approvals),
+    /// served with the listener's TLS. Unset: off.
+    pub address: Option<String>,
+    /// File holding the bearer token of `veil policy reload|status` (≥ 32
+    /// bytes). Unset: `VEIL_ADMIN_TOKEN`, else the policy endpoints are off.
+    pub token_file: Option<PathBuf>,
+}
+
+/// `[approvals]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsConfig {
+    /// How long a held call waits for a decision, seconds.
+    #[serde(default = "default_approval_wait")]
+    pub wait_secs: u64,
+    /// How long an approval (pending, or granted but unused) lives, seconds.
+    #[serde(default = "default_approval_ttl")]
+    pub ttl_secs: u64,
+    /// Token claim that makes a reviewer.
+    #[serde(default = "default_reviewer_claim")]
+    pub reviewer_claim: String,
+    /// Values of that claim (it may be a string or a list) that make a reviewer.
+    #[serde(default = "default_reviewer_groups")]
+    pub reviewer_groups: Vec<String>,
+    /// Distinct reviewers who must approve (two-person rule: 2).
+    #[serde(default = "default_min_approvals")]
+    pub min_approvals: u32,
+    /// File persisting approvals across restarts.
+    #[serde(default = "default_approvals_file")]
+    pub store_file: PathBuf,
+}
+
+impl Default for ApprovalsConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("every [approvals] key has a default"))
+    }
+}
+
+fn default_approval_wait() -> u64 {
+    50
+}
+fn default_approval_ttl() -> u64 {
+    900
+}
+fn default_reviewer_claim() -> String {
+    "groups".into()
+}
+fn default_reviewer_groups() -> Vec<String> {
+    vec!["security-reviewers".into()]
+}
+fn default_min_approvals() -> u32 {
+    1
+}
+fn default_approvals_file() -> PathBuf {
+    PathBuf::from("veil-approvals.json")
+}
+
+/// `[audit]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Directory of the durable spool.
+    #[serde(default = "default_spool_dir")]
+    pub spool_dir: PathBuf,
+    /// Release a response only after its record is fsynced.
+    #[serde(default = "default_true")]
+    pub require_durable: bool,
+    /// Longest time a record stays unsynced, milliseconds.
+    #[serde(default = "default_fsync_interval")]
+    pub fsync_interval_ms: u64,
+    /// Segment file size before rotation, bytes.
+    #[serde(default = "default_segment_bytes")]
+    pub segment_bytes: u64,
+    /// Unshipped bytes the spool may hold before calls are refused.
+    #[serde(default = "default_max_spool")]
+    pub max_spool_bytes: u64,
+    /// When the spool cannot take a record: `"reject"` the call (fail
+    /// closed) or `"log"` the loss and answer anyway.
+    #[serde(default = "default_on_failure")]
+    pub on_failure: String,
+    /// Largest masked response body kept in a record, bytes.
+    #[serde(default = "default_response_cap")]
+    pub response_cap_bytes: usize,
+    /// Token claims copied into each record (besides iss and sub).
+    #[serde(default = "default_audit_claims")]
+    pub claims: Vec<String>,
+    /// Name of this gateway in records. Unset: the host name.
+    pub instance: Option<String>,
+    /// ClickHouse to ship records to. Unset: records stay in the spool.
+    pub clickhouse: Option<ClickHouseConfig>,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        toml::from_str("").unwrap_or_else(|_| unreachable!("every [audit] key has a default"))
+    }
+}
+
+fn default_spool_dir() -> PathBuf {
+    PathBuf::from("veil-spool")
+}
+fn default_true() -> bool {
+    true
+}
+fn default_fsync_interval() -> u64 {
+    5
+}
+fn default_segment_bytes() -> u64 {
+    16 << 20
+}
+fn default_max_spool() -> u64 {
+    1 << 30
+}
+fn default_on_failure() -> String {
+    "reject".into()
+}
+fn default_response_cap() -> usize {
+    64 << 10
+}
+fn default_audit_claims() -> Vec<String> {
+    vec!["email".into(), "groups".into(), "client_id".into()]
+}
+
+/// `[audit.clickhouse]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClickHouseConfig {
+    /// HTTP interface, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database holding the `audit` table (created at start).
+    #[serde(default = "default_ch_database")]
+    pub database: String,
+    /// User.
+    #[serde(default = "default_ch_user")]
+    pub user: String,
+    /// File holding the password. Unset: `VEIL_CLICKHOUSE_PASSWORD`, else none.
+    pub password_file: Option<PathBuf>,
+    /// Ship when this many records are waiting.
+    #[serde(default = "default_batch_rows")]
+    pub batch_rows: usize,
+    /// Ship records at most this long after they were spooled, milliseconds.
+    #[serde(default = "default_batch_wait")]
+    pub batch_wait_ms: u64,
+}
+
+fn default_ch_database() -> String {
+    "veil".into()
+}
+fn default_ch_user() -> String {
+    "default".into()
+}
+fn default_batch_rows() -> usize {
+    10_000
+}
+fn default_batch_wait() -> u64 {
+    1000
 }
 
 impl Config {
@@ -346,6 +521,61 @@ impl Config {
         if let Some(a) = &self.metrics.address {
             if a.parse::<std::net::SocketAddr>().is_err() {
                 return e("metrics.address", "expected host:port with a numeric IP");
+            }
+        }
+        if let Some(addr) = &self.admin.address {
+            if addr.parse::<std::net::SocketAddr>().is_err() {
+                return e("admin.address", "expected host:port with a numeric IP");
+            }
+        }
+        if let Some(f) = &self.admin.token_file {
+            if !self.resolve(f).is_file() {
+                return e("admin.token_file", "file does not exist");
+            }
+        }
+        let ap = &self.approvals;
+        if ap.wait_secs > 600 {
+            return e("approvals.wait_secs", "must be at most 600 (SDK read timeouts are shorter still)");
+        }
+        if !(1..=7 * 86400).contains(&ap.ttl_secs) {
+            return e("approvals.ttl_secs", "must be between 1 and 604800");
+        }
+        if !(1..=5).contains(&ap.min_approvals) {
+            return e("approvals.min_approvals", "must be between 1 and 5");
+        }
+        if ap.reviewer_groups.is_empty() || ap.reviewer_claim.is_empty() {
+            return e("approvals.reviewer_groups", "name the claim and at least one value that make a reviewer");
+        }
+        let a = &self.audit;
+        if !(1..=1000).contains(&a.fsync_interval_ms) {
+            return e("audit.fsync_interval_ms", "must be between 1 and 1000");
+        }
+        if a.segment_bytes < 4096 {
+            return e("audit.segment_bytes", "must be at least 4096");
+        }
+        if a.max_spool_bytes < a.segment_bytes {
+            return e("audit.max_spool_bytes", "must be at least audit.segment_bytes");
+        }
+        if a.on_failure != "reject" && a.on_failure != "log" {
+            return e("audit.on_failure", "must be \"reject\" or \"log\"");
+        }
+        if a.response_cap_bytes > 1 << 20 {
+            return e("audit.response_cap_bytes", "must be at most 1048576");
+        }
+        if let Some(ch) = &a.clickhouse {
+            if ch.url.parse::<http::Uri>().ok().and_then(|u| u.scheme_str().map(str::to_owned)).is_none() {
+                return e("audit.clickhouse.url", "must be a URL like http://127.0.0.1:8123");
+            }
+            if ch.database.is_empty() || !ch.database.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return e("audit.clickhouse.database", "must be a plain identifier ([A-Za-z0-9_]+)");
+            }
+            if !(1..=1_000_000).contains(&ch.batch_rows) {
+                return e("audit.clickhouse.batch_rows", "must be between 1 and 1000000");
+            }
+            if let Some(f) = &ch.password_file {
+                if !self.resolve(f).is_file() {
+                    return e("audit.clickhouse.password_file", "file does not exist");
+                }
             }
         }
         Ok(())

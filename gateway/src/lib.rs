@@ -3,8 +3,12 @@
 //! everything. The binary (`src/main.rs`) is a thin CLI over this library.
 #![forbid(unsafe_code)]
 
+pub mod audit;
+pub mod admin;
+pub mod approvals;
 pub mod aws;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod identity;
 pub mod listener;

@@ -19,7 +19,9 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
-use crate::pipeline::Gateway;
+use std::net::SocketAddr;
+
+use crate::pipeline::{Gateway, RespBody};
 
 /// Build a rustls server config from PEM files.
 pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
@@ -40,15 +42,20 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
     Ok(Arc::new(cfg))
 }
 
-/// Serve until `shutdown` resolves, then drain in-flight calls for up to `drain`.
-pub async fn serve(
+/// Serve `handler` until `shutdown` resolves, then drain in-flight calls
+/// for up to `drain`. The gateway and the admin API share this.
+pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    gateway: Arc<Gateway>,
+    handler: H,
     header_timeout: Duration,
     drain: Duration,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()> {
+) -> Result<()>
+where
+    H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = http::Response<RespBody>> + Send + 'static,
+{
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -80,10 +87,10 @@ pub async fn serve(
                     }
                 };
                 let _ = tcp.set_nodelay(true);
-                let gateway = gateway.clone();
+                let handler = handler.clone();
                 let service = service_fn(move |req| {
-                    let gateway = gateway.clone();
-                    async move { Ok::<_, std::convert::Infallible>(gateway.handle(req, remote).await) }
+                    let fut = handler(req, remote);
+                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
                 });
                 match &acceptor {
                     Some(acceptor) => {

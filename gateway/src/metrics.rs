@@ -24,6 +24,13 @@ pub struct PolicyLabels {
     pub policy: String,
 }
 
+/// Labels of a policy reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReloadLabels {
+    /// loaded or rejected.
+    pub result: String,
+}
+
 /// Every metric Veil exports.
 pub struct Metrics {
     registry: Registry,
@@ -35,6 +42,14 @@ pub struct Metrics {
     pub policy_errors: Family<PolicyLabels, Counter>,
     /// Authentication failures.
     pub auth_failures: Counter,
+    /// Audit records inserted into ClickHouse.
+    pub audit_shipped: Counter,
+    /// Failed ClickHouse inserts or migrations (retried).
+    pub audit_ship_failures: Counter,
+    /// Audit records the spool could not take.
+    pub audit_write_failures: Counter,
+    /// Policy reloads by result.
+    pub policy_reloads: Family<ReloadLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -48,7 +63,15 @@ impl Default for Metrics {
         registry.register("request_duration_seconds", "Whole-call latency", latency.clone());
         registry.register("policy_errors", "Policy hook failures (trap, timeout, memory, bad output)", policy_errors.clone());
         registry.register("auth_failures", "Calls refused for identity or signature", auth_failures.clone());
-        Metrics { registry, requests, latency, policy_errors, auth_failures }
+        let audit_shipped = Counter::default();
+        let audit_ship_failures = Counter::default();
+        let audit_write_failures = Counter::default();
+        registry.register("audit_shipped", "Audit records inserted into ClickHouse", audit_shipped.clone());
+        registry.register("audit_ship_failures", "Failed ClickHouse inserts or migrations (retried)", audit_ship_failures.clone());
+        registry.register("audit_write_failures", "Audit records the spool could not take", audit_write_failures.clone());
+        let policy_reloads = Family::<ReloadLabels, Counter>::default();
+        registry.register("policy_reloads", "Policy reloads by result (loaded, rejected)", policy_reloads.clone());
+        Metrics { registry, requests, latency, policy_errors, auth_failures, audit_shipped, audit_ship_failures, audit_write_failures, policy_reloads }
     }
 }
 

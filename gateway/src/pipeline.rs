@@ -22,13 +22,16 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use crate::approvals::{self, ApprovalError, Approvals, Decision, Entry, Waited};
+use crate::audit::{self, Audit, Record, SpoolError};
 use crate::aws::error::AwsError;
 use crate::aws::xml::Document;
 use crate::aws::{self, ClassifyError, Protocol, RequestView};
 use crate::config::Config;
 use crate::identity::{IdentityError, Verifier};
 use crate::masking::{self, HashKey};
-use crate::metrics::{CallLabels, Metrics, PolicyLabels};
+use crate::metrics::{CallLabels, Metrics, PolicyLabels, ReloadLabels};
+use crate::policy::reload::{Loader, Outcome, Rejection};
 use crate::policy::{CallInput, Identity, Operation, PolicySet, Reason, Verdict};
 use crate::sigv4::{self, SigError};
 use crate::sts::{self, Session, SessionError, SessionKeys};
@@ -76,9 +79,15 @@ pub enum Failure {
     /// Policies denied the call or its response.
     #[error("denied by policy: {}", reasons_text(.0))]
     Denied(Vec<Reason>),
-    /// Policies want a human's approval.
-    #[error("approval required (approval id {id}): {}; ask a reviewer to approve it, then retry the same call", reasons_text(.reasons))]
+    /// Policies want a human's approval and none came within the wait.
+    #[error("approval pending, id {id}: {}. A reviewer must approve it (veil approvals approve {id}); then retry exactly the same call, which will go through once", reasons_text(.reasons))]
     ApprovalRequired { id: String, reasons: Vec<Reason> },
+    /// A reviewer denied the call.
+    #[error("denied by reviewer {reviewer} (approval id {id}): {reason}")]
+    ApprovalDenied { id: String, reviewer: String, reason: String },
+    /// The approval store failed.
+    #[error("approvals are unavailable: {0}")]
+    ApprovalStore(#[from] ApprovalError),
     /// AWS could not be reached.
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -88,6 +97,9 @@ pub enum Failure {
     /// Reading the caller's body failed or timed out.
     #[error("reading the request body failed: {0}")]
     BodyRead(String),
+    /// The call cannot be recorded, so it is not made (fail closed).
+    #[error("the audit trail cannot record calls, so none are served: {0}")]
+    Audit(#[from] SpoolError),
 }
 
 fn reasons_text(r: &[Reason]) -> String {
@@ -116,16 +128,19 @@ impl Failure {
             Failure::TooLarge(..) => AwsError::new(S::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", msg),
             Failure::Denied(_) => AwsError::new(S::FORBIDDEN, "AccessDenied", msg),
             Failure::ApprovalRequired { .. } => AwsError::new(S::FORBIDDEN, "ApprovalRequired", msg),
+            Failure::ApprovalDenied { .. } => AwsError::new(S::FORBIDDEN, "AccessDenied", msg),
+            Failure::ApprovalStore(_) => AwsError::new(S::SERVICE_UNAVAILABLE, "ServiceUnavailable", msg),
             Failure::Upstream(UpstreamError::Timeout(_)) => AwsError::new(S::GATEWAY_TIMEOUT, "RequestTimeout", msg),
             Failure::Upstream(_) => AwsError::new(S::BAD_GATEWAY, "ServiceUnavailable", msg),
             Failure::Unparseable(_) => AwsError::new(S::BAD_GATEWAY, "InternalFailure", msg),
             Failure::BodyRead(_) => AwsError::new(S::BAD_REQUEST, "IncompleteBody", msg),
+            Failure::Audit(_) => AwsError::new(S::SERVICE_UNAVAILABLE, "ServiceUnavailable", msg),
         }
     }
 
     fn verdict(&self) -> &'static str {
         match self {
-            Failure::Denied(_) => "deny",
+            Failure::Denied(_) | Failure::ApprovalDenied { .. } => "deny",
             Failure::ApprovalRequired { .. } => "approval-required",
             Failure::MissingAuth | Failure::Signature(_) | Failure::Session(_) | Failure::Identity(_) | Failure::UnknownRole(_) => "unauthenticated",
             _ => "error",
@@ -147,6 +162,30 @@ struct Ctx {
     verdict: &'static str,
     /// The Veil session, for callers using session credentials.
     session: Option<Session>,
+    /// The audit record, filled in stage by stage.
+    rec: Record,
+}
+
+/// The loaded parts a gateway is assembled from.
+pub struct GatewayParts {
+    /// OIDC verification.
+    pub verifier: Verifier,
+    /// Session credentials.
+    pub sessions: SessionKeys,
+    /// The initial policy set.
+    pub policies: PolicySet,
+    /// Rebuilds the set on reload.
+    pub loader: Loader,
+    /// The AWS client.
+    pub upstream: Upstream,
+    /// Key of the `hash` mask style.
+    pub hash_key: HashKey,
+    /// The audit writer.
+    pub audit: Audit,
+    /// Pending approvals and grants.
+    pub approvals: Approvals,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Everything a running gateway holds.
@@ -156,8 +195,14 @@ pub struct Gateway {
     policies: ArcSwap<PolicySet>,
     upstream: Upstream,
     hash_key: HashKey,
+    audit: Audit,
+    loader: Arc<Loader>,
+    reload_lock: tokio::sync::Mutex<()>,
+    approvals: Approvals,
+    reviewer_claim: String,
+    reviewer_groups: Vec<String>,
     /// Metrics.
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// role ARN → credential name
     roles: HashMap<String, String>,
     /// issuer → audience
@@ -169,14 +214,22 @@ pub struct Gateway {
 
 impl Gateway {
     /// Assemble a gateway from validated config and loaded parts.
-    pub fn new(cfg: &Config, verifier: Verifier, sessions: SessionKeys, policies: PolicySet, upstream: Upstream, hash_key: HashKey) -> Gateway {
+    pub fn new(cfg: &Config, parts: GatewayParts) -> Gateway {
+        let GatewayParts { verifier, sessions, policies, loader, upstream, hash_key, audit, approvals, metrics } = parts;
+        loader.mark_loaded(&policies);
         Gateway {
             verifier,
             sessions,
             policies: ArcSwap::from_pointee(policies),
             upstream,
             hash_key,
-            metrics: Metrics::default(),
+            audit,
+            loader: Arc::new(loader),
+            reload_lock: tokio::sync::Mutex::new(()),
+            approvals,
+            reviewer_claim: cfg.approvals.reviewer_claim.clone(),
+            reviewer_groups: cfg.approvals.reviewer_groups.clone(),
+            metrics,
             roles: cfg.roles.iter().map(|r| (r.arn.clone(), r.credentials.clone())).collect(),
             audiences: cfg.identity.issuers.iter().map(|i| (i.issuer.clone(), i.audience.clone())).collect(),
             max_body: cfg.listener.max_body_bytes,
@@ -185,15 +238,167 @@ impl Gateway {
         }
     }
 
-    /// Swap the active policy set; in-flight calls keep the one they loaded.
-    pub fn set_policies(&self, set: PolicySet) {
-        self.policies.store(Arc::new(set));
+    /// Rebuild the policy set from its files and config (off the request
+    /// path), and swap it in if it changed and passed every check; in-flight
+    /// calls keep the set they started with. `Ok(true)`: a new set is active.
+    /// A rejection leaves the last good set serving. Either way the attempt
+    /// is logged, counted and audited.
+    pub async fn reload_policies(&self, trigger: &str) -> Result<bool, Rejection> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let current = self.policies.load_full();
+        let loader = self.loader.clone();
+        let built = tokio::task::spawn_blocking(move || loader.build(&current)).await.unwrap_or_else(|e| {
+            Err(Rejection { file: self.loader.dir().display().to_string(), reason: format!("reload panicked: {e}"), at_ms: 0 })
+        });
+        let mut rec = Record::new("reload", &self.audit.instance);
+        rec.action = trigger.to_string();
+        let result = match built {
+            Ok(Outcome::Unchanged) => return Ok(false),
+            Ok(Outcome::Loaded(set)) => {
+                let refs = set.references();
+                for r in &refs {
+                    tracing::info!(name = %r.name, version = %r.version, sha256 = %r.sha256, trigger, "policy active");
+                }
+                rec.verdict = "loaded".into();
+                rec.policy_names = refs.iter().map(|r| r.name.clone()).collect();
+                rec.policy_versions = refs.iter().map(|r| r.version.clone()).collect();
+                rec.policy_sha256s = refs.into_iter().map(|r| r.sha256).collect();
+                self.policies.store(Arc::new(set));
+                self.metrics.policy_reloads.get_or_create(&ReloadLabels { result: "loaded".into() }).inc();
+                Ok(true)
+            }
+            Err(r) => {
+                tracing::warn!(file = %r.file, reason = %r.reason, trigger, "policy reload rejected; the last good set keeps serving");
+                rec.verdict = "rejected".into();
+                rec.resource.clone_from(&r.file);
+                rec.error.clone_from(&r.reason);
+                self.metrics.policy_reloads.get_or_create(&ReloadLabels { result: "rejected".into() }).inc();
+                Err(r)
+            }
+        };
+        if self.audit.write(&rec).await.is_err() {
+            self.metrics.audit_write_failures.inc();
+        }
+        result
+    }
+
+    /// Hold a call for approval: a matching unused grant admits it at once;
+    /// otherwise it joins (or opens) a pending approval and waits.
+    async fn await_approval(&self, ctx: &mut Ctx, call: &CallInput, reasons: Vec<Reason>) -> Result<(), Failure> {
+        let ap = &self.approvals;
+        let id = &call.identity;
+        let op = format!("{}:{}", call.operation.service, call.operation.action);
+        let fp = approvals::fingerprint(&id.issuer, &id.subject, &op, &call.operation.region, &call.params);
+        let granted = match ap.store.take_grant(&fp, approvals::now_ms())? {
+            Some(g) => g,
+            None => {
+                let texts: Vec<String> = reasons.iter().map(|r| format!("{}: {}", r.policy, r.message)).collect();
+                let resource = call.operation.resource.clone().unwrap_or_default();
+                let new = ap.entry(&id.issuer, &id.subject, &op, &call.operation.region, &resource, fp.clone(), audit::redact(&call.params), texts);
+                let (entry, created) = ap.store.request(new)?;
+                ctx.rec.approval_id.clone_from(&entry.id);
+                if created {
+                    tracing::info!(approval = %entry.id, subject = %id.subject, operation = %op, "approval requested");
+                    self.approval_event(&entry, "requested", None).await;
+                }
+                match ap.wait_for(&entry.id, &fp).await? {
+                    Waited::Granted(g) => g,
+                    Waited::Denied(e) => {
+                        let d = e.decisions.iter().rfind(|d| !d.approve);
+                        return Err(Failure::ApprovalDenied {
+                            id: e.id.clone(),
+                            reviewer: d.map(|d| d.reviewer.clone()).unwrap_or_default(),
+                            reason: d.map(|d| d.reason.clone()).unwrap_or_default(),
+                        });
+                    }
+                    Waited::TimedOut(e) => return Err(Failure::ApprovalRequired { id: e.id, reasons }),
+                }
+            }
+        };
+        ctx.rec.approval_id.clone_from(&granted.id);
+        ctx.rec.approval_reviewers = granted.approvers();
+        ctx.rec.approval_decided_ms = granted.decided_ms();
+        self.approval_event(&granted, "used", None).await;
+        Ok(())
+    }
+
+    /// One audit record of an approval step (requested, approved, denied, expired, used).
+    pub async fn approval_event(&self, e: &Entry, step: &str, decision: Option<&Decision>) {
+        let mut rec = Record::new("approval", &self.audit.instance);
+        rec.verdict = step.to_string();
+        rec.approval_id.clone_from(&e.id);
+        rec.issuer.clone_from(&e.issuer);
+        rec.subject.clone_from(&e.subject);
+        let (service, action) = e.operation.split_once(':').unwrap_or((&e.operation, ""));
+        rec.service = service.to_string();
+        rec.action = action.to_string();
+        rec.region.clone_from(&e.region);
+        rec.resource.clone_from(&e.resource);
+        rec.params = e.params.to_string();
+        rec.reasons.clone_from(&e.reasons);
+        rec.approval_reviewers = e.approvers();
+        rec.approval_decided_ms = e.decided_ms();
+        if let Some(d) = decision {
+            rec.approval_reviewers = vec![d.reviewer.clone()];
+            rec.approval_decided_ms = d.at_ms;
+            rec.reasons.push(format!("reviewer {}: {}", d.reviewer, d.reason));
+        }
+        if self.audit.write(&rec).await.is_err() {
+            self.metrics.audit_write_failures.inc();
+        }
+    }
+
+    /// The approvals (for the reviewer API).
+    pub fn approvals(&self) -> &Approvals {
+        &self.approvals
+    }
+
+    /// Verify a reviewer's OIDC token and check the reviewer claim.
+    pub async fn reviewer(&self, token: &str) -> Result<Identity, String> {
+        let identity = self.verifier.verify(token).await.map_err(|e| e.to_string())?;
+        let claim = identity.claims.get(&self.reviewer_claim);
+        let values: Vec<&str> = match claim {
+            Some(Value::String(s)) => vec![s.as_str()],
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).collect(),
+            _ => Vec::new(),
+        };
+        if values.iter().any(|v| self.reviewer_groups.iter().any(|g| g == v)) {
+            Ok(identity)
+        } else {
+            Err(format!("{} is not a reviewer: claim {:?} must include one of {:?}", identity.subject, self.reviewer_claim, self.reviewer_groups))
+        }
+    }
+
+    /// Expire stale approvals and audit each one.
+    pub async fn expire_approvals(&self) {
+        match self.approvals.store.expire(approvals::now_ms()) {
+            Ok(expired) => {
+                for e in expired {
+                    tracing::info!(approval = %e.id, "approval expired");
+                    self.approval_event(&e, "expired", None).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "expiring approvals failed"),
+        }
+    }
+
+    /// Active policies and the last rejected file, for the admin API.
+    pub fn policy_status(&self) -> Value {
+        self.loader.status(&self.policies.load())
+    }
+
+    /// The loader's policy directory and config file (for the file watcher).
+    pub fn policy_sources(&self) -> (std::path::PathBuf, Option<std::path::PathBuf>) {
+        (self.loader.dir().to_path_buf(), self.loader.config_file().map(Into::into))
     }
 
     /// Handle one HTTP request end to end.
     pub async fn handle(&self, req: http::Request<Incoming>, remote: SocketAddr) -> Response<RespBody> {
+        let mut rec = Record::new("call", &self.audit.instance);
+        rec.source_ip = remote.ip().to_string();
+        rec.set_client(req.headers());
         let mut ctx = Ctx {
-            request_id: uuid::Uuid::now_v7().to_string(),
+            request_id: rec.id.clone(),
             started: Instant::now(),
             remote,
             identity: None,
@@ -204,26 +409,66 @@ impl Gateway {
             protocol: None,
             verdict: "allow",
             session: None,
+            rec,
         };
         let resp = match self.run(&mut ctx, req).await {
             Ok(resp) => resp,
-            Err(f) => {
-                ctx.verdict = f.verdict();
-                if let Failure::Denied(reasons) | Failure::ApprovalRequired { reasons, .. } = &f {
-                    for r in reasons.iter().filter(|r| r.message.starts_with("on-")) {
-                        self.metrics.policy_errors.get_or_create(&PolicyLabels { policy: r.policy.clone() }).inc();
-                    }
-                }
-                if ctx.verdict == "unauthenticated" {
-                    self.metrics.auth_failures.inc();
-                }
-                tracing::info!(request_id = %ctx.request_id, error = %f, "call refused");
-                let r = f.to_aws().render(ctx.protocol, &ctx.request_id);
-                r.map(|b| Full::new(b).map_err(|never| match never {}).boxed())
-            }
+            Err(f) => self.refuse(&mut ctx, f),
         };
         self.log(&ctx, &resp);
-        resp
+        self.record(ctx, resp).await
+    }
+
+    /// Turn a failure into the caller's AWS-shaped error, noting it for the log and audit.
+    fn refuse(&self, ctx: &mut Ctx, f: Failure) -> Response<RespBody> {
+        ctx.verdict = f.verdict();
+        if let Failure::Denied(reasons) | Failure::ApprovalRequired { reasons, .. } = &f {
+            for r in reasons.iter().filter(|r| r.message.starts_with("on-")) {
+                self.metrics.policy_errors.get_or_create(&PolicyLabels { policy: r.policy.clone() }).inc();
+            }
+            ctx.rec.reasons = reasons.iter().map(|r| format!("{}: {}", r.policy, r.message)).collect();
+        }
+        if ctx.verdict == "unauthenticated" {
+            self.metrics.auth_failures.inc();
+        }
+        tracing::info!(request_id = %ctx.request_id, error = %f, "call refused");
+        ctx.rec.error = f.to_string();
+        if let Failure::ApprovalRequired { id, .. } | Failure::ApprovalDenied { id, .. } = &f {
+            ctx.rec.approval_id.clone_from(id);
+        }
+        let r = f.to_aws().render(ctx.protocol, &ctx.request_id);
+        r.map(full)
+    }
+
+    /// The audit phase: complete the call's record and make it durable
+    /// before the response is released. A call that cannot be recorded is
+    /// answered with an error instead (fail closed).
+    async fn record(&self, ctx: Ctx, resp: Response<RespBody>) -> Response<RespBody> {
+        let mut rec = ctx.rec;
+        if let Some(id) = &ctx.identity {
+            rec.issuer.clone_from(&id.issuer);
+            rec.subject.clone_from(&id.subject);
+            rec.claims = audit::select_claims(&id.claims, &self.audit.claims);
+        }
+        rec.service = ctx.service.unwrap_or_default();
+        rec.action = ctx.action.unwrap_or_default();
+        rec.region = ctx.region.unwrap_or_default();
+        rec.verdict = ctx.verdict.to_string();
+        if let Some(s) = ctx.session {
+            rec.role_session = s.name;
+        }
+        rec.status = resp.status().as_u16();
+        if rec.bytes_out == 0 {
+            rec.bytes_out = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
+        }
+        rec.total_us = ctx.started.elapsed().as_micros() as u64;
+        match self.audit.write(&rec).await {
+            Ok(()) => resp,
+            Err(e) => {
+                self.metrics.audit_write_failures.inc();
+                Failure::Audit(e).to_aws().render(ctx.protocol, &rec.id).map(full)
+            }
+        }
     }
 
     /// The log phase: metrics and one structured line per call (the audit
@@ -252,7 +497,11 @@ impl Gateway {
     }
 
     async fn run(&self, ctx: &mut Ctx, req: http::Request<Incoming>) -> Result<Response<RespBody>, Failure> {
+        if let Some(e) = self.audit.blocking_error() {
+            return Err(Failure::Audit(e));
+        }
         let (parts, body) = req.into_parts();
+        let auth_started = Instant::now();
         // Stage 1: identify.
         let bearer = parts
             .headers
@@ -277,6 +526,8 @@ impl Gateway {
         } else {
             return Err(Failure::MissingAuth);
         };
+        ctx.rec.auth_us = auth_started.elapsed().as_micros() as u64;
+        ctx.rec.bytes_in = body.as_ref().map_or(0, |b| b.len() as u64);
         // Stage 2: classify.
         let service = ctx.service.clone().unwrap_or_default();
         let region = ctx.region.clone().unwrap_or_default();
@@ -294,6 +545,8 @@ impl Gateway {
         let classified = aws::classify(&view)?;
         ctx.protocol = Some(classified.model.protocol);
         ctx.action = Some(classified.action.clone());
+        ctx.rec.resource = classified.resource.clone().unwrap_or_default();
+        ctx.rec.params = audit::redact(&classified.params).to_string();
         let call = CallInput {
             identity: ctx.identity.clone().ok_or(Failure::MissingAuth)?,
             operation: Operation { service: service.clone(), action: classified.action.clone(), region: region.clone(), resource: classified.resource.clone() },
@@ -301,13 +554,17 @@ impl Gateway {
         };
         // Stage 3: decide. The set is loaded once so the whole call sees one version.
         let policies = self.policies.load_full();
+        let refs = policies.references();
+        ctx.rec.policy_names = refs.iter().map(|r| r.name.clone()).collect();
+        ctx.rec.policy_versions = refs.iter().map(|r| r.version.clone()).collect();
+        ctx.rec.policy_sha256s = refs.into_iter().map(|r| r.sha256).collect();
+        let policy_started = Instant::now();
         let decision = policies.on_request(&call);
+        ctx.rec.policy_us = policy_started.elapsed().as_micros() as u64;
         match decision.verdict {
             Verdict::Allow => {}
             Verdict::Deny => return Err(Failure::Denied(decision.reasons)),
-            Verdict::ApprovalRequired => {
-                return Err(Failure::ApprovalRequired { id: approval_id(&call), reasons: decision.reasons });
-            }
+            Verdict::ApprovalRequired => self.await_approval(ctx, &call, decision.reasons).await?,
         }
         // The caller's identity is the role session Veil issued, not Veil's
         // own upstream principal: answer "who am I" from the session.
@@ -316,7 +573,7 @@ impl Gateway {
             return Response::builder()
                 .header(http::header::CONTENT_TYPE, "text/xml")
                 .header("x-amzn-requestid", &ctx.request_id)
-                .body(Full::new(Bytes::from(xml)).map_err(|never| match never {}).boxed())
+                .body(full(Bytes::from(xml)))
                 .map_err(|e| Failure::BadRequest(e.to_string()));
         }
         // Stage 4: forward.
@@ -335,10 +592,16 @@ impl Gateway {
             credential: ctx.credential.clone().ok_or_else(|| Failure::UnknownRole(String::new()))?,
             body: out_body,
         };
+        let upstream_started = Instant::now();
         let resp = self.upstream.send(out).await?;
         // Stage 5: check and mask the response.
         let (rparts, rbody) = resp.into_parts();
         let status = rparts.status.as_u16();
+        ctx.rec.aws_request_id = ["x-amzn-requestid", "x-amz-request-id", "x-amzn-request-id"]
+            .iter()
+            .find_map(|h| rparts.headers.get(*h).and_then(|v| v.to_str().ok()))
+            .unwrap_or_default()
+            .to_string();
         let mut builder = Response::builder().status(rparts.status);
         for (k, v) in rparts.headers.iter() {
             if upstream::pass_response_header(k) && k != http::header::CONTENT_LENGTH {
@@ -347,29 +610,40 @@ impl Gateway {
         }
         if classified.model.streams_output(&classified.action) && rparts.status.is_success() {
             // Streamed bodies pass unparsed; policies still see the call and may deny it.
+            ctx.rec.upstream_us = upstream_started.elapsed().as_micros() as u64;
             let d = policies.on_response(&call, status, &json!({}));
             if !d.deny.is_empty() {
                 return Err(Failure::Denied(d.deny));
             }
             if let Some(len) = rparts.headers.get(http::header::CONTENT_LENGTH) {
+                ctx.rec.bytes_out = len.to_str().ok().and_then(|l| l.parse().ok()).unwrap_or(0);
                 builder = builder.header(http::header::CONTENT_LENGTH, len);
             }
+            ctx.rec.response = "(streamed, not recorded)".into();
             let body = rbody.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed();
             return builder.body(body).map_err(|e| Failure::Unparseable(e.to_string()));
         }
         let raw = tokio::time::timeout(self.upstream.timeout(), read_body(rbody, self.max_body, "response"))
             .await
             .map_err(|_| Failure::Upstream(UpstreamError::Timeout(self.upstream.timeout())))??;
+        ctx.rec.upstream_us = upstream_started.elapsed().as_micros() as u64;
+        let mask_started = Instant::now();
         let protocol = classified.model.protocol;
         let query_action = (protocol == Protocol::Query).then_some(classified.action.as_str());
         let mut parsed = ParsedBody::parse(protocol, &raw).map_err(Failure::Unparseable)?;
         let doc = parsed.view(query_action);
+        let parse_us = mask_started.elapsed().as_micros() as u64;
+        let policy_started = Instant::now();
         let d = policies.on_response(&call, status, &doc);
+        ctx.rec.policy_us += policy_started.elapsed().as_micros() as u64;
         if !d.deny.is_empty() {
             return Err(Failure::Denied(d.deny));
         }
+        let mask_started = Instant::now();
         let mut doc = doc;
-        let changed = masking::apply(&mut doc, &d.masks, &self.hash_key) > 0;
+        let masked = masking::apply(&mut doc, &d.masks, &self.hash_key);
+        ctx.rec.masked_fields = masked as u32;
+        let changed = masked > 0;
         let out = if changed {
             builder = builder.header("x-veil-masked", HeaderValue::from_static("true"));
             parsed.serialise(query_action, &doc)
@@ -380,7 +654,9 @@ impl Gateway {
             }
             raw
         };
-        let mut resp = builder.body(Full::new(out).map_err(|never| match never {}).boxed()).map_err(|e| Failure::Unparseable(e.to_string()))?;
+        ctx.rec.mask_us = parse_us + mask_started.elapsed().as_micros() as u64;
+        ctx.rec.set_response(audit::redact(&doc).to_string().as_bytes(), self.audit.response_cap);
+        let mut resp = builder.body(full(out)).map_err(|e| Failure::Unparseable(e.to_string()))?;
         if changed {
             // The body changed: checksums of the original would fail the SDK's check.
             for h in ["x-amz-crc32", "content-md5"] {
@@ -461,6 +737,7 @@ impl Gateway {
             Some(d) => d.parse::<u64>().ok().filter(|d| (900..=43200).contains(d)).ok_or_else(|| Failure::BadRequest("DurationSeconds must be 900..43200".into()))?,
             None => 3600,
         };
+        ctx.rec.role_session.clone_from(&name);
         let identity = self.verifier.verify(&token).await?;
         ctx.identity = Some(identity.clone());
         if !self.roles.contains_key(&role) {
@@ -485,25 +762,14 @@ impl Gateway {
             .status(StatusCode::OK)
             .header(http::header::CONTENT_TYPE, "text/xml")
             .header("x-amzn-requestid", &ctx.request_id)
-            .body(Full::new(Bytes::from(xml)).map_err(|never| match never {}).boxed())
+            .body(full(Bytes::from(xml)))
             .map_err(|e| Failure::BadRequest(e.to_string()))
     }
 }
 
-/// A stable id for a call needing approval: the same caller, operation and
-/// parameters give the same id, so SDK retries join one approval.
-fn approval_id(call: &CallInput) -> String {
-    let mut h = Sha256::new();
-    h.update(call.identity.issuer.as_bytes());
-    h.update(b"\0");
-    h.update(call.identity.subject.as_bytes());
-    h.update(b"\0");
-    h.update(call.operation.service.as_bytes());
-    h.update(b":");
-    h.update(call.operation.action.as_bytes());
-    h.update(b"\0");
-    h.update(call.params.to_string().as_bytes());
-    format!("apr-{}", &hex::encode(h.finalize())[..20])
+/// A complete in-memory response body.
+fn full(b: Bytes) -> RespBody {
+    Full::new(b).map_err(|never| match never {}).boxed()
 }
 
 async fn read_body<B>(body: B, max: usize, what: &'static str) -> Result<Bytes, Failure>

@@ -85,6 +85,99 @@ def start_moto():
     raise RuntimeError("moto did not start")
 
 
+CLICKHOUSE = "/usr/sbin/clickhouse-server"
+
+
+class ClickHouse:
+    """A real ClickHouse server (the Debian package) on free ports, with its
+    data in `dirpath`; stop() and start() keep the data."""
+
+    def __init__(self, dirpath):
+        self.dir = Path(dirpath)
+        self.http_port, self.tcp_port = free_port(), free_port()
+        for sub in ("data", "tmp", "user_files", "format_schemas"):
+            (self.dir / sub).mkdir(parents=True, exist_ok=True)
+        (self.dir / "users.xml").write_text("""<?xml version="1.0"?>
+<yandex>
+  <profiles><default></default></profiles>
+  <users><default><password></password><networks><ip>::/0</ip></networks><profile>default</profile><quota>default</quota></default></users>
+  <quotas><default></default></quotas>
+</yandex>
+""")
+        (self.dir / "config.xml").write_text(f"""<?xml version="1.0"?>
+<yandex>
+  <logger><level>warning</level><console>1</console></logger>
+  <http_port>{self.http_port}</http_port>
+  <tcp_port>{self.tcp_port}</tcp_port>
+  <listen_host>127.0.0.1</listen_host>
+  <path>{self.dir}/data/</path>
+  <tmp_path>{self.dir}/tmp/</tmp_path>
+  <user_files_path>{self.dir}/user_files/</user_files_path>
+  <format_schema_path>{self.dir}/format_schemas/</format_schema_path>
+  <users_config>users.xml</users_config>
+  <default_profile>default</default_profile>
+  <default_database>default</default_database>
+  <mark_cache_size>268435456</mark_cache_size>
+</yandex>
+""")
+        self.url = f"http://127.0.0.1:{self.http_port}"
+        self.proc = None
+        self.start()
+
+    def start(self):
+        self.proc = Proc("clickhouse", [CLICKHOUSE, f"--config-file={self.dir}/config.xml"])
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if requests.get(self.url + "/ping", timeout=2).ok:
+                    return
+            except requests.RequestException:
+                pass
+            if self.proc.p.poll() is not None:
+                raise RuntimeError(f"clickhouse exited:\n{self.proc.output()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"clickhouse did not start:\n{self.proc.output()}")
+
+    def stop(self):
+        if self.proc:
+            self.proc.stop()
+            self.proc = None
+
+    def query(self, sql):
+        r = requests.post(self.url + "/", data=sql.encode(), timeout=30)
+        if not r.ok:
+            raise RuntimeError(f"ClickHouse: {r.text}")
+        return r.text
+
+    def rows(self, sql):
+        """JSON rows of a SELECT."""
+        return [json.loads(line) for line in self.query(sql + " FORMAT JSONEachRow").splitlines() if line]
+
+    def wait_count(self, sql, want, timeout=60):
+        """Poll until `sql` (a count) returns `want`; returns the last value."""
+        deadline = time.time() + timeout
+        got = None
+        while time.time() < deadline:
+            try:
+                got = int(self.query(sql).strip())
+            except (RuntimeError, ValueError, requests.RequestException):
+                got = None
+            if got == want:
+                return got
+            time.sleep(0.2)
+        return got
+
+
+def clickhouse_audit(ch, database, batch_wait_ms=100):
+    """The [audit.clickhouse] config block shipping to `ch`."""
+    return f"""
+[audit.clickhouse]
+url = "{ch.url}"
+database = "{database}"
+batch_wait_ms = {batch_wait_ms}
+"""
+
+
 def make_tls(dirpath):
     """A test CA and a server certificate for 127.0.0.1/localhost."""
     from cryptography import x509
@@ -179,6 +272,8 @@ class Veil:
         m = self.proc.wait_for(r"veil is listening address=(\S+)")
         self.url = f"{scheme}://" + m.group(1)
         self.metrics_url = "http://" + self.proc.wait_for(r"metrics endpoint is listening address=(\S+)").group(1) + "/metrics"
+        admin = re.search(r"admin API is listening address=(\S+)", self.proc.output())
+        self.admin_url = f"{scheme}://{admin.group(1)}" if admin else None
 
     def stop(self):
         return self.proc.stop()

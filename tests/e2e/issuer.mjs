@@ -1,7 +1,8 @@
 // A real OIDC issuer for the end-to-end tests: discovery, JWKS, RS256 tokens.
 // POST /token (grant_type=client_credentials, aud=..., claims=<JSON>) mints a
 // token whose payload gets the extra claims (sub, groups, exp …).
-// Prints {"url": ...} on stdout once listening on a free port.
+// Prints {"url": ...} on stdout once listening on a free port
+// (ISSUER_HOST / ISSUER_PORT / ISSUER_URL set them, as in docker-compose.yml).
 import { OAuth2Server } from 'oauth2-mock-server';
 
 const server = new OAuth2Server();
@@ -9,5 +10,6 @@ await server.issuer.keys.generate('RS256');
 server.service.on('beforeTokenSigning', (token, req) => {
   if (req.body && req.body.claims) Object.assign(token.payload, JSON.parse(req.body.claims));
 });
-await server.start(0, '127.0.0.1');
+await server.start(Number(process.env.ISSUER_PORT || 0), process.env.ISSUER_HOST || '127.0.0.1');
+if (process.env.ISSUER_URL) server.issuer.url = process.env.ISSUER_URL;
 console.log(JSON.stringify({ url: server.issuer.url }));

@@ -58,3 +58,19 @@ def test_plaintext_needs_an_explicit_flag_and_warns(tmp_path, issuer, moto):
         assert requests.get(veil.url + "/", timeout=10).status_code == 403
     finally:
         veil.stop()
+
+
+def test_compose_stack_names_the_services_the_tests_start():
+    import yaml
+    compose = yaml.safe_load((harness.ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"veil", "clickhouse", "issuer", "moto"}
+    assert services["veil"]["build"] == "."
+    assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server")
+    assert "issuer.mjs" in " ".join(services["issuer"]["command"])
+    assert "moto.server" in " ".join(services["moto"]["command"])
+    # The gateway config it mounts is valid apart from the network it names.
+    import re
+    cfg = (harness.ROOT / "deploy" / "veil.toml").read_text()
+    assert re.search(r'url = "http://clickhouse:8123"', cfg)
+    assert 'endpoint = "http://moto:5000"' in cfg and 'issuer = "http://issuer:9400"' in cfg

@@ -307,7 +307,8 @@ fn wasmparser_is_core_module(bytes: &[u8]) -> bool {
     bytes.len() >= 8 && bytes[..4] == *b"\0asm" && bytes[4..8] == [1, 0, 0, 0]
 }
 
-/// A compiled, checked policy component.
+/// A compiled, checked policy component (clones share the compiled code).
+#[derive(Clone)]
 pub struct Compiled {
     host: Host,
     inner: Arc<Inner>,

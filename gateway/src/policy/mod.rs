@@ -7,6 +7,7 @@
 //! deny > approval-required > allow; masks are the union.
 
 pub mod host;
+pub mod reload;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

@@ -1,0 +1,399 @@
+//! The audit trail: one [`Record`] per call (and per approval step and
+//! policy reload), written to the durable local [`spool`] before the caller
+//! gets its answer, then shipped to ClickHouse by the [`shipper`].
+//!
+//! Records never hold a secret, not even one a caller may see (a team
+//! reading its own secret): request parameters and the response document
+//! (after the policies' masks) are both reduced by [`redact`] to their
+//! structure and identifiers (names, ids, ARNs, keys); every other string
+//! becomes `"***"`.
+
+pub mod local;
+pub mod shipper;
+pub mod spool;
+
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::Config;
+pub use spool::{Spool, SpoolError, SpoolOptions};
+
+/// Header an agent may send to tie calls to its session or prompt.
+pub const SESSION_HEADER: &str = "x-veil-agent-session";
+
+/// One audit record; also the row of the ClickHouse `audit` table (same
+/// field names and order as `sql/schema.sql`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, clickhouse::Row)]
+pub struct Record {
+    /// UUID v7 (time-ordered).
+    pub id: String,
+    /// Unix seconds (the table's DateTime).
+    pub time: u32,
+    /// Unix milliseconds.
+    pub ts_ms: u64,
+    /// `call`, `approval` or `reload`.
+    pub kind: String,
+    /// Gateway instance.
+    pub instance: String,
+    /// Token issuer.
+    pub issuer: String,
+    /// Token subject.
+    pub subject: String,
+    /// Selected claims, JSON.
+    pub claims: String,
+    /// Caller's IP address.
+    pub source_ip: String,
+    /// AWS service.
+    pub service: String,
+    /// AWS action.
+    pub action: String,
+    /// Region.
+    pub region: String,
+    /// Main resource.
+    pub resource: String,
+    /// Request parameters, redacted to identifiers (JSON).
+    pub params: String,
+    /// allow, deny, approval-required, unauthenticated, error (calls);
+    /// requested, approved, denied, expired, used (approvals); loaded, rejected (reloads).
+    pub verdict: String,
+    /// `policy: message` per reason.
+    pub reasons: Vec<String>,
+    /// Policies that decided the call.
+    pub policy_names: Vec<String>,
+    /// Their versions.
+    pub policy_versions: Vec<String>,
+    /// Their sha256s.
+    pub policy_sha256s: Vec<String>,
+    /// Approval id, when one applied.
+    pub approval_id: String,
+    /// Reviewers who decided it.
+    pub approval_reviewers: Vec<String>,
+    /// When it was decided, Unix ms (0: not decided).
+    pub approval_decided_ms: u64,
+    /// HTTP status returned to the caller.
+    pub status: u16,
+    /// AWS's request id.
+    pub aws_request_id: String,
+    /// The response document the caller received, after masks, redacted
+    /// to identifiers (capped).
+    pub response: String,
+    /// 1 when `response` was cut at the cap.
+    pub response_truncated: u8,
+    /// Number of values masked in the response.
+    pub masked_fields: u32,
+    /// Request body bytes.
+    pub bytes_in: u64,
+    /// Response body bytes.
+    pub bytes_out: u64,
+    /// Time verifying the caller, µs.
+    pub auth_us: u64,
+    /// Time in policies, µs.
+    pub policy_us: u64,
+    /// Time waiting for AWS, µs.
+    pub upstream_us: u64,
+    /// Time parsing, masking and re-serialising, µs.
+    pub mask_us: u64,
+    /// Whole call, µs.
+    pub total_us: u64,
+    /// The caller's User-Agent.
+    pub user_agent: String,
+    /// The `app/<id>` part of it (`AWS_SDK_UA_APP_ID`).
+    pub app_id: String,
+    /// W3C traceparent, if sent and well-formed.
+    pub traceparent: String,
+    /// Its trace id.
+    pub trace_id: String,
+    /// The `X-Veil-Agent-Session` header.
+    pub agent_session: String,
+    /// The STS role session name (`AWS_ROLE_SESSION_NAME`).
+    pub role_session: String,
+    /// Why the call failed, if it did.
+    pub error: String,
+}
+
+impl Record {
+    /// A record of `kind` stamped now with a fresh id.
+    pub fn new(kind: &str, instance: &str) -> Record {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
+        Record {
+            id: uuid::Uuid::now_v7().to_string(),
+            time: now.as_secs() as u32,
+            ts_ms: now.as_millis() as u64,
+            kind: kind.into(),
+            instance: instance.into(),
+            ..Record::default()
+        }
+    }
+
+    /// Set the caller's user agent, its `app/<id>` part, and trace context.
+    pub fn set_client(&mut self, headers: &http::HeaderMap) {
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("");
+        self.user_agent = cap(h("user-agent"), 512).to_string();
+        self.app_id = self
+            .user_agent
+            .split_ascii_whitespace()
+            .find_map(|t| t.strip_prefix("app/"))
+            .map(|s| cap(s, 64).to_string())
+            .unwrap_or_default();
+        let tp = h("traceparent");
+        if let Some(trace) = parse_traceparent(tp) {
+            self.traceparent = tp.to_string();
+            self.trace_id = trace.to_string();
+        }
+        let session = h(SESSION_HEADER);
+        if session.len() <= 128 && session.bytes().all(|b| b.is_ascii_graphic()) {
+            self.agent_session = session.to_string();
+        }
+    }
+
+    /// Keep the response body, cut at `cap` bytes.
+    pub fn set_response(&mut self, body: &[u8], cap_bytes: usize) {
+        let text = String::from_utf8_lossy(body);
+        let kept = cap(&text, cap_bytes);
+        self.response_truncated = u8::from(kept.len() < text.len());
+        self.response = kept.to_string();
+    }
+}
+
+/// `s` cut to at most `max` bytes on a character boundary.
+fn cap(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
+fn parse_traceparent(v: &str) -> Option<&str> {
+    let parts: Vec<&str> = v.split('-').collect();
+    let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+    (parts.len() == 4 && hex(parts[0], 2) && hex(parts[1], 32) && hex(parts[2], 16) && hex(parts[3], 2) && parts[1].bytes().any(|b| b != b'0'))
+        .then(|| parts[1])
+}
+
+/// A document (request parameters, response) as an audit record keeps it: identifiers survive
+/// (keys named like `SecretId`, `UserName`, `Bucket`, `Key`, `…Arn`), numbers
+/// and booleans survive, every other string is `"***"`, and free-form
+/// containers (environment variables, user data) are redacted whole.
+pub fn redact(v: &Value) -> Value {
+    redact_inner(v, false)
+}
+
+fn redact_inner(v: &Value, keep_scalar: bool) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut out = Map::with_capacity(m.len());
+            for (k, v) in m {
+                let lower = k.to_ascii_lowercase();
+                let value = if FREEFORM.contains(&lower.as_str()) {
+                    redact_all(v)
+                } else {
+                    redact_inner(v, is_identifier(k, &lower))
+                };
+                out.insert(k.clone(), value);
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| redact_inner(x, keep_scalar)).collect()),
+        Value::String(s) if keep_scalar => Value::String(cap(s, 256).to_string()),
+        Value::String(_) => Value::String("***".into()),
+        other => other.clone(),
+    }
+}
+
+fn redact_all(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), redact_all(v))).collect()),
+        Value::Array(a) => Value::Array(a.iter().map(redact_all).collect()),
+        Value::Null => Value::Null,
+        _ => Value::String("***".into()),
+    }
+}
+
+/// Containers whose keys and values are the user's own data.
+const FREEFORM: &[&str] = &["variables", "environment", "environmentvariables", "userdata", "secretstring", "secretbinary", "plaintext"];
+/// Whole parameter names that identify rather than carry content.
+const IDENTIFIER_NAMES: &[&str] = &["bucket", "key", "prefix", "path", "region", "type", "status", "versionstage", "runtime", "handler", "engine", "delimiter"];
+const IDENTIFIER_SUFFIXES: &[&str] = &["id", "ids", "name", "names", "arn", "arns", "identifier", "identifiers"];
+
+/// AWS parameter names are CamelCase words: a user's own map keys
+/// (`DB_NAME`) never count as identifiers.
+fn is_identifier(key: &str, lower: &str) -> bool {
+    key.bytes().all(|b| b.is_ascii_alphanumeric())
+        && key.bytes().any(|b| b.is_ascii_lowercase())
+        && (IDENTIFIER_NAMES.contains(&lower) || IDENTIFIER_SUFFIXES.iter().any(|s| lower.ends_with(s)))
+        && !lower.contains("password")
+        && !lower.contains("token")
+        && (!lower.contains("secret") || ["secretid", "secretarn", "secretname"].contains(&lower))
+}
+
+/// The claims a record keeps, as JSON.
+pub fn select_claims(claims: &Value, names: &[String]) -> String {
+    let mut out = Map::new();
+    for n in names {
+        if let Some(v) = claims.get(n) {
+            out.insert(n.clone(), v.clone());
+        }
+    }
+    Value::Object(out).to_string()
+}
+
+/// The audit writer the gateway holds.
+pub struct Audit {
+    spool: Spool,
+    durable: bool,
+    reject_on_failure: bool,
+    /// This gateway's name in records.
+    pub instance: String,
+    /// Claims copied into records.
+    pub claims: Vec<String>,
+    /// Response body cap.
+    pub response_cap: usize,
+    last_error: Mutex<Option<SpoolError>>,
+}
+
+impl Audit {
+    /// Open the spool named by the config (recovering a torn tail).
+    pub fn open(cfg: &Config) -> Result<Audit, SpoolError> {
+        let a = &cfg.audit;
+        let (spool, recovery) = Spool::open(SpoolOptions {
+            dir: cfg.resolve(&a.spool_dir),
+            fsync_interval: Duration::from_millis(a.fsync_interval_ms),
+            segment_bytes: a.segment_bytes,
+            max_bytes: a.max_spool_bytes,
+        })?;
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(dir = %spool.dir(), bytes = recovery.truncated_bytes, "audit spool: truncated a torn record at the end of the last segment");
+        }
+        tracing::info!(dir = %spool.dir(), segments = recovery.segments, bytes = spool.bytes(), "audit spool open");
+        Ok(Audit {
+            spool,
+            durable: a.require_durable,
+            reject_on_failure: a.on_failure == "reject",
+            instance: a.instance.clone().unwrap_or_else(hostname),
+            claims: a.claims.clone(),
+            response_cap: a.response_cap_bytes,
+            last_error: Mutex::new(None),
+        })
+    }
+
+    /// The spool, for the shipper.
+    pub fn spool(&self) -> &Spool {
+        &self.spool
+    }
+
+    /// Write one record. `Err` means the caller must not be answered
+    /// normally (fail closed); with `on_failure = "log"` errors are logged
+    /// and `Ok` returned.
+    pub async fn write(&self, rec: &Record) -> Result<(), SpoolError> {
+        let payload = serde_json::to_vec(rec).map_err(|e| SpoolError::Io { dir: self.spool.dir(), reason: e.to_string() })?;
+        let result = self.spool.append(payload, self.durable).await;
+        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+        match result {
+            Ok(()) => {
+                *last = None;
+                Ok(())
+            }
+            Err(e) => {
+                tracing::error!(error = %e, record = %rec.id, "audit record not written");
+                *last = Some(e.clone());
+                if self.reject_on_failure { Err(e) } else { Ok(()) }
+            }
+        }
+    }
+
+    /// The last write's error, when the gateway must refuse calls before
+    /// they reach AWS (a call it cannot record must not happen).
+    pub fn blocking_error(&self) -> Option<SpoolError> {
+        if !self.reject_on_failure {
+            return None;
+        }
+        self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "veil".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn params_keep_identifiers_and_hide_content() {
+        let p = json!({
+            "SecretId": "prod/db", "SecretString": "hunter2", "Name": "/app/x", "Value": "s3cr3t",
+            "Type": "SecureString", "Overwrite": true, "MaxResults": 5,
+            "Tags": [{"Key": "team", "Value": "payments"}],
+            "Environment": {"Variables": {"DB_NAME": "prod", "API_KEY": "abc"}}, "SecretArn": "arn:x",
+            "ClientSecretId": "x", "AuthToken": "t", "DB_NAME": "leak?"
+        });
+        let r = redact(&p);
+        assert_eq!(r["SecretId"], "prod/db");
+        assert_eq!(r["Name"], "/app/x");
+        assert_eq!(r["SecretArn"], "arn:x");
+        assert_eq!(r["Type"], "SecureString");
+        assert_eq!(r["SecretString"], "***");
+        assert_eq!(r["Value"], "***");
+        assert_eq!(r["Overwrite"], true);
+        assert_eq!(r["MaxResults"], 5);
+        assert_eq!(r["Tags"][0]["Key"], "team");
+        assert_eq!(r["Tags"][0]["Value"], "***");
+        assert_eq!(r["Environment"]["Variables"]["DB_NAME"], "***");
+        assert_eq!(r["ClientSecretId"], "***");
+        assert_eq!(r["AuthToken"], "***");
+        assert_eq!(r["DB_NAME"], "***");
+        let text = r.to_string();
+        for secret in ["hunter2", "s3cr3t", "abc", "payments", "leak?"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+
+    #[test]
+    fn client_context_from_headers() {
+        let mut h = http::HeaderMap::new();
+        h.insert("user-agent", "Boto3/1.43.11 md/Botocore#1.43.11 ua/2.1 app/research-agent-7 cfg/retry-mode#legacy".parse().unwrap());
+        h.insert("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".parse().unwrap());
+        h.insert(SESSION_HEADER, "prompt-42".parse().unwrap());
+        let mut r = Record::new("call", "test");
+        r.set_client(&h);
+        assert_eq!(r.app_id, "research-agent-7");
+        assert_eq!(r.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(r.agent_session, "prompt-42");
+        let mut r = Record::new("call", "test");
+        r.set_client(&http::HeaderMap::new());
+        assert_eq!(r.trace_id, "");
+        let mut bad = http::HeaderMap::new();
+        bad.insert("traceparent", "00-00000000000000000000000000000000-00f067aa0ba902b7-01".parse().unwrap());
+        let mut r = Record::new("call", "test");
+        r.set_client(&bad);
+        assert_eq!(r.trace_id, "");
+        assert_eq!(r.traceparent, "");
+    }
+
+    #[test]
+    fn response_is_capped_on_a_char_boundary() {
+        let mut r = Record::default();
+        r.set_response("ééééé".as_bytes(), 5);
+        assert_eq!(r.response, "éé");
+        assert_eq!(r.response_truncated, 1);
+        r.set_response(b"{}", 5);
+        assert_eq!((r.response.as_str(), r.response_truncated), ("{}", 0));
+    }
+
+    #[test]
+    fn ids_are_time_ordered() {
+        let a = Record::new("call", "i");
+        let b = Record::new("call", "i");
+        assert!(a.id < b.id);
+    }
+}

@@ -1,0 +1,470 @@
+//! The durable spool: append-only segment files on local disk.
+//!
+//! Frame: `len: u32 LE | crc32(payload): u32 LE | payload` (one JSON
+//! record). One writer thread owns the open segment and does group commit:
+//! every append queued while the previous fsync ran is written and synced
+//! together, so a caller waiting for durability pays one shared fsync. With
+//! `require_durable = false` appends are acknowledged after the write and the
+//! thread syncs at least every `fsync_interval`.
+//!
+//! Segments are named by a zero-padded sequence number (`00000000000000000042.seg`)
+//! and rotate at `segment_bytes`. At start the newest segment is scanned and a
+//! torn tail (short frame, bad CRC) is truncated; writing then continues in a
+//! fresh segment. Readers ([`read`]) only see data that has been synced.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{oneshot, Notify};
+
+/// Largest record the spool accepts (the response body in a record is capped well below).
+pub const MAX_RECORD: usize = 4 << 20;
+const HEADER: usize = 8;
+
+/// A spool failure; the gateway fails closed on it unless configured otherwise.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SpoolError {
+    /// Writing or syncing failed (disk full, unwritable directory …).
+    #[error("audit spool {dir}: {reason}")]
+    Io { dir: String, reason: String },
+    /// The spool holds more unshipped bytes than `max_spool_bytes`.
+    #[error("audit spool {dir} is full ({bytes} bytes unshipped, limit {limit}); is the ClickHouse shipper running?")]
+    Full { dir: String, bytes: u64, limit: u64 },
+    /// One record is too large.
+    #[error("audit record of {0} bytes exceeds the spool's limit of {MAX_RECORD}")]
+    TooLarge(usize),
+    /// The writer thread is gone.
+    #[error("audit spool writer stopped")]
+    Stopped,
+}
+
+/// A position in the spool: segment sequence number and byte offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub struct Pos {
+    /// Segment.
+    pub seq: u64,
+    /// Offset within it.
+    pub offset: u64,
+}
+
+/// Spool tuning.
+#[derive(Debug, Clone)]
+pub struct SpoolOptions {
+    /// Directory of the segment files.
+    pub dir: PathBuf,
+    /// Longest time appended data stays unsynced.
+    pub fsync_interval: Duration,
+    /// Rotate after this many bytes.
+    pub segment_bytes: u64,
+    /// Refuse appends beyond this many bytes on disk.
+    pub max_bytes: u64,
+}
+
+struct Shared {
+    dir: PathBuf,
+    durable: Mutex<Pos>,
+    /// Bytes of segment files on disk.
+    bytes: AtomicU64,
+    max_bytes: u64,
+    /// Woken when new data is durable.
+    pub written: Notify,
+}
+
+type Reply = oneshot::Sender<Result<(), SpoolError>>;
+
+/// Handle to the spool; cheap to clone.
+#[derive(Clone)]
+pub struct Spool {
+    tx: mpsc::Sender<(Vec<u8>, Option<Reply>)>,
+    shared: Arc<Shared>,
+}
+
+/// What recovery found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments present.
+    pub segments: usize,
+    /// Bytes cut from a torn tail.
+    pub truncated_bytes: u64,
+}
+
+impl Spool {
+    /// Open (creating) the spool, recover a torn tail, start the writer.
+    pub fn open(opts: SpoolOptions) -> Result<(Spool, Recovery), SpoolError> {
+        let dir_name = opts.dir.display().to_string();
+        let io_err = |e: io::Error| SpoolError::Io { dir: dir_name.clone(), reason: e.to_string() };
+        fs::create_dir_all(&opts.dir).map_err(io_err)?;
+        let segs = segments(&opts.dir).map_err(io_err)?;
+        let mut recovery = Recovery { segments: segs.len(), truncated_bytes: 0 };
+        if let Some(&last) = segs.last() {
+            let path = segment_path(&opts.dir, last);
+            let good = valid_prefix(&path).map_err(io_err)?;
+            let len = fs::metadata(&path).map_err(io_err)?.len();
+            if good < len {
+                let f = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
+                f.set_len(good).map_err(io_err)?;
+                f.sync_all().map_err(io_err)?;
+                recovery.truncated_bytes = len - good;
+            }
+        }
+        let mut total = 0;
+        for s in &segs {
+            total += fs::metadata(segment_path(&opts.dir, *s)).map(|m| m.len()).unwrap_or(0);
+        }
+        let seq = segs.last().map_or(1, |s| s + 1);
+        let file = create_segment(&opts.dir, seq).map_err(io_err)?;
+        let shared = Arc::new(Shared {
+            dir: opts.dir.clone(),
+            durable: Mutex::new(Pos { seq, offset: 0 }),
+            bytes: AtomicU64::new(total),
+            max_bytes: opts.max_bytes,
+            written: Notify::new(),
+        });
+        let (tx, rx) = mpsc::channel();
+        let writer = Writer { opts, shared: shared.clone(), file, pos: Pos { seq, offset: 0 }, synced: true };
+        std::thread::Builder::new().name("veil-spool".into()).spawn(move || writer.run(rx)).map_err(io_err)?;
+        Ok((Spool { tx, shared }, recovery))
+    }
+
+    /// Append one record. With `durable`, resolves once it is fsynced.
+    pub async fn append(&self, payload: Vec<u8>, durable: bool) -> Result<(), SpoolError> {
+        if payload.len() > MAX_RECORD {
+            return Err(SpoolError::TooLarge(payload.len()));
+        }
+        let bytes = self.shared.bytes.load(Ordering::Relaxed);
+        if bytes >= self.shared.max_bytes {
+            return Err(SpoolError::Full { dir: self.dir(), bytes, limit: self.shared.max_bytes });
+        }
+        if !durable {
+            return self.tx.send((payload, None)).map_err(|_| SpoolError::Stopped);
+        }
+        let (reply, rx) = oneshot::channel();
+        self.tx.send((payload, Some(reply))).map_err(|_| SpoolError::Stopped)?;
+        rx.await.map_err(|_| SpoolError::Stopped)?
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> String {
+        self.shared.dir.display().to_string()
+    }
+
+    /// The end of the synced data.
+    pub fn durable(&self) -> Pos {
+        *self.shared.durable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Wait until more data is durable (or `max` passes).
+    pub async fn wait_written(&self, max: Duration) {
+        let _ = tokio::time::timeout(max, self.shared.written.notified()).await;
+    }
+
+    /// Delete segments wholly before `pos` (shipped), keeping the current one.
+    pub fn release_before(&self, pos: Pos) -> io::Result<()> {
+        for seq in segments(&self.shared.dir)? {
+            if seq < pos.seq {
+                let path = segment_path(&self.shared.dir, seq);
+                let len = fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                fs::remove_file(&path)?;
+                self.shared.bytes.fetch_sub(len.min(self.shared.bytes.load(Ordering::Relaxed)), Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of segment files on disk.
+    pub fn bytes(&self) -> u64 {
+        self.shared.bytes.load(Ordering::Relaxed)
+    }
+}
+
+struct Writer {
+    opts: SpoolOptions,
+    shared: Arc<Shared>,
+    file: File,
+    pos: Pos,
+    synced: bool,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<(Vec<u8>, Option<Reply>)>) {
+        let mut last_sync = Instant::now();
+        loop {
+            let first = if self.synced {
+                match rx.recv() {
+                    Ok(m) => m,
+                    Err(_) => return,
+                }
+            } else {
+                let wait = self.opts.fsync_interval.saturating_sub(last_sync.elapsed());
+                match rx.recv_timeout(wait) {
+                    Ok(m) => m,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let _ = self.sync();
+                        last_sync = Instant::now();
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => {
+                        let _ = self.sync();
+                        return;
+                    }
+                }
+            };
+            let mut batch = vec![first];
+            while batch.len() < 4096 {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            let mut buf = Vec::with_capacity(batch.iter().map(|(p, _)| p.len() + HEADER).sum());
+            for (payload, _) in &batch {
+                buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+                buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+                buf.extend_from_slice(payload);
+            }
+            let wants_sync = batch.iter().any(|(_, r)| r.is_some()) || last_sync.elapsed() >= self.opts.fsync_interval;
+            let mut result = self.write(&buf);
+            if result.is_ok() && wants_sync {
+                result = self.sync();
+                last_sync = Instant::now();
+            }
+            if result.is_ok() && self.pos.offset >= self.opts.segment_bytes {
+                result = self.rotate();
+            }
+            for (_, reply) in batch {
+                if let Some(r) = reply {
+                    let _ = r.send(result.clone());
+                }
+            }
+        }
+    }
+
+    fn err(&self, e: io::Error) -> SpoolError {
+        SpoolError::Io { dir: self.opts.dir.display().to_string(), reason: e.to_string() }
+    }
+
+    fn write(&mut self, buf: &[u8]) -> Result<(), SpoolError> {
+        if let Err(e) = self.file.write_all(buf) {
+            // Cut any partial frame so the segment stays readable.
+            let _ = self.file.set_len(self.pos.offset);
+            let _ = self.file.seek(SeekFrom::Start(self.pos.offset));
+            return Err(self.err(e));
+        }
+        self.pos.offset += buf.len() as u64;
+        self.shared.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
+        self.synced = false;
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), SpoolError> {
+        if self.synced {
+            return Ok(());
+        }
+        self.file.sync_data().map_err(|e| self.err(e))?;
+        self.synced = true;
+        *self.shared.durable.lock().unwrap_or_else(|p| p.into_inner()) = self.pos;
+        self.shared.written.notify_waiters();
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> Result<(), SpoolError> {
+        self.sync()?;
+        let seq = self.pos.seq + 1;
+        self.file = create_segment(&self.opts.dir, seq).map_err(|e| self.err(e))?;
+        self.pos = Pos { seq, offset: 0 };
+        *self.shared.durable.lock().unwrap_or_else(|p| p.into_inner()) = self.pos;
+        Ok(())
+    }
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    dir.join(format!("{seq:020}.seg"))
+}
+
+fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
+    let f = OpenOptions::new().create(true).append(true).open(segment_path(dir, seq))?;
+    // Make the new file's directory entry durable too.
+    File::open(dir)?.sync_all()?;
+    Ok(f)
+}
+
+/// Segment sequence numbers in `dir`, ascending.
+pub fn segments(dir: &Path) -> io::Result<Vec<u64>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(seq) = name.strip_suffix(".seg").and_then(|s| s.parse::<u64>().ok()) {
+            out.push(seq);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// Length of the longest prefix of whole, CRC-valid frames.
+fn valid_prefix(path: &Path) -> io::Result<u64> {
+    let mut data = Vec::new();
+    File::open(path)?.read_to_end(&mut data)?;
+    let mut off = 0usize;
+    while let Some((_, next)) = frame_at(&data, off) {
+        off = next;
+    }
+    Ok(off as u64)
+}
+
+/// The frame at `off`: its payload and the next offset; None if torn or bad.
+pub fn frame_at(data: &[u8], off: usize) -> Option<(&[u8], usize)> {
+    let header = data.get(off..off.checked_add(HEADER)?)?;
+    let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
+    let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
+    if len > MAX_RECORD {
+        return None;
+    }
+    let start = off + HEADER;
+    let payload = data.get(start..start.checked_add(len)?)?;
+    (crc32fast::hash(payload) == crc).then_some((payload, start + len))
+}
+
+/// Read whole records from `from` up to `until` (exclusive), at most `max`.
+/// Returns the payloads and the position after the last one. A corrupt frame
+/// in the middle of a closed segment skips the rest of that segment (logged).
+pub fn read(dir: &Path, from: Pos, until: Pos, max: usize) -> io::Result<(Vec<Vec<u8>>, Pos)> {
+    let mut out = Vec::new();
+    let mut pos = from;
+    for seq in segments(dir)? {
+        if seq < pos.seq {
+            continue;
+        }
+        if seq > until.seq {
+            break;
+        }
+        if seq > pos.seq {
+            pos = Pos { seq, offset: 0 };
+        }
+        let end = if seq == until.seq { until.offset } else { u64::MAX };
+        let mut f = File::open(segment_path(dir, seq))?;
+        f.seek(SeekFrom::Start(pos.offset))?;
+        let mut data = Vec::new();
+        f.take(end.saturating_sub(pos.offset)).read_to_end(&mut data)?;
+        let mut off = 0usize;
+        while out.len() < max {
+            match frame_at(&data, off) {
+                Some((payload, next)) => {
+                    out.push(payload.to_vec());
+                    off = next;
+                }
+                None => break,
+            }
+        }
+        pos.offset += off as u64;
+        if out.len() >= max {
+            return Ok((out, pos));
+        }
+        if seq < until.seq {
+            if off < data.len() {
+                tracing::error!(segment = seq, offset = pos.offset, bytes = data.len() - off, "audit spool: corrupt frame in a closed segment; skipping its rest");
+            }
+            // Move on to the next segment.
+            pos = Pos { seq: seq + 1, offset: 0 };
+        }
+    }
+    Ok((out, pos))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(dir: &Path) -> SpoolOptions {
+        SpoolOptions { dir: dir.to_path_buf(), fsync_interval: Duration::from_millis(5), segment_bytes: 200, max_bytes: 1 << 30 }
+    }
+
+    #[tokio::test]
+    async fn appends_rotate_and_read_back_in_order() {
+        let d = tempfile::tempdir().unwrap();
+        let (spool, rec) = Spool::open(opts(d.path())).unwrap();
+        assert_eq!(rec.segments, 0);
+        for i in 0..50 {
+            spool.append(format!("record-{i:03}").into_bytes(), true).await.unwrap();
+        }
+        assert!(segments(d.path()).unwrap().len() > 2, "rotates at segment_bytes");
+        let (all, end) = read(d.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
+        assert_eq!(all.len(), 50);
+        assert_eq!(all[7], b"record-007");
+        assert_eq!(end, spool.durable());
+        // Paged reads see the same records.
+        let (first, p) = read(d.path(), Pos::default(), spool.durable(), 20).unwrap();
+        let (rest, _) = read(d.path(), p, spool.durable(), usize::MAX).unwrap();
+        assert_eq!([first, rest].concat(), all);
+    }
+
+    #[tokio::test]
+    async fn torn_tail_is_truncated_and_the_rest_kept() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (spool, _) = Spool::open(SpoolOptions { segment_bytes: 1 << 20, ..opts(d.path()) }).unwrap();
+            for i in 0..3 {
+                spool.append(format!("r{i}").into_bytes(), true).await.unwrap();
+            }
+        }
+        let seg = segment_path(d.path(), 1);
+        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
+        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, b'x']).unwrap(); // a torn frame
+        drop(f);
+        let (spool, rec) = Spool::open(opts(d.path())).unwrap();
+        assert_eq!(rec.truncated_bytes, 9);
+        spool.append(b"after".to_vec(), true).await.unwrap();
+        let (all, _) = read(d.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
+        assert_eq!(all, vec![b"r0".to_vec(), b"r1".to_vec(), b"r2".to_vec(), b"after".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn bad_crc_is_a_torn_tail() {
+        let d = tempfile::tempdir().unwrap();
+        {
+            let (spool, _) = Spool::open(SpoolOptions { segment_bytes: 1 << 20, ..opts(d.path()) }).unwrap();
+            spool.append(b"good".to_vec(), true).await.unwrap();
+            spool.append(b"flipped".to_vec(), true).await.unwrap();
+        }
+        let seg = segment_path(d.path(), 1);
+        let mut data = fs::read(&seg).unwrap();
+        let n = data.len();
+        data[n - 1] ^= 0xff;
+        fs::write(&seg, data).unwrap();
+        let (spool, rec) = Spool::open(opts(d.path())).unwrap();
+        assert_eq!(rec.truncated_bytes, (HEADER + 7) as u64);
+        let (all, _) = read(d.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
+        assert_eq!(all, vec![b"good".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn full_spool_refuses_and_release_frees() {
+        let d = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(SpoolOptions { max_bytes: 100, segment_bytes: 50, ..opts(d.path()) }).unwrap();
+        let mut refused = None;
+        for i in 0..20 {
+            if let Err(e) = spool.append(vec![b'a'; 30], true).await {
+                refused = Some((i, e));
+                break;
+            }
+        }
+        let (_, e) = refused.expect("a full spool refuses appends");
+        assert!(matches!(e, SpoolError::Full { .. }), "{e}");
+        spool.release_before(spool.durable()).unwrap();
+        spool.append(b"fits again".to_vec(), true).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unwritable_spool_fails_with_the_directory_named() {
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("not-a-dir");
+        fs::write(&file, b"x").unwrap();
+        let e = Spool::open(opts(&file)).err().expect("cannot open a spool in a file");
+        assert!(e.to_string().contains("not-a-dir"), "{e}");
+    }
+}

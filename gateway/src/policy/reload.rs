@@ -1,0 +1,234 @@
+//! Hot reload: build a new policy set off the request path, check it, and
+//! only then let the gateway swap it in (the caller holds the ArcSwap).
+//!
+//! A reload reads every `*.wasm` in the policy directory (hidden files and
+//! editors' temporaries are skipped by [`policy_files`]), reuses policies
+//! whose file sha256 and configuration are unchanged, compiles the rest,
+//! and runs each new one's self-check: a smoke call of both hooks on a
+//! sample input, which must not trap, time out or return malformed output.
+//! Any failure rejects the whole new set — the last good set keeps serving —
+//! and is remembered with the file and the reason for `veil policy status`.
+//! A file caught mid-copy fails to compile and is rejected; the write that
+//! completes it triggers the next reload.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::host::MAX_POLICY_FILE;
+use super::{policy_files, CallInput, Host, Identity, LoadedPolicy, Operation, PolicySet};
+use crate::config::Config;
+
+/// Why a reload was refused.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Rejection {
+    /// The file at fault (policy or config).
+    pub file: String,
+    /// What was wrong.
+    pub reason: String,
+    /// When, Unix ms.
+    pub at_ms: u64,
+}
+
+/// What a reload did.
+pub enum Outcome {
+    /// Files and configuration are as loaded: nothing to swap.
+    Unchanged,
+    /// A new, checked set to swap in.
+    Loaded(PolicySet),
+}
+
+/// One active policy, as `veil policy status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ActivePolicy {
+    /// Name.
+    pub name: String,
+    /// Version.
+    pub version: String,
+    /// sha256 of the file.
+    pub sha256: String,
+    /// File.
+    pub file: String,
+    /// When this version was loaded, Unix ms.
+    pub loaded_at_ms: u64,
+}
+
+/// Builds policy sets from the policy directory and the config file.
+pub struct Loader {
+    host: Host,
+    dir: PathBuf,
+    config_file: Option<PathBuf>,
+    state: Mutex<State>,
+}
+
+struct State {
+    configs: Value,
+    loaded_at: Vec<(String, u64)>,
+    last_rejected: Option<Rejection>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Loader {
+    /// A loader for `dir`, re-reading policy configuration from `config_file` on each reload.
+    pub fn new(host: Host, dir: PathBuf, config_file: Option<PathBuf>, configs: Value) -> Loader {
+        Loader { host, dir, config_file, state: Mutex::new(State { configs, loaded_at: Vec::new(), last_rejected: None }) }
+    }
+
+    /// The policy directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The config file, if reloads re-read it.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config_file.as_deref()
+    }
+
+    /// Build the set the files describe now. `current` lends unchanged policies.
+    pub fn build(&self, current: &PolicySet) -> Result<Outcome, Rejection> {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let result = self.build_locked(&mut state, current);
+        match &result {
+            Err(r) => state.last_rejected = Some(r.clone()),
+            Ok(Outcome::Loaded(set)) => {
+                let now = now_ms();
+                let old = std::mem::take(&mut state.loaded_at);
+                state.loaded_at = set
+                    .policies()
+                    .iter()
+                    .map(|p| {
+                        let sha = &p.compiled.sha256;
+                        (sha.clone(), old.iter().find(|(s, _)| s == sha).map_or(now, |(_, t)| *t))
+                    })
+                    .collect();
+            }
+            Ok(Outcome::Unchanged) => {}
+        }
+        result
+    }
+
+    /// Record the load time of the initial set.
+    pub fn mark_loaded(&self, set: &PolicySet) {
+        let now = now_ms();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.loaded_at = set.policies().iter().map(|p| (p.compiled.sha256.clone(), now)).collect();
+    }
+
+    /// Active policies and the last rejection.
+    pub fn status(&self, set: &PolicySet) -> Value {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let active: Vec<ActivePolicy> = set
+            .policies()
+            .iter()
+            .map(|p| ActivePolicy {
+                name: p.compiled.name.clone(),
+                version: p.compiled.version.clone(),
+                sha256: p.compiled.sha256.clone(),
+                file: p.compiled.path.display().to_string(),
+                loaded_at_ms: state.loaded_at.iter().find(|(s, _)| *s == p.compiled.sha256).map_or(0, |(_, t)| *t),
+            })
+            .collect();
+        json!({ "dir": self.dir.display().to_string(), "policies": active, "last_rejected": state.last_rejected })
+    }
+
+    fn build_locked(&self, state: &mut State, current: &PolicySet) -> Result<Outcome, Rejection> {
+        let reject = |file: &Path, reason: String| Rejection { file: file.display().to_string(), reason, at_ms: now_ms() };
+        if let Some(cfg_file) = &self.config_file {
+            let cfg = Config::load(cfg_file).map_err(|e| reject(cfg_file, e.to_string()))?;
+            state.configs = cfg.policy_configs();
+        }
+        let files = policy_files(&self.dir).map_err(|e| reject(&self.dir, e.to_string()))?;
+        let mut loaded: Vec<Arc<LoadedPolicy>> = Vec::with_capacity(files.len());
+        let mut names = HashSet::new();
+        for file in &files {
+            let bytes = read_capped(file).map_err(|e| reject(file, e))?;
+            let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let reused = current.policies().iter().find(|p| p.compiled.sha256 == sha).cloned();
+            let policy = match reused {
+                Some(p) => {
+                    let config = config_for(&state.configs, &p.compiled.name);
+                    if config == p.config_json {
+                        p
+                    } else {
+                        Arc::new(LoadedPolicy { compiled: p.compiled.clone(), config_json: config })
+                    }
+                }
+                None => {
+                    let compiled = self.host.compile(file, &bytes).map_err(|e| reject(file, e.to_string()))?;
+                    let config = config_for(&state.configs, &compiled.name);
+                    let p = Arc::new(LoadedPolicy { compiled, config_json: config });
+                    self_check(&p).map_err(|e| reject(file, e))?;
+                    p
+                }
+            };
+            if !names.insert(policy.compiled.name.clone()) {
+                return Err(reject(file, format!("another file already provides the policy named {:?}", policy.compiled.name)));
+            }
+            loaded.push(policy);
+        }
+        if let Some(map) = state.configs.as_object() {
+            for name in map.keys() {
+                if !names.contains(name) {
+                    let file = self.config_file.clone().unwrap_or_else(|| self.dir.clone());
+                    return Err(reject(&file, format!("policies.config.{name}: no loaded policy is named {name:?}")));
+                }
+            }
+        }
+        let same = loaded.len() == current.policies().len()
+            && loaded.iter().zip(current.policies()).all(|(a, b)| Arc::ptr_eq(a, b));
+        if same {
+            return Ok(Outcome::Unchanged);
+        }
+        Ok(Outcome::Loaded(PolicySet::new(loaded)))
+    }
+}
+
+fn config_for(configs: &Value, name: &str) -> String {
+    configs.get(name).cloned().unwrap_or_else(|| json!({})).to_string()
+}
+
+fn read_capped(file: &Path) -> Result<Vec<u8>, String> {
+    let size = std::fs::metadata(file).map_err(|e| format!("cannot read: {e}"))?.len();
+    if size > MAX_POLICY_FILE {
+        return Err(format!("file is {size} bytes; the limit is {MAX_POLICY_FILE}"));
+    }
+    std::fs::read(file).map_err(|e| format!("cannot read: {e}"))
+}
+
+/// The built-in smoke call: both hooks on a sample input must run cleanly
+/// (any verdict is fine; a trap, timeout or malformed output is not).
+pub fn self_check(p: &LoadedPolicy) -> Result<(), String> {
+    let set = PolicySet::new(vec![Arc::new(LoadedPolicy { compiled: p.compiled.clone(), config_json: p.config_json.clone() })]);
+    let call = CallInput {
+        identity: Identity {
+            issuer: "https://issuer.veil.self-check".into(),
+            subject: "veil-self-check".into(),
+            claims: json!({"sub": "veil-self-check", "groups": []}),
+        },
+        operation: Operation {
+            service: "secretsmanager".into(),
+            action: "GetSecretValue".into(),
+            region: "us-east-1".into(),
+            resource: Some("veil/self-check".into()),
+        },
+        params: json!({"SecretId": "veil/self-check"}),
+    };
+    let failed = |reasons: &[super::Reason]| reasons.iter().find(|r| r.message.starts_with("on-")).map(|r| format!("self-check failed: {}", r.message));
+    let req = set.on_request(&call);
+    if let Some(e) = failed(&req.reasons) {
+        return Err(e);
+    }
+    let body = json!({"ARN": "arn:aws:secretsmanager:us-east-1:123456789012:secret:veil/self-check", "Name": "veil/self-check", "SecretString": "self-check"});
+    let resp = set.on_response(&call, 200, &body);
+    if let Some(e) = failed(&resp.deny) {
+        return Err(e);
+    }
+    Ok(())
+}
