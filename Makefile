@@ -37,6 +37,7 @@ test: deps build policies
 # gateway against nginx and a direct upstream with wrk, side by side.
 bench: deps build policies
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null; }
-	$(CARGO) build --release --locked --example bench_upstream
+	$(CARGO) build --release --locked --example bench_upstream --example audit_bench
 	$(CARGO) bench --locked --bench policy -- --warm-up-time 1 --measurement-time 5
 	python3 bench/gateway.py
+	python3 bench/audit.py

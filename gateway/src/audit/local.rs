@@ -16,7 +16,7 @@ pub fn spool_records(dir: &Path) -> std::io::Result<Vec<Record>> {
         return Err(std::io::Error::new(std::io::ErrorKind::NotFound, format!("audit spool {} does not exist", dir.display())));
     }
     let (payloads, _) = spool::read(dir, Shipper::load_pos(dir), Pos { seq: u64::MAX, offset: u64::MAX }, usize::MAX)?;
-    Ok(payloads.iter().filter_map(|p| serde_json::from_slice(p).ok()).collect())
+    Ok(payloads.iter().filter_map(|p| Record::decode(p).ok()).collect())
 }
 
 fn time(r: &Record) -> String {

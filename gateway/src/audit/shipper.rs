@@ -173,87 +173,107 @@ impl Shipper {
         std::fs::File::open(Path::new(&self.spool.dir()))?.sync_all()
     }
 
-    /// Ship forever.
+    /// Ship forever. A reader task prepares the next batch (read, decode)
+    /// while the current one is being inserted.
     pub async fn run(self) {
         let dir = PathBuf::from(self.spool.dir());
-        let mut pos = Self::load_pos(&dir);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<(Vec<Record>, Pos)>(1);
+        let reader = tokio::spawn(read_batches(self.spool.clone(), Self::load_pos(&dir), self.batch_rows, self.batch_wait, tx));
         let mut backoff = Backoff::default();
-        let mut migrated = false;
         loop {
-            if !migrated {
-                match self.ch.migrate().await {
-                    Ok(()) => {
-                        migrated = true;
-                        backoff.reset();
-                        tracing::info!(db = %self.ch.db, "audit: ClickHouse schema ready");
-                    }
-                    Err(e) => {
-                        self.metrics.audit_ship_failures.inc();
-                        tracing::warn!(error = %crate::error_chain(&e), "audit: ClickHouse schema not ready; retrying");
-                        backoff.wait().await;
-                    }
-                }
-                continue;
-            }
-            let durable = self.spool.durable();
-            let (from, max, d) = (pos, self.batch_rows, dir.clone());
-            let read = tokio::task::spawn_blocking(move || spool::read(&d, from, durable, max)).await;
-            let (payloads, next) = match read {
-                Ok(Ok(r)) => r,
-                Ok(Err(e)) => {
-                    tracing::error!(error = %e, "audit: reading the spool failed");
-                    backoff.wait().await;
-                    continue;
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "audit: spool reader panicked");
-                    backoff.wait().await;
-                    continue;
-                }
-            };
-            if payloads.is_empty() {
-                if next != pos {
-                    pos = next;
-                }
-                self.spool.wait_written(self.batch_wait).await;
-                continue;
-            }
-            let mut rows = Vec::with_capacity(payloads.len());
-            for p in &payloads {
-                match serde_json::from_slice::<Record>(p) {
-                    Ok(r) => rows.push(r),
-                    Err(e) => tracing::error!(error = %e, "audit: unreadable record in the spool skipped"),
-                }
-            }
-            if rows.len() < self.batch_rows {
-                let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-                let oldest = rows.iter().map(|r| r.ts_ms).min().unwrap_or(now);
-                let age = Duration::from_millis(now.saturating_sub(oldest));
-                if age < self.batch_wait {
-                    tokio::time::sleep(self.batch_wait - age).await;
-                    continue;
-                }
-            }
-            match self.ch.insert(&rows).await {
-                Ok(()) => {
-                    if let Err(e) = self.save_pos(next) {
-                        tracing::error!(error = %e, "audit: saving the shipped position failed; the batch may be replayed (deduplicated by id)");
-                    }
-                    pos = next;
-                    if let Err(e) = self.spool.release_before(pos) {
-                        tracing::warn!(error = %e, "audit: deleting shipped segments failed");
-                    }
-                    self.metrics.audit_shipped.inc_by(rows.len() as u64);
-                    tracing::debug!(rows = rows.len(), "audit: shipped");
-                    backoff.reset();
-                }
+            match self.ch.migrate().await {
+                Ok(()) => break,
                 Err(e) => {
                     self.metrics.audit_ship_failures.inc();
-                    tracing::warn!(error = %crate::error_chain(&e), rows = rows.len(), "audit: insert into ClickHouse failed; retrying");
+                    tracing::warn!(error = %crate::error_chain(&e), "audit: ClickHouse schema not ready; retrying");
                     backoff.wait().await;
                 }
             }
         }
+        backoff.reset();
+        tracing::info!(db = %self.ch.db, "audit: ClickHouse schema ready");
+        while let Some((rows, next)) = rx.recv().await {
+            if !rows.is_empty() {
+                // The batch is kept until ClickHouse acknowledges it: nothing is skipped.
+                while let Err(e) = self.ch.insert(&rows).await {
+                    self.metrics.audit_ship_failures.inc();
+                    tracing::warn!(error = %crate::error_chain(&e), rows = rows.len(), "audit: insert into ClickHouse failed; retrying");
+                    backoff.wait().await;
+                }
+                backoff.reset();
+                self.metrics.audit_shipped.inc_by(rows.len() as u64);
+                tracing::debug!(rows = rows.len(), "audit: shipped");
+            }
+            if let Err(e) = self.save_pos(next) {
+                tracing::error!(error = %e, "audit: saving the shipped position failed; the batch may be replayed (deduplicated by id)");
+            }
+            if let Err(e) = self.spool.release_before(next) {
+                tracing::warn!(error = %e, "audit: deleting shipped segments failed");
+            }
+        }
+        reader.abort();
+    }
+}
+
+/// Read and decode batches from `pos` on: full batches at once, a partial
+/// one once its oldest record waited `batch_wait`.
+async fn read_batches(spool: Spool, mut pos: Pos, batch_rows: usize, batch_wait: Duration, tx: tokio::sync::mpsc::Sender<(Vec<Record>, Pos)>) {
+    let dir = PathBuf::from(spool.dir());
+    let mut backoff = Backoff::default();
+    loop {
+        let durable = spool.durable();
+        let d = dir.clone();
+        let read = tokio::task::spawn_blocking(move || {
+            spool::read(&d, pos, durable, batch_rows).map(|(payloads, next)| {
+                let mut rows = Vec::with_capacity(payloads.len());
+                for p in &payloads {
+                    match Record::decode(p) {
+                        Ok(r) => rows.push(r),
+                        Err(e) => tracing::error!(error = %e, "audit: unreadable record in the spool skipped"),
+                    }
+                }
+                (rows, payloads.len(), next)
+            })
+        })
+        .await;
+        let (rows, read_count, next) = match read {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "audit: reading the spool failed");
+                backoff.wait().await;
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit: spool reader failed");
+                backoff.wait().await;
+                continue;
+            }
+        };
+        backoff.reset();
+        if read_count == 0 {
+            if next != pos {
+                // Moved past an empty or finished segment.
+                if tx.send((Vec::new(), next)).await.is_err() {
+                    return;
+                }
+                pos = next;
+            }
+            spool.wait_written(batch_wait.max(Duration::from_millis(50))).await;
+            continue;
+        }
+        if read_count < batch_rows {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+            let oldest = rows.iter().map(|r| r.ts_ms).min().unwrap_or(now);
+            let age = Duration::from_millis(now.saturating_sub(oldest));
+            if age < batch_wait {
+                tokio::time::sleep(batch_wait - age).await;
+                continue;
+            }
+        }
+        if tx.send((rows, next)).await.is_err() {
+            return;
+        }
+        pos = next;
     }
 }
 
