@@ -249,12 +249,13 @@ fn serve(path: &Path) -> Result<()> {
             ..Limits::default()
         })?;
         let policy_dir = cfg.resolve(&cfg.policies.dir);
-        let policies = load_set(&host, &[policy_dir.clone()], &cfg.policy_configs())
-            .with_context(|| format!("{}: policies", path.display()))?;
-        for p in policies.policies() {
-            reload::self_check(p).map_err(|e| anyhow::anyhow!("{}: {}: {e}", path.display(), p.compiled.path.display()))?;
-        }
-        let loader = Loader::new(host, policy_dir, Some(path.to_path_buf()), cfg.policy_configs());
+        let loader = Loader::new(host, policy_dir.clone(), Some(path.to_path_buf()), cfg.policy_configs(), cfg.signing_keys());
+        // The same build as a reload: signatures, compile, world, self-check.
+        let policies = match loader.build(&PolicySet::default()) {
+            Ok(reload::Outcome::Loaded(set)) => set,
+            Ok(reload::Outcome::Unchanged) => bail!("{}: policies.dir {}: no *.wasm policy files in this directory", path.display(), policy_dir.display()),
+            Err(r) => bail!("{}: policies: {}: {}", path.display(), r.file, r.reason),
+        };
         for p in policies.policies() {
             tracing::info!(name = %p.compiled.name, version = %p.compiled.version, sha256 = %p.compiled.sha256, "policy loaded");
         }

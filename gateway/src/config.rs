@@ -230,6 +230,13 @@ pub struct PoliciesConfig {
     /// SIGHUP and `veil policy reload` reload.
     #[serde(default = "default_true")]
     pub watch: bool,
+    /// Load only policies signed by one of `signing_keys`: an ed25519
+    /// signature over the file, base64, in `<file>.sig` beside it.
+    #[serde(default)]
+    pub require_signature: bool,
+    /// Trusted ed25519 public keys (32 bytes each, base64).
+    #[serde(default)]
+    pub signing_keys: Vec<String>,
 }
 
 fn default_deadline() -> u64 {
@@ -510,6 +517,14 @@ impl Config {
         if self.policies.deadline_ms == 0 || self.policies.deadline_ms > 10_000 {
             return e("policies.deadline_ms", "must be between 1 and 10000");
         }
+        if self.policies.require_signature && self.policies.signing_keys.is_empty() {
+            return e("policies.signing_keys", "require_signature needs at least one key");
+        }
+        for (i, k) in self.policies.signing_keys.iter().enumerate() {
+            if crate::policy::reload::decode_key(k).is_none() {
+                return Err((format!("policies.signing_keys[{i}]"), "must be a base64 ed25519 public key (32 bytes)".into()));
+            }
+        }
         if !(1..=4096).contains(&self.policies.memory_mib) {
             return e("policies.memory_mib", "must be between 1 and 4096");
         }
@@ -584,6 +599,13 @@ impl Config {
     /// Per-hook timeouts as durations.
     pub fn policy_deadline(&self) -> Duration {
         Duration::from_millis(self.policies.deadline_ms)
+    }
+
+    /// The keys policies must be signed with; None when signatures are not required.
+    pub fn signing_keys(&self) -> Option<Vec<[u8; 32]>> {
+        self.policies
+            .require_signature
+            .then(|| self.policies.signing_keys.iter().filter_map(|k| crate::policy::reload::decode_key(k)).collect())
     }
 
     /// Each policy's config as JSON, by name.

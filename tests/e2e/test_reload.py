@@ -215,3 +215,46 @@ def test_sighup_and_the_admin_command_reload_when_watching_is_off(tmp_path, issu
         assert {"sighup", "admin"} <= triggers
     finally:
         veil.stop()
+
+
+def test_signed_policies_only(tmp_path, issuer, moto):
+    import base64
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    pub = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+
+    def sign(path, k=key):
+        Path(str(path) + ".sig").write_text(base64.b64encode(k.sign(Path(path).read_bytes())).decode())
+
+    from pathlib import Path
+    pdir = tmp_path / "policies"
+    pdir.mkdir()
+    for f in harness.POLICIES.glob("*.wasm"):
+        shutil.copy(f, pdir / f.name)
+    shutil.copy(FIXTURES / "versioned-1.wasm", pdir / "versioned.wasm")
+    (tmp_path / "admin.token").write_text(TOKEN)
+    cfg, ca = harness.veil_config(tmp_path, issuer, moto, '[admin]\naddress = "127.0.0.1:0"\ntoken_file = "admin.token"\n')
+    cfg.write_text(cfg.read_text().replace(f'dir = "{harness.POLICIES}"', f'dir = "{pdir}"\nrequire_signature = true\nsigning_keys = ["{pub}"]'))
+    # Unsigned files refuse to start.
+    out = subprocess.run([str(harness.VEIL), "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60, env=dict(os.environ, **harness.UPSTREAM_ENV))
+    assert out.returncode == 1 and "signature required" in out.stderr, out.stderr
+    for f in pdir.glob("*.wasm"):
+        sign(f)
+    veil = harness.Veil(cfg)
+    try:
+        assert version_of(status(veil, ca)) == "1.0.0"
+        # Signed by an untrusted key: rejected.
+        v2 = tmp_path / "v2.wasm"
+        shutil.copy(FIXTURES / "versioned-2.wasm", v2)
+        sign(v2, other)
+        shutil.copy(str(v2) + ".sig", pdir / "versioned.wasm.sig")
+        install(v2, pdir)
+        st = wait_for(lambda: (lambda s: s if s["last_rejected"] else None)(status(veil, ca)))
+        assert st and "does not verify" in st["last_rejected"]["reason"], st
+        assert version_of(st) == "1.0.0"
+        # Signed by the trusted key: loaded.
+        sign(pdir / "versioned.wasm")
+        assert wait_for(lambda: version_of(status(veil, ca)) == "2.0.0")
+    finally:
+        veil.stop()

@@ -67,6 +67,7 @@ pub struct Loader {
 
 struct State {
     configs: Value,
+    keys: Option<Vec<[u8; 32]>>,
     loaded_at: Vec<(String, u64)>,
     last_rejected: Option<Rejection>,
 }
@@ -77,8 +78,9 @@ fn now_ms() -> u64 {
 
 impl Loader {
     /// A loader for `dir`, re-reading policy configuration from `config_file` on each reload.
-    pub fn new(host: Host, dir: PathBuf, config_file: Option<PathBuf>, configs: Value) -> Loader {
-        Loader { host, dir, config_file, state: Mutex::new(State { configs, loaded_at: Vec::new(), last_rejected: None }) }
+    /// `keys`: when set, only files signed by one of them load.
+    pub fn new(host: Host, dir: PathBuf, config_file: Option<PathBuf>, configs: Value, keys: Option<Vec<[u8; 32]>>) -> Loader {
+        Loader { host, dir, config_file, state: Mutex::new(State { configs, keys, loaded_at: Vec::new(), last_rejected: None }) }
     }
 
     /// The policy directory.
@@ -143,12 +145,16 @@ impl Loader {
         if let Some(cfg_file) = &self.config_file {
             let cfg = Config::load(cfg_file).map_err(|e| reject(cfg_file, e.to_string()))?;
             state.configs = cfg.policy_configs();
+            state.keys = cfg.signing_keys();
         }
         let files = policy_files(&self.dir).map_err(|e| reject(&self.dir, e.to_string()))?;
         let mut loaded: Vec<Arc<LoadedPolicy>> = Vec::with_capacity(files.len());
         let mut names = HashSet::new();
         for file in &files {
             let bytes = read_capped(file).map_err(|e| reject(file, e))?;
+            if let Some(keys) = &state.keys {
+                check_signature(file, &bytes, keys).map_err(|e| reject(file, e))?;
+            }
             let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
             let reused = current.policies().iter().find(|p| p.compiled.sha256 == sha).cloned();
             let policy = match reused {
@@ -187,6 +193,30 @@ impl Loader {
             return Ok(Outcome::Unchanged);
         }
         Ok(Outcome::Loaded(PolicySet::new(loaded)))
+    }
+}
+
+/// A base64 ed25519 public key.
+pub fn decode_key(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?.try_into().ok()
+}
+
+/// The file's `<file>.sig` must hold a base64 ed25519 signature over the
+/// file's bytes by one of `keys`.
+fn check_signature(file: &Path, bytes: &[u8], keys: &[[u8; 32]]) -> Result<(), String> {
+    use base64::Engine;
+    let mut sig_path = file.as_os_str().to_owned();
+    sig_path.push(".sig");
+    let text = std::fs::read_to_string(&sig_path).map_err(|e| format!("signature required: cannot read {}: {e}", Path::new(&sig_path).display()))?;
+    let sig = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| format!("{}: not a base64 signature", Path::new(&sig_path).display()))?;
+    let valid = keys.iter().any(|k| ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k).verify(bytes, &sig).is_ok());
+    if valid {
+        Ok(())
+    } else {
+        Err("signature does not verify with any of policies.signing_keys".into())
     }
 }
 
