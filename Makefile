@@ -41,3 +41,4 @@ bench: deps build policies
 	$(CARGO) bench --locked --bench policy -- --warm-up-time 1 --measurement-time 5
 	python3 bench/gateway.py
 	python3 bench/audit.py
+	python3 bench/reload.py

@@ -399,7 +399,7 @@ async fn watch_policies(gateway: Arc<Gateway>, watch_files: bool) {
             Some(()) = hup.recv() => "sighup",
         };
         // Debounce: let a copy or an editor's save settle.
-        while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(150), rx.recv()).await {}
+        while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(30), rx.recv()).await {}
         let _ = gateway.reload_policies(trigger).await;
     }
 }

@@ -62,6 +62,9 @@ pub struct Loader {
     host: Host,
     dir: PathBuf,
     config_file: Option<PathBuf>,
+    /// Serialises builds; `state` is only held briefly, so status queries
+    /// never wait for a compile.
+    build_lock: Mutex<()>,
     state: Mutex<State>,
 }
 
@@ -80,7 +83,7 @@ impl Loader {
     /// A loader for `dir`, re-reading policy configuration from `config_file` on each reload.
     /// `keys`: when set, only files signed by one of them load.
     pub fn new(host: Host, dir: PathBuf, config_file: Option<PathBuf>, configs: Value, keys: Option<Vec<[u8; 32]>>) -> Loader {
-        Loader { host, dir, config_file, state: Mutex::new(State { configs, keys, loaded_at: Vec::new(), last_rejected: None }) }
+        Loader { host, dir, config_file, build_lock: Mutex::new(()), state: Mutex::new(State { configs, keys, loaded_at: Vec::new(), last_rejected: None }) }
     }
 
     /// The policy directory.
@@ -95,8 +98,17 @@ impl Loader {
 
     /// Build the set the files describe now. `current` lends unchanged policies.
     pub fn build(&self, current: &PolicySet) -> Result<Outcome, Rejection> {
+        let _one_build = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (mut configs, mut keys) = {
+            let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            (state.configs.clone(), state.keys.clone())
+        };
+        let result = self.build_inputs(&mut configs, &mut keys, current);
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let result = self.build_locked(&mut state, current);
+        if result.is_ok() {
+            state.configs = configs;
+            state.keys = keys;
+        }
         match &result {
             Err(r) => state.last_rejected = Some(r.clone()),
             Ok(Outcome::Loaded(set)) => {
@@ -140,26 +152,26 @@ impl Loader {
         json!({ "dir": self.dir.display().to_string(), "policies": active, "last_rejected": state.last_rejected })
     }
 
-    fn build_locked(&self, state: &mut State, current: &PolicySet) -> Result<Outcome, Rejection> {
+    fn build_inputs(&self, configs: &mut Value, keys: &mut Option<Vec<[u8; 32]>>, current: &PolicySet) -> Result<Outcome, Rejection> {
         let reject = |file: &Path, reason: String| Rejection { file: file.display().to_string(), reason, at_ms: now_ms() };
         if let Some(cfg_file) = &self.config_file {
             let cfg = Config::load(cfg_file).map_err(|e| reject(cfg_file, e.to_string()))?;
-            state.configs = cfg.policy_configs();
-            state.keys = cfg.signing_keys();
+            *configs = cfg.policy_configs();
+            *keys = cfg.signing_keys();
         }
         let files = policy_files(&self.dir).map_err(|e| reject(&self.dir, e.to_string()))?;
         let mut loaded: Vec<Arc<LoadedPolicy>> = Vec::with_capacity(files.len());
         let mut names = HashSet::new();
         for file in &files {
             let bytes = read_capped(file).map_err(|e| reject(file, e))?;
-            if let Some(keys) = &state.keys {
+            if let Some(keys) = keys.as_ref() {
                 check_signature(file, &bytes, keys).map_err(|e| reject(file, e))?;
             }
             let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
             let reused = current.policies().iter().find(|p| p.compiled.sha256 == sha).cloned();
             let policy = match reused {
                 Some(p) => {
-                    let config = config_for(&state.configs, &p.compiled.name);
+                    let config = config_for(configs, &p.compiled.name);
                     if config == p.config_json {
                         p
                     } else {
@@ -168,7 +180,7 @@ impl Loader {
                 }
                 None => {
                     let compiled = self.host.compile(file, &bytes).map_err(|e| reject(file, e.to_string()))?;
-                    let config = config_for(&state.configs, &compiled.name);
+                    let config = config_for(configs, &compiled.name);
                     let p = Arc::new(LoadedPolicy { compiled, config_json: config });
                     self_check(&p).map_err(|e| reject(file, e))?;
                     p
@@ -179,7 +191,7 @@ impl Loader {
             }
             loaded.push(policy);
         }
-        if let Some(map) = state.configs.as_object() {
+        if let Some(map) = configs.as_object() {
             for name in map.keys() {
                 if !names.contains(name) {
                     let file = self.config_file.clone().unwrap_or_else(|| self.dir.clone());
