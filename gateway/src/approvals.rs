@@ -273,6 +273,70 @@ pub fn fingerprint(issuer: &str, subject: &str, operation: &str, region: &str, p
     hex::encode(h.finalize())
 }
 
+/// Notifications to a chat webhook (Slack-compatible JSON: a `text` field,
+/// plus the approval's fields for other receivers).
+pub struct Webhook {
+    url: http::Uri,
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+}
+
+impl Webhook {
+    /// A webhook posting to `url`.
+    pub fn new(url: &str) -> Result<Webhook, String> {
+        let url: http::Uri = url.parse().map_err(|e| format!("{e}"))?;
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .map_err(|e| e.to_string())?
+            .https_or_http()
+            .enable_http1()
+            .build();
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(https);
+        Ok(Webhook { url, client })
+    }
+
+    /// Post one event, in the background (5 s timeout; failures are logged).
+    pub fn notify(&self, step: &str, e: &Entry) {
+        let text = format!(
+            "Veil approval {step}: {} — {} by {} ({}){}",
+            e.id,
+            e.operation,
+            e.subject,
+            e.reasons.join("; "),
+            match e.decisions.last() {
+                Some(d) if step != "requested" => format!(" — {} by {}: {}", if d.approve { "approved" } else { "denied" }, d.reviewer, d.reason),
+                _ => String::new(),
+            }
+        );
+        let body = serde_json::json!({
+            "text": text,
+            "approval_id": e.id,
+            "step": step,
+            "operation": e.operation,
+            "requester": e.subject,
+            "reasons": e.reasons,
+            "reviewers": e.approvers(),
+            "expires_ms": e.expires_ms,
+        });
+        let req = http::Request::post(self.url.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(body.to_string())));
+        let Ok(req) = req else { return };
+        let client = self.client.clone();
+        let id = e.id.clone();
+        tokio::spawn(async move {
+            match tokio::time::timeout(Duration::from_secs(5), client.request(req)).await {
+                Ok(Ok(r)) if r.status().is_success() => {}
+                Ok(Ok(r)) => tracing::warn!(approval = %id, status = r.status().as_u16(), "approval webhook refused the notification"),
+                Ok(Err(err)) => tracing::warn!(approval = %id, error = %err, "approval webhook unreachable"),
+                Err(_) => tracing::warn!(approval = %id, "approval webhook timed out"),
+            }
+        });
+    }
+}
+
 /// Approvals: the store plus in-process wake-ups for waiting calls.
 pub struct Approvals {
     /// Storage.
@@ -284,6 +348,8 @@ pub struct Approvals {
     pub ttl: Duration,
     /// Approvals needed per call.
     pub min_approvals: u32,
+    /// Where requests and decisions are announced.
+    pub webhook: Option<Webhook>,
 }
 
 /// How a wait ended.
@@ -300,7 +366,7 @@ pub enum Waited {
 impl Approvals {
     /// Approvals over `store`.
     pub fn new(store: Box<dyn Store>, wait: Duration, ttl: Duration, min_approvals: u32) -> Approvals {
-        Approvals { store, changed: Notify::new(), wait, ttl, min_approvals }
+        Approvals { store, changed: Notify::new(), wait, ttl, min_approvals, webhook: None }
     }
 
     /// A new entry (not stored).

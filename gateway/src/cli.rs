@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 use crate::admin::Admin;
-use crate::approvals::{Approvals, FileStore};
+use crate::approvals::{Approvals, FileStore, Webhook};
 use crate::audit::shipper::{self, ClickHouse, QueryArgs, Shipper};
 use crate::pipeline::GatewayParts;
 use crate::policy::reload::{self, Loader};
@@ -263,12 +263,15 @@ fn serve(path: &Path) -> Result<()> {
         let audit = Audit::open(&cfg).with_context(|| format!("{}: audit.spool_dir", path.display()))?;
         let metrics = Arc::new(Metrics::default());
         let store = FileStore::open(cfg.resolve(&cfg.approvals.store_file)).with_context(|| format!("{}: approvals.store_file", path.display()))?;
-        let approvals = Approvals::new(
+        let mut approvals = Approvals::new(
             Box::new(store),
             Duration::from_secs(cfg.approvals.wait_secs),
             Duration::from_secs(cfg.approvals.ttl_secs),
             cfg.approvals.min_approvals,
         );
+        if let Some(url) = &cfg.approvals.webhook_url {
+            approvals.webhook = Some(Webhook::new(url).map_err(|e| anyhow::anyhow!("{}: approvals.webhook_url: {e}", path.display()))?);
+        }
         if let Some(ch) = &cfg.audit.clickhouse {
             let shipper = Shipper {
                 ch: ClickHouse::new(ch, clickhouse_password(&cfg)?),

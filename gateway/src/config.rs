@@ -304,6 +304,8 @@ pub struct ApprovalsConfig {
     /// File persisting approvals across restarts.
     #[serde(default = "default_approvals_file")]
     pub store_file: PathBuf,
+    /// Slack-compatible webhook told of requests and decisions. Unset: none.
+    pub webhook_url: Option<String>,
 }
 
 impl Default for ApprovalsConfig {
@@ -560,6 +562,11 @@ impl Config {
         }
         if ap.reviewer_groups.is_empty() || ap.reviewer_claim.is_empty() {
             return e("approvals.reviewer_groups", "name the claim and at least one value that make a reviewer");
+        }
+        if let Some(u) = &ap.webhook_url {
+            if u.parse::<http::Uri>().ok().and_then(|u| u.scheme_str().map(str::to_owned)).is_none() {
+                return e("approvals.webhook_url", "must be a URL like https://hooks.example/...");
+            }
         }
         let a = &self.audit;
         if !(1..=1000).contains(&a.fsync_interval_ms) {

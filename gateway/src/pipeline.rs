@@ -322,8 +322,12 @@ impl Gateway {
         Ok(())
     }
 
-    /// One audit record of an approval step (requested, approved, denied, expired, used).
+    /// One audit record of an approval step (requested, approved, denied,
+    /// expired, used); all but `used` also go to the webhook.
     pub async fn approval_event(&self, e: &Entry, step: &str, decision: Option<&Decision>) {
+        if let (Some(hook), false) = (&self.approvals.webhook, step == "used") {
+            hook.notify(step, e);
+        }
         let mut rec = Record::new("approval", &self.audit.instance);
         rec.verdict = step.to_string();
         rec.approval_id.clone_from(&e.id);

@@ -89,6 +89,43 @@ def test_waiting_call_completes_after_a_cli_approval(tmp_path, issuer, moto):
         veil.stop()
 
 
+def test_webhook_hears_requests_and_decisions(tmp_path, issuer, moto):
+    import http.server
+    import threading
+    heard = []
+
+    class Hook(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            heard.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    veil, cfg, ca = start(tmp_path, issuer, moto, extra=f'webhook_url = "http://127.0.0.1:{server.server_port}/hook"')
+    try:
+        with harness.agent_session(veil, ca, harness.mint(issuer, sub="hook-agent"), tmp_path) as s:
+            client = iam(s)
+            with concurrent.futures.ThreadPoolExecutor(1) as ex:
+                call = ex.submit(client.create_user, UserName=f"hooked-{time.time_ns()}")
+                entry = pending_for(veil, ca, reviewer(issuer), "hook-agent")[0]
+                assert cli(veil, ca, reviewer(issuer), "approve", entry["id"], "--reason", "fine").returncode == 0
+                call.result(timeout=30)
+        deadline = time.time() + 10
+        while time.time() < deadline and len(heard) < 2:
+            time.sleep(0.1)
+        steps = [(h["step"], h["approval_id"]) for h in heard]
+        assert steps == [("requested", entry["id"]), ("approved", entry["id"])], heard
+        assert "iam:CreateUser" in heard[0]["text"] and "hook-agent" in heard[0]["text"]
+        assert "approved by alice: fine" in heard[1]["text"]
+    finally:
+        veil.stop()
+        server.shutdown()
+
+
 def test_denied_self_approval_and_non_reviewers(tmp_path, issuer, moto):
     veil, cfg, ca = start(tmp_path, issuer, moto)
     try:
