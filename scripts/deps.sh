@@ -12,11 +12,12 @@ step() {
   fi
 }
 
-# Debian: ClickHouse (the audit store the tests ship to).
-if [ ! -x /usr/sbin/clickhouse-server ]; then
+# Debian: ClickHouse (the audit store the tests ship to) and Chromium (the
+# reviewer page's browser test).
+if [ ! -x /usr/sbin/clickhouse-server ] || [ ! -x /usr/bin/chromium ]; then
   export DEBIAN_FRONTEND=noninteractive
   step apt-get update -q
-  step apt-get install -y -q --no-install-recommends clickhouse-server
+  step apt-get install -y -q --no-install-recommends clickhouse-server chromium
 fi
 
 rustup target list --installed | grep -qx wasm32-wasip2 || step rustup target add wasm32-wasip2

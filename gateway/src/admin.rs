@@ -10,6 +10,9 @@
 //! | POST | `/v1/approvals/{id}/approve` | reviewer | approve; body `{"reason": "…"}` (optional) |
 //! | POST | `/v1/approvals/{id}/deny`    | reviewer | deny; body `{"reason": "…"}` (required) |
 //!
+//! `GET /` serves the reviewer page (paste a token; pending list with
+//! approve/deny, refreshed every 3 s), which uses the API above.
+//!
 //! Reviewers authenticate with an OIDC token from a configured issuer
 //! (`Authorization: Bearer <token>`) and are authorised by a claim
 //! (`approvals.reviewer_claim` including one of `approvals.reviewer_groups`).
@@ -49,6 +52,9 @@ impl Admin {
     pub async fn handle(&self, req: http::Request<Incoming>, remote: SocketAddr) -> Response<RespBody> {
         let path = req.uri().path().to_string();
         let method = req.method().clone();
+        if method == Method::GET && (path == "/" || path == "/review.js") {
+            return page(&path);
+        }
         let (status, body) = match (method.clone(), path.as_str()) {
             (Method::GET, "/v1/policies") => match self.check_admin(&req) {
                 Ok(()) => (StatusCode::OK, self.gateway.policy_status()),
@@ -132,6 +138,24 @@ impl Admin {
             Err((StatusCode::UNAUTHORIZED, json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"})))
         }
     }
+}
+
+/// The reviewer page and its script, with headers that keep it from being
+/// framed or running anything but its own script.
+fn page(path: &str) -> Response<RespBody> {
+    let (body, kind) = if path == "/" {
+        (include_str!("../static/review.html"), "text/html; charset=utf-8")
+    } else {
+        (include_str!("../static/review.js"), "text/javascript; charset=utf-8")
+    };
+    let mut resp = Response::new(Full::new(Bytes::from_static(body.as_bytes())).map_err(|never| match never {}).boxed());
+    let h = resp.headers_mut();
+    h.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(kind));
+    h.insert("content-security-policy", http::HeaderValue::from_static("default-src 'self'; style-src 'unsafe-inline'; frame-ancestors 'none'"));
+    h.insert("x-frame-options", http::HeaderValue::from_static("DENY"));
+    h.insert("x-content-type-options", http::HeaderValue::from_static("nosniff"));
+    h.insert("cache-control", http::HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// The bearer token of a request.
