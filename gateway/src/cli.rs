@@ -156,6 +156,15 @@ enum PolicyCommand {
         /// The component file (`.wasm`).
         file: PathBuf,
     },
+    /// Run one policy against a directory of conformance cases (`*.json`:
+    /// operation, claims, params, config, response → expected verdict and
+    /// masked body); prints a pass/fail table, exits 1 on any failure.
+    Test {
+        /// The component file (`.wasm`), in any language.
+        policy: PathBuf,
+        /// Directory of case files.
+        cases: PathBuf,
+    },
     /// Run policies on a sample call and print the combined decision and the masked response as JSON.
     Eval {
         /// Policy files, or directories of `*.wasm` policies.
@@ -542,6 +551,7 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
     match cmd {
         PolicyCommand::Reload(a) => admin_call(&a, "VEIL_ADMIN_TOKEN", http::Method::POST, "/v1/policies/reload", None),
         PolicyCommand::Status(a) => admin_call(&a, "VEIL_ADMIN_TOKEN", http::Method::GET, "/v1/policies", None),
+        PolicyCommand::Test { policy, cases } => conformance(&policy, &cases),
         PolicyCommand::Check { file } => {
             let host = Host::new(Limits::default())?;
             let c = host.load(&file)?;
@@ -574,6 +584,110 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// One conformance case (see `tests/conformance/README.md`).
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Case {
+    #[serde(default)]
+    description: String,
+    operation: String,
+    #[serde(default = "default_region")]
+    region: String,
+    resource: Option<String>,
+    #[serde(default)]
+    claims: serde_json::Map<String, Value>,
+    #[serde(default)]
+    params: serde_json::Map<String, Value>,
+    #[serde(default)]
+    config: serde_json::Map<String, Value>,
+    response: Option<Value>,
+    #[serde(default = "default_status")]
+    status: u16,
+    expect: Expect,
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Expect {
+    /// allow, deny or approval-required.
+    verdict: String,
+    /// The masked response body, exactly.
+    body: Option<Value>,
+    /// A substring at least one reason must contain.
+    reason_contains: Option<String>,
+}
+
+fn default_region() -> String {
+    "us-east-1".into()
+}
+fn default_status() -> u16 {
+    200
+}
+
+/// `veil policy test`: run a policy against every case in a directory.
+fn conformance(policy: &Path, dir: &Path) -> Result<()> {
+    let host = Host::new(Limits::default())?;
+    let compiled = host.load(policy)?;
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("{}: no *.json cases", dir.display());
+    }
+    println!("{} {} ({})", compiled.name, compiled.version, policy.display());
+    println!("{:<40} {:<18} {:<18} result", "case", "expected", "got");
+    let mut failed = 0;
+    for file in &files {
+        let name = file.file_stem().and_then(|n| n.to_str()).unwrap_or("?").to_string();
+        let text = std::fs::read_to_string(file).with_context(|| format!("{}", file.display()))?;
+        let case: Case = serde_json::from_str(&text).with_context(|| format!("{}: not a valid case", file.display()))?;
+        let mut op = Operation::parse_qualified(&case.operation).with_context(|| format!("{}: operation {:?}", file.display(), case.operation))?;
+        op.region = case.region;
+        op.resource = case.resource;
+        let claims = Value::Object(case.claims);
+        let identity = Identity {
+            issuer: claims.get("iss").and_then(Value::as_str).unwrap_or("https://issuer.example").to_string(),
+            subject: claims.get("sub").and_then(Value::as_str).unwrap_or("conformance").to_string(),
+            claims,
+        };
+        let set = PolicySet::new(vec![Arc::new(LoadedPolicy { compiled: compiled.clone(), config_json: Value::Object(case.config).to_string() })]);
+        let call = CallInput { identity, operation: op, params: Value::Object(case.params) };
+        let out = evaluate(&set, &call, case.status, case.response, &HashKey::new(b"veil-conformance".to_vec()));
+        let got = out["verdict"].as_str().unwrap_or("?").to_string();
+        let mut problems = Vec::new();
+        if got != case.expect.verdict {
+            problems.push(format!("verdict {got}, want {}", case.expect.verdict));
+        }
+        if let Some(want) = &case.expect.body {
+            if &out["body"] != want {
+                problems.push(format!("body {}, want {}", out["body"], want));
+            }
+        }
+        if let Some(sub) = &case.expect.reason_contains {
+            let reasons = out["reasons"].to_string();
+            if !reasons.contains(sub.as_str()) {
+                problems.push(format!("no reason contains {sub:?}: {reasons}"));
+            }
+        }
+        let result = if problems.is_empty() { "pass".to_string() } else { format!("FAIL: {}", problems.join("; ")) };
+        if !problems.is_empty() {
+            failed += 1;
+        }
+        println!("{:<40} {:<18} {:<18} {result}", name, case.expect.verdict, got);
+        if !case.description.is_empty() && !problems.is_empty() {
+            println!("    ({})", case.description);
+        }
+    }
+    println!("{} cases, {} passed, {} failed", files.len(), files.len() - failed, failed);
+    if failed > 0 {
+        bail!("{failed} conformance case(s) failed");
+    }
+    Ok(())
 }
 
 /// The key for `hash` masks in `veil policy eval`: `VEIL_HASH_KEY` when set,

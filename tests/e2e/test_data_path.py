@@ -66,7 +66,7 @@ def test_iam_query_protocol(stack, tmp_path):
             client.create_access_key(UserName=user)
         err = e.value.response["Error"]
         assert err["Code"] == "ApprovalRequired"
-        assert "approval id apr-" in err["Message"]
+        assert "approval pending, id apr-" in err["Message"]
     assert iam.list_access_keys(UserName=user)["AccessKeyMetadata"] == [], "the held call must not reach AWS"
 
 

@@ -1,0 +1,39 @@
+"""`veil policy test`: the language-neutral conformance runner, through the binary."""
+import json
+import subprocess
+
+import pytest
+
+import harness
+
+CASES = harness.ROOT / "tests" / "conformance"
+
+
+def run(policy, cases):
+    return subprocess.run([str(harness.VEIL), "policy", "test", str(policy), str(cases)], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize("policy", ["risky-actions", "secrets-by-team"])
+def test_shipped_policies_pass_their_cases(policy):
+    out = run(harness.POLICIES / f"{policy}.wasm", CASES / policy)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert " 0 failed" in out.stdout and "FAIL" not in out.stdout
+
+
+def test_a_wrong_expectation_fails_with_a_table_and_exit_1(tmp_path):
+    for f in (CASES / "secrets-by-team").glob("*.json"):
+        (tmp_path / f.name).write_text(f.read_text())
+    case = json.loads((CASES / "secrets-by-team" / "other-team-masked.json").read_text())
+    case["expect"]["body"]["SecretString"] = "hunter2"
+    (tmp_path / "leaks.json").write_text(json.dumps(case))
+    out = run(harness.POLICIES / "secrets-by-team.wasm", tmp_path)
+    assert out.returncode == 1
+    line = next(l for l in out.stdout.splitlines() if l.startswith("leaks"))
+    assert "FAIL: body" in line
+    assert "1 failed" in out.stdout
+
+
+def test_bad_case_files_name_the_file(tmp_path):
+    (tmp_path / "broken.json").write_text('{"operation": "iam:CreateUser"}')
+    out = run(harness.POLICIES / "risky-actions.wasm", tmp_path)
+    assert out.returncode == 1 and "broken.json" in out.stderr
