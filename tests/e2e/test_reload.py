@@ -21,17 +21,22 @@ FIXTURES = harness.POLICIES / "fixtures"
 TOKEN = "a" * 40
 
 
-def start(tmp_path, issuer, moto, watch=True, extra_config=""):
+def prepare(tmp_path, issuer, moto, policy_settings="watch = true"):
+    """A config whose policy directory is a private copy (shipped policies +
+    versioned 1.0.0), with the admin API on; `policy_settings` go into [policies]."""
     pdir = tmp_path / "policies"
     pdir.mkdir()
     for f in harness.POLICIES.glob("*.wasm"):
         shutil.copy(f, pdir / f.name)
     shutil.copy(FIXTURES / "versioned-1.wasm", pdir / "versioned.wasm")
     (tmp_path / "admin.token").write_text(TOKEN)
-    extra = f'[admin]\naddress = "127.0.0.1:0"\ntoken_file = "admin.token"\n' + extra_config
-    cfg, ca = harness.veil_config(tmp_path, issuer, moto, extra)
-    text = cfg.read_text().replace(f'dir = "{harness.POLICIES}"', f'dir = "{pdir}"\nwatch = {"true" if watch else "false"}')
-    cfg.write_text(text)
+    cfg, ca = harness.veil_config(tmp_path, issuer, moto, '[admin]\naddress = "127.0.0.1:0"\ntoken_file = "admin.token"\n')
+    cfg.write_text(cfg.read_text().replace(f'dir = "{harness.POLICIES}"', f'dir = "{pdir}"\n{policy_settings}'))
+    return cfg, ca, pdir
+
+
+def start(tmp_path, issuer, moto, watch=True):
+    cfg, ca, pdir = prepare(tmp_path, issuer, moto, f"watch = {'true' if watch else 'false'}")
     return harness.Veil(cfg), cfg, ca, pdir
 
 
@@ -224,18 +229,12 @@ def test_signed_policies_only(tmp_path, issuer, moto):
     key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     pub = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
+    from pathlib import Path
+
     def sign(path, k=key):
         Path(str(path) + ".sig").write_text(base64.b64encode(k.sign(Path(path).read_bytes())).decode())
 
-    from pathlib import Path
-    pdir = tmp_path / "policies"
-    pdir.mkdir()
-    for f in harness.POLICIES.glob("*.wasm"):
-        shutil.copy(f, pdir / f.name)
-    shutil.copy(FIXTURES / "versioned-1.wasm", pdir / "versioned.wasm")
-    (tmp_path / "admin.token").write_text(TOKEN)
-    cfg, ca = harness.veil_config(tmp_path, issuer, moto, '[admin]\naddress = "127.0.0.1:0"\ntoken_file = "admin.token"\n')
-    cfg.write_text(cfg.read_text().replace(f'dir = "{harness.POLICIES}"', f'dir = "{pdir}"\nrequire_signature = true\nsigning_keys = ["{pub}"]'))
+    cfg, ca, pdir = prepare(tmp_path, issuer, moto, f'require_signature = true\nsigning_keys = ["{pub}"]')
     # Unsigned files refuse to start.
     out = subprocess.run([str(harness.VEIL), "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60, env=dict(os.environ, **harness.UPSTREAM_ENV))
     assert out.returncode == 1 and "signature required" in out.stderr, out.stderr

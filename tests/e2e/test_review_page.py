@@ -23,6 +23,17 @@ def browser():
         b.close()
 
 
+def open_page(browser, veil, token):
+    """The reviewer page with `token` pasted; returns the page and the list of JS dialogs seen."""
+    page = browser.new_page(ignore_https_errors=True)
+    dialogs = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+    page.goto(veil.admin_url + "/")
+    page.fill("#token", token)
+    page.click("#use")
+    return page, dialogs
+
+
 def test_reviewer_approves_in_the_browser_and_the_agent_call_completes(tmp_path, issuer, moto, browser):
     veil, cfg, ca = start(tmp_path, issuer, moto, wait=30)
     try:
@@ -30,12 +41,7 @@ def test_reviewer_approves_in_the_browser_and_the_agent_call_completes(tmp_path,
             client = s.client("iam", config=BotoConfig(retries={"max_attempts": 1}, read_timeout=60))
             with concurrent.futures.ThreadPoolExecutor(1) as ex:
                 call = ex.submit(client.create_user, UserName="page-user")
-                page = browser.new_page(ignore_https_errors=True)
-                dialogs = []
-                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-                page.goto(veil.admin_url + "/")
-                page.fill("#token", reviewer(issuer))
-                page.click("#use")
+                page, dialogs = open_page(browser, veil, reviewer(issuer))
                 row = page.locator("tr", has_text="iam:CreateUser")
                 row.wait_for(timeout=15000)
                 assert "page-agent" in row.inner_text() and "page-user" in row.inner_text()
@@ -57,12 +63,7 @@ def test_hostile_parameters_render_as_text(tmp_path, issuer, moto, browser):
                 client.create_user(UserName="x", Path="/<img src=x onerror=alert(1)>/")
             except Exception:
                 pass
-        page = browser.new_page(ignore_https_errors=True)
-        dialogs = []
-        page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        page.goto(veil.admin_url + "/")
-        page.fill("#token", reviewer(issuer))
-        page.click("#use")
+        page, dialogs = open_page(browser, veil, reviewer(issuer))
         row = page.locator("tr", has_text="evil-agent")
         row.wait_for(timeout=15000)
         assert "<img src=x onerror=alert(1)>" in row.inner_text()

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::policy::host::truncate as cap;
 pub use spool::{Spool, SpoolError, SpoolOptions};
 
 /// Header an agent may send to tie calls to its session or prompt.
@@ -182,18 +183,6 @@ impl Record {
             _ => Err("unknown record format".into()),
         }
     }
-}
-
-/// `s` cut to at most `max` bytes on a character boundary.
-fn cap(s: &str, max: usize) -> &str {
-    if s.len() <= max {
-        return s;
-    }
-    let mut end = max;
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`).
