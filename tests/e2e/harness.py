@@ -67,8 +67,8 @@ class Proc:
         return self.p.returncode
 
 
-def start_issuer():
-    proc = Proc("issuer", ["node", str(ROOT / "tests/e2e/issuer.mjs")], cwd=ROOT / "tests/e2e")
+def start_issuer(env=None):
+    proc = Proc("issuer", ["node", str(ROOT / "tests/e2e/issuer.mjs")], cwd=ROOT / "tests/e2e", env=dict(os.environ, **(env or {})))
     url = json.loads(proc.wait_for(r"\{\"url\":.*\}").group(0))["url"]
     return proc, url
 

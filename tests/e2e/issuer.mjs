@@ -6,7 +6,14 @@
 import { OAuth2Server } from 'oauth2-mock-server';
 
 const server = new OAuth2Server();
-await server.issuer.keys.generate('RS256');
+// ISSUER_ALG picks the signing algorithm (RS256 default, ES256 …). SIGUSR2
+// adds a new key (ISSUER_ROTATE_ALG, default ES256): a key rotation, after
+// which tokens are signed by the old and new keys in turn.
+await server.issuer.keys.generate(process.env.ISSUER_ALG || 'RS256');
+process.on('SIGUSR2', async () => {
+  const key = await server.issuer.keys.generate(process.env.ISSUER_ROTATE_ALG || 'ES256');
+  console.log(JSON.stringify({ rotated: key.kid }));
+});
 server.service.on('beforeTokenSigning', (token, req) => {
   if (req.body && req.body.claims) Object.assign(token.payload, JSON.parse(req.body.claims));
 });
