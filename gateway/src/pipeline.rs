@@ -103,7 +103,7 @@ pub enum Failure {
 }
 
 fn reasons_text(r: &[Reason]) -> String {
-    r.iter().map(|r| format!("{}: {}", r.policy, r.message)).collect::<Vec<_>>().join("; ")
+    r.iter().map(Reason::to_string).collect::<Vec<_>>().join("; ")
 }
 
 impl Failure {
@@ -260,9 +260,7 @@ impl Gateway {
                     tracing::info!(name = %r.name, version = %r.version, sha256 = %r.sha256, trigger, "policy active");
                 }
                 rec.verdict = "loaded".into();
-                rec.policy_names = refs.iter().map(|r| r.name.clone()).collect();
-                rec.policy_versions = refs.iter().map(|r| r.version.clone()).collect();
-                rec.policy_sha256s = refs.into_iter().map(|r| r.sha256).collect();
+                rec.set_policies(refs);
                 self.policies.store(Arc::new(set));
                 self.metrics.policy_reloads.get_or_create(&ReloadLabels { result: "loaded".into() }).inc();
                 Ok(true)
@@ -292,7 +290,7 @@ impl Gateway {
         let granted = match ap.store.take_grant(&fp, approvals::now_ms())? {
             Some(g) => g,
             None => {
-                let texts: Vec<String> = reasons.iter().map(|r| format!("{}: {}", r.policy, r.message)).collect();
+                let texts: Vec<String> = reasons.iter().map(Reason::to_string).collect();
                 let resource = call.operation.resource.clone().unwrap_or_default();
                 let new = ap.entry(&id.issuer, &id.subject, &op, &call.operation.region, &resource, fp.clone(), audit::redact(&call.params), texts);
                 let (entry, created) = ap.store.request(new)?;
@@ -430,7 +428,7 @@ impl Gateway {
             for r in reasons.iter().filter(|r| r.message.starts_with("on-")) {
                 self.metrics.policy_errors.get_or_create(&PolicyLabels { policy: r.policy.clone() }).inc();
             }
-            ctx.rec.reasons = reasons.iter().map(|r| format!("{}: {}", r.policy, r.message)).collect();
+            ctx.rec.reasons = reasons.iter().map(Reason::to_string).collect();
         }
         if ctx.verdict == "unauthenticated" {
             self.metrics.auth_failures.inc();
@@ -558,10 +556,7 @@ impl Gateway {
         };
         // Stage 3: decide. The set is loaded once so the whole call sees one version.
         let policies = self.policies.load_full();
-        let refs = policies.references();
-        ctx.rec.policy_names = refs.iter().map(|r| r.name.clone()).collect();
-        ctx.rec.policy_versions = refs.iter().map(|r| r.version.clone()).collect();
-        ctx.rec.policy_sha256s = refs.into_iter().map(|r| r.sha256).collect();
+        ctx.rec.set_policies(policies.references());
         let policy_started = Instant::now();
         let decision = policies.on_request(&call);
         ctx.rec.policy_us = policy_started.elapsed().as_micros() as u64;

@@ -150,6 +150,15 @@ impl Record {
         }
     }
 
+    /// Name the policies that decided (names, versions, sha256s side by side).
+    pub fn set_policies(&mut self, refs: Vec<crate::policy::PolicyRef>) {
+        for r in refs {
+            self.policy_names.push(r.name);
+            self.policy_versions.push(r.version);
+            self.policy_sha256s.push(r.sha256);
+        }
+    }
+
     /// Keep the response body, cut at `cap` bytes.
     pub fn set_response(&mut self, body: &[u8], cap_bytes: usize) {
         let text = String::from_utf8_lossy(body);

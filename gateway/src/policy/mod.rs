@@ -96,6 +96,13 @@ pub struct Reason {
     pub message: String,
 }
 
+impl std::fmt::Display for Reason {
+    /// `policy: message`, as errors and audit records show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.policy, self.message)
+    }
+}
+
 /// The combined decision on a request.
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestDecision {
