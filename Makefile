@@ -5,13 +5,19 @@ POLICY_OUT := target/policies
 # Shipped policies, then test fixtures (hostile and wrong-world components).
 POLICY_CRATES := aws-sensitive risky-actions secrets-by-team
 FIXTURE_CRATES := hostile other-world
+# The same policies in Python and JavaScript (policies/python, policies/js).
+LANG_POLICIES := risky-actions secrets-by-team
+WIT := wit/veil-policy.wit
+PY_SDK := $(wildcard policy-sdk/python/veil_policy/*.py)
+JS_SDK := policy-sdk/js/veil-policy.js
+COMPONENTIZE_JS := policy-sdk/js/node_modules/.bin/componentize-js
 
 .PHONY: build policies demo test deps bench
 
 build:
 	$(CARGO) build --release --locked
 
-policies:
+policies: $(foreach p,$(LANG_POLICIES),$(POLICY_OUT)/python/$(p).wasm $(POLICY_OUT)/js/$(p).wasm)
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2 >/dev/null
 	$(CARGO) build --locked --profile wasm --target wasm32-wasip2 $(addprefix -p ,$(POLICY_CRATES) $(FIXTURE_CRATES))
 	@mkdir -p $(POLICY_OUT)/fixtures
@@ -23,6 +29,16 @@ policies:
 	  cp target/wasm32-wasip2/wasm/versioned.wasm $(POLICY_OUT)/fixtures/versioned-$$v.wasm || exit 1; \
 	done
 
+# Python and JS policies are rebuilt only when their sources change: each
+# build runs the language's interpreter to snapshot it (10-20 s).
+$(POLICY_OUT)/python/%.wasm: policies/python/%/app.py $(PY_SDK) $(WIT)
+	@mkdir -p $(@D)
+	componentize-py -d $(WIT) -w policy componentize -p policy-sdk/python -p policies/python/$* app -o $@ >/dev/null
+
+$(POLICY_OUT)/js/%.wasm: policies/js/%/policy.js $(JS_SDK) $(WIT)
+	@mkdir -p $(@D)
+	$(COMPONENTIZE_JS) policies/js/$*/policy.js --wit $(WIT) -n policy -d http fetch-event -o $@ >/dev/null
+
 demo: deps build policies
 	@python3 scripts/demo.py
 
@@ -31,6 +47,8 @@ deps:
 
 test: deps build policies
 	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world --exclude versioned
+	cd policy-sdk/python && python3 -m pytest -q -p no:cacheprovider
+	cd policy-sdk/js && node --test
 	cd tests/e2e && python3 -m pytest -q -p no:cacheprovider
 
 # Benchmarks (not part of `make test`): policy hooks (criterion), then the

@@ -22,17 +22,24 @@ fi
 
 rustup target list --installed | grep -qx wasm32-wasip2 || step rustup target add wasm32-wasip2
 
-# Python: the AWS emulator (moto), real AWS clients (boto3, AWS CLI), pytest.
-python3 - <<'PY' 2>/dev/null || step python3 -m pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+# Python: the AWS emulator (moto), real AWS clients (boto3, AWS CLI), pytest;
+# componentize-py, which builds Python policies.
+for req in tests/requirements.txt policy-sdk/python/requirements.txt; do
+  python3 - "$req" <<'PY' 2>/dev/null || step python3 -m pip install --quiet --disable-pip-version-check -r "$req"
 import importlib.metadata as m, sys
-want = dict(l.strip().split("==") for l in open("tests/requirements.txt") if "==" in l)
+want = dict(l.strip().split("==") for l in open(sys.argv[1]) if "==" in l and not l.startswith("#"))
 for name, version in want.items():
     base = name.split("[")[0]
     if m.version(base) != version:
         sys.exit(1)
 PY
+done
 
 # Node: the real OIDC issuer used by the end-to-end tests.
 if [ ! -d tests/e2e/node_modules/oauth2-mock-server ]; then
   step npm ci --prefix tests/e2e --no-audit --no-fund
+fi
+# Node: componentize-js, which builds JavaScript policies.
+if [ ! -x policy-sdk/js/node_modules/.bin/componentize-js ]; then
+  step npm ci --prefix policy-sdk/js --no-audit --no-fund
 fi

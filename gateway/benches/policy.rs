@@ -23,16 +23,8 @@ fn secret_4k() -> Value {
     })
 }
 
-fn bench(c: &mut Criterion) {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies");
-    let host = Host::new(Limits::default()).unwrap();
-    let compiled = host.load(&root.join("secrets-by-team.wasm")).expect("run `make policies` first");
-    let policy = Arc::new(LoadedPolicy {
-        compiled,
-        config_json: json!({"owners": {"payments": ["prod/payments/"]}}).to_string(),
-    });
-    let set = PolicySet::new(vec![policy.clone()]);
-    let call = CallInput {
+fn call() -> CallInput {
+    CallInput {
         identity: Identity {
             issuer: "https://issuer.test".into(),
             subject: "agent".into(),
@@ -40,26 +32,46 @@ fn bench(c: &mut Criterion) {
         },
         operation: Operation::parse_qualified("secretsmanager:GetSecretValue").unwrap(),
         params: json!({"SecretId": "prod/search/db"}),
-    };
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies");
+    let host = Host::new(Limits::default()).unwrap();
+    let call = call();
     let body = secret_4k();
     assert!(body.to_string().len() >= 3900);
     let key = HashKey::new(b"bench".to_vec());
 
+    // The same policy (secrets-by-team) on the same 4 KB case in each
+    // language `make policies` builds: Rust, Python (componentize-py), JS
+    // (componentize-js).
+    for (lang, file) in [("rust", "secrets-by-team.wasm"), ("python", "python/secrets-by-team.wasm"), ("js", "js/secrets-by-team.wasm")] {
+        let policy = Arc::new(LoadedPolicy {
+            compiled: host.load(&root.join(file)).expect("run `make policies` first"),
+            config_json: json!({"owners": {"payments": ["prod/payments/"]}}).to_string(),
+        });
+        let set = PolicySet::new(vec![policy.clone()]);
+        let mut g = c.benchmark_group(format!("policy-hook/{lang}"));
+        // The split: instantiation (inline, as when the ready pool is empty),
+        // the cost of taking a ready instance, and the hooks on a ready instance.
+        g.bench_function("instantiate inline (pool empty)", |b| b.iter(|| policy.compiled.instantiate_inline().unwrap()));
+        g.bench_function("take ready instance, no call", |b| b.iter(|| policy.compiled.with_instance(|_, _| Ok(())).unwrap()));
+        g.bench_function("on-request (fresh instance)", |b| b.iter(|| set.on_request(&call)));
+        g.bench_function("on-response 4KB (fresh instance)", |b| b.iter(|| set.on_response(&call, 200, &body)));
+        g.bench_function("on-response 4KB + mask", |b| {
+            b.iter(|| {
+                let d = set.on_response(&call, 200, &body);
+                assert!(d.deny.is_empty() && d.masks.len() == 2, "{lang}: unexpected decision");
+                let mut doc = body.clone();
+                masking::apply(&mut doc, &d.masks, &key);
+                doc
+            })
+        });
+        g.finish();
+    }
+
     let mut g = c.benchmark_group("policy-hook");
-    // The split: instantiation (inline, as when the ready pool is empty), the
-    // cost of taking a ready instance, and the hooks on a ready instance.
-    g.bench_function("instantiate inline (pool empty)", |b| b.iter(|| policy.compiled.instantiate_inline().unwrap()));
-    g.bench_function("take ready instance, no call", |b| b.iter(|| policy.compiled.with_instance(|_, _| Ok(())).unwrap()));
-    g.bench_function("on-request (fresh instance)", |b| b.iter(|| set.on_request(&call)));
-    g.bench_function("on-response 4KB (fresh instance)", |b| b.iter(|| set.on_response(&call, 200, &body)));
-    g.bench_function("on-response 4KB + mask", |b| {
-        b.iter(|| {
-            let d = set.on_response(&call, 200, &body);
-            let mut doc = body.clone();
-            masking::apply(&mut doc, &d.masks, &key);
-            doc
-        })
-    });
     let sensitive = Arc::new(LoadedPolicy {
         compiled: host.load(&root.join("aws-sensitive.wasm")).expect("run `make policies` first"),
         config_json: "{}".into(),

@@ -617,6 +617,10 @@ struct Expect {
     body: Option<Value>,
     /// A substring at least one reason must contain.
     reason_contains: Option<String>,
+    /// Every reason's message, exactly and in order.
+    reasons: Option<Vec<String>>,
+    /// Every mask the policy returned (`{"path", "style"}`), exactly and in order.
+    masks: Option<Vec<Value>>,
 }
 
 fn default_region() -> String {
@@ -672,6 +676,17 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
             let reasons = out["reasons"].to_string();
             if !reasons.contains(sub.as_str()) {
                 problems.push(format!("no reason contains {sub:?}: {reasons}"));
+            }
+        }
+        if let Some(want) = &case.expect.reasons {
+            let got: Vec<&str> = out["reasons"].as_array().into_iter().flatten().filter_map(|r| r["message"].as_str()).collect();
+            if &got != want {
+                problems.push(format!("reasons {got:?}, want {want:?}"));
+            }
+        }
+        if let Some(want) = &case.expect.masks {
+            if out["masks"] != json!(want) {
+                problems.push(format!("masks {}, want {}", out["masks"], json!(want)));
             }
         }
         let result = if problems.is_empty() { "pass".to_string() } else { format!("FAIL: {}", problems.join("; ")) };

@@ -215,7 +215,17 @@ def make_tls(dirpath):
     return d / "ca.pem", d / "veil.pem", d / "veil-key.pem"
 
 
-def veil_config(dirpath, issuer_url, moto_url, extra=""):
+# The shipped policies' configuration in the test gateways.
+POLICY_CONFIG = """
+[policies.config.secrets-by-team]
+owners = { payments = ["prod/payments/", "/payments/"], search = ["prod/search/", "/search/"] }
+
+[policies.config.aws-sensitive]
+exceptions = [{ group = "payments", prefix = "prod/payments/" }, { group = "payments", prefix = "/payments/" }]
+"""
+
+
+def veil_config(dirpath, issuer_url, moto_url, extra="", policies_dir=POLICIES, policy_config=POLICY_CONFIG):
     ca, cert, key = make_tls(dirpath)
     (Path(dirpath) / "session.key").write_text("s" * 48)
     (Path(dirpath) / "hash.key").write_text("h" * 48)
@@ -245,14 +255,8 @@ endpoint = "{moto_url}"
 [upstream.credentials.emulator]
 
 [policies]
-dir = "{POLICIES}"
-
-[policies.config.secrets-by-team]
-owners = {{ payments = ["prod/payments/", "/payments/"], search = ["prod/search/", "/search/"] }}
-
-[policies.config.aws-sensitive]
-exceptions = [{{ group = "payments", prefix = "prod/payments/" }}, {{ group = "payments", prefix = "/payments/" }}]
-
+dir = "{policies_dir}"
+{policy_config}
 [masking]
 hash_key_file = "hash.key"
 
@@ -269,7 +273,8 @@ class Veil:
         e.update(UPSTREAM_ENV)
         e.update(env or {})
         self.proc = Proc("veil", [str(VEIL), "serve", "--config", str(config)], env=e)
-        m = self.proc.wait_for(r"veil is listening address=(\S+)")
+        # Generous: compiling Python and JS policies takes a while on 2 cores.
+        m = self.proc.wait_for(r"veil is listening address=(\S+)", timeout=180)
         self.url = f"{scheme}://" + m.group(1)
         self.metrics_url = "http://" + self.proc.wait_for(r"metrics endpoint is listening address=(\S+)").group(1) + "/metrics"
         admin = re.search(r"admin API is listening address=(\S+)", self.proc.output())
@@ -313,7 +318,12 @@ CLIENT_ENV_DROP = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TO
 def agent_env(veil, ca, token_file):
     """The environment an agent needs to reach AWS through Veil: nothing else."""
     env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_DROP}
+    # The AWS CLI caches web-identity credentials under ~/.aws/cli/cache, by
+    # role and not by token: one home per token keeps identities apart.
+    home = Path(token_file).parent / f"home-{Path(token_file).name}"
+    home.mkdir(exist_ok=True)
     env.update({
+        "HOME": str(home),
         "AWS_ENDPOINT_URL": veil.url,
         "AWS_WEB_IDENTITY_TOKEN_FILE": str(token_file),
         "AWS_ROLE_ARN": ROLE_ARN,

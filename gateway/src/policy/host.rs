@@ -151,7 +151,7 @@ impl Host {
             // Reset used slots by rewriting only their dirty pages (pagemap
             // scan) instead of unmapping them: the next instance then runs
             // without page faults. This is most of the per-call cost.
-            .linear_memory_keep_resident(4 << 20)
+            .linear_memory_keep_resident(limits.memory_bytes)
             .table_keep_resident(64 << 10)
             .pagemap_scan(wasmtime::Enabled::Auto);
         let mut config = Config::new();

@@ -1,0 +1,109 @@
+"""`risky-actions` in Python: the same rules, reasons and configuration as
+the Rust policy in policies/risky-actions (see its docs). Built by
+`make policies` into target/policies/python/risky-actions.wasm."""
+
+from veil_policy import Policy, Verdict, ascii_lower, export, glob, rust_trim, sorted_items
+
+DENY = [
+    "organizations:LeaveOrganization",
+    "organizations:DeleteOrganization",
+    "account:CloseAccount",
+    "iam:DeleteAccountPasswordPolicy",
+    "cloudtrail:StopLogging",
+    "cloudtrail:DeleteTrail",
+    "guardduty:DeleteDetector",
+    "guardduty:DisassociateFromMasterAccount",
+    "config:DeleteConfigurationRecorder",
+    "config:StopConfigurationRecorder",
+    "securityhub:DisableSecurityHub",
+    "access-analyzer:DeleteAnalyzer",
+]
+
+APPROVAL = [
+    "iam:CreateUser",
+    "iam:CreateAccessKey",
+    "iam:CreateLoginProfile",
+    "iam:UpdateLoginProfile",
+    "iam:CreateServiceSpecificCredential",
+    "iam:AttachUserPolicy",
+    "iam:AttachRolePolicy",
+    "iam:AttachGroupPolicy",
+    "iam:PutUserPolicy",
+    "iam:PutRolePolicy",
+    "iam:PutGroupPolicy",
+    "iam:AddUserToGroup",
+    "iam:CreateRole",
+    "iam:UpdateAssumeRolePolicy",
+    "iam:CreatePolicyVersion",
+    "iam:SetDefaultPolicyVersion",
+    "iam:PassRole",
+    "ssm:StartSession",
+    "ssm:SendCommand",
+    "lambda:AddPermission",
+    "lambda:CreateFunctionUrlConfig",
+    "s3:PutBucketPolicy",
+    "s3:PutBucketAcl",
+    "s3:DeletePublicAccessBlock",
+    "s3:DeleteBucketPolicy",
+    "kms:ScheduleKeyDeletion",
+    "kms:PutKeyPolicy",
+    "kms:CreateGrant",
+    "secretsmanager:PutResourcePolicy",
+    "ec2:ModifySnapshotAttribute",
+    "ec2:ModifyImageAttribute",
+]
+
+ADMIN_ROLE_PATTERNS = ["*admin*", "*OrganizationAccountAccessRole*", "*poweruser*"]
+OPEN_CIDRS = ["0.0.0.0/0", "::/0"]
+INGRESS_ACTIONS = ["ec2:AuthorizeSecurityGroupIngress", "ec2:ModifySecurityGroupRules"]
+
+
+def first_match(patterns, text):
+    """The first pattern matching `text`, ASCII case-insensitively."""
+    text = ascii_lower(text)
+    return next((p for p in patterns if glob(ascii_lower(p), text)), None)
+
+
+def find_string(v, needles):
+    """Any string anywhere in `v` equal (after trimming) to one of `needles`."""
+    if isinstance(v, str):
+        return next((n for n in needles if n == rust_trim(v)), None)
+    if isinstance(v, list):
+        items = v
+    elif isinstance(v, dict):
+        items = [value for _, value in sorted_items(v)]
+    else:
+        return None
+    for item in items:
+        found = find_string(item, needles)
+        if found is not None:
+            return found
+    return None
+
+
+class RiskyActions(Policy):
+    name = "risky-actions"
+    version = "1.0.0"
+
+    def on_request(self, req):
+        action = req.qualified_action
+        p = first_match(req.config_list("deny", DENY), action)
+        if p is not None:
+            return Verdict.deny(f"{action} is forbidden by risky-actions (rule `{p}`)")
+        p = first_match(req.config_list("approval", APPROVAL), action)
+        if p is not None:
+            return Verdict.approval_required(f"{action} changes identities or access (rule `{p}`)")
+        if ascii_lower(action) == "sts:assumerole":
+            role = req.param_str("RoleArn")
+            role = "" if role is None else role
+            p = first_match(req.config_list("admin_role_patterns", ADMIN_ROLE_PATTERNS), role)
+            if p is not None:
+                return Verdict.approval_required(f"sts:AssumeRole into {role} matches admin pattern `{p}`")
+        if first_match(req.config_list("ingress_actions", INGRESS_ACTIONS), action) is not None:
+            cidr = find_string(req.params, req.config_list("open_cidrs", OPEN_CIDRS))
+            if cidr is not None:
+                return Verdict.approval_required(f"{action} opens the security group to {cidr}")
+        return Verdict.allow()
+
+
+WitWorld = export(RiskyActions)

@@ -1,0 +1,227 @@
+// JavaScript SDK for Veil policies.
+//
+// A Veil policy is a WebAssembly component exporting the `veil:policy/policy`
+// world of wit/veil-policy.wit. componentize-js generates the bindings from
+// that one WIT file when it builds the component; this module gives them the
+// same small API as the Rust SDK:
+//
+//   import { Mask, ResponseDecision, Verdict, exportPolicy } from "veil-policy";
+//
+//   export const { info, onRequest, onResponse } = exportPolicy({
+//     name: "no-iam-writes",
+//     version: "1.0.0",
+//     onRequest(req) {
+//       if (req.service === "iam" && !/^(Get|List)/.test(req.action))
+//         return Verdict.deny(`${req.qualifiedAction} is not allowed through Veil`);
+//       return Verdict.allow();
+//     },
+//     onResponse(req, resp) {
+//       if (req.hasGroup("secrets-admin")) return ResponseDecision.allow();
+//       return ResponseDecision.masks([Mask.redact("**.SecretAccessKey")]);
+//     },
+//   });
+//
+// Helpers behave exactly like the Rust SDK's, so a policy ported between the
+// languages gives byte-for-byte the same decisions. An exception escaping a
+// hook traps the instance; the gateway treats a trap as a deny (fail closed).
+
+/** A decision on a request, in the WIT variant's shape. */
+export const Verdict = {
+  allow: () => ({ tag: "allow" }),
+  deny: (reason) => ({ tag: "deny", val: String(reason) }),
+  approvalRequired: (reason) => ({ tag: "approval-required", val: String(reason) }),
+};
+
+/** One masking instruction: a selector and a style. */
+export const Mask = {
+  redact: (path) => ({ path: String(path), style: "redact" }),
+  hash: (path) => ({ path: String(path), style: "hash" }),
+  partial: (path) => ({ path: String(path), style: "partial" }),
+};
+
+/** A decision on a response: masks to apply, or a deny. */
+export const ResponseDecision = {
+  allow: () => ({ deny: undefined, masks: [] }),
+  masks: (masks) => ({ deny: undefined, masks: [...masks] }),
+  deny: (reason) => ({ deny: String(reason), masks: [] }),
+};
+
+const isObject = (v) => v !== null && typeof v === "object" && !Array.isArray(v);
+const get = (obj, key) => (isObject(obj) && Object.prototype.hasOwnProperty.call(obj, key) ? obj[key] : undefined);
+
+function lazy(what, text) {
+  let parsed = false;
+  let value;
+  return () => {
+    if (!parsed) {
+      try {
+        value = JSON.parse(text);
+      } catch (e) {
+        throw new Error(`veil: ${what} is not valid JSON: ${e.message}`);
+      }
+      parsed = true;
+    }
+    return value;
+  };
+}
+
+/** One call as a policy sees it: identity, operation, parameters, config. */
+export class Request {
+  /** A request from parsed parts (for unit tests of policies). */
+  static of(service, action, claims = {}, params = {}, config = {}) {
+    const sub = get(claims, "sub");
+    return new Request({
+      identity: { issuer: "https://issuer.test", subject: typeof sub === "string" ? sub : "test", claimsJson: JSON.stringify(claims) },
+      operation: { service, action, region: "us-east-1", resource: undefined },
+      paramsJson: JSON.stringify(params),
+      configJson: JSON.stringify(config),
+    });
+  }
+
+  constructor(call) {
+    this.issuer = call.identity.issuer;
+    this.subject = call.identity.subject;
+    this.service = call.operation.service;
+    this.action = call.operation.action;
+    this.region = call.operation.region;
+    this.resource = call.operation.resource;
+    this._claims = lazy("claims-json", call.identity.claimsJson);
+    this._params = lazy("params-json", call.paramsJson);
+    this._config = lazy("config-json", call.configJson);
+  }
+
+  /** All claims of the token. */
+  get claims() { return this._claims(); }
+  /** Request parameters. */
+  get params() { return this._params(); }
+  /** This policy's configuration (`{}` when none). */
+  get config() { return this._config(); }
+  /** `service:Action`, the form IAM policies use (`iam:CreateUser`). */
+  get qualifiedAction() { return `${this.service}:${this.action}`; }
+
+  /** A string claim, if present and a string. */
+  claimStr(name) {
+    const v = get(this.claims, name);
+    return typeof v === "string" ? v : undefined;
+  }
+
+  /** A claim holding a list of strings (or one string of names separated by spaces or commas). */
+  claimList(name) {
+    const v = get(this.claims, name);
+    if (Array.isArray(v)) return v.filter((s) => typeof s === "string");
+    if (typeof v === "string") return v.split(/[ ,]/).filter((g) => g !== "");
+    return [];
+  }
+
+  /** The caller's groups: the `groups` claim. */
+  get groups() { return this.claimList("groups"); }
+  /** Whether the caller is in `group`. */
+  hasGroup(group) { return this.groups.includes(group); }
+
+  /** A string parameter of the request. */
+  paramStr(name) {
+    const v = get(this.params, name);
+    return typeof v === "string" ? v : undefined;
+  }
+
+  /** A list of strings from the policy config, or `fallback` when the key is
+   * absent. Anything else throws (a trap: the gateway denies and reports the
+   * misconfiguration). */
+  configList(key, fallback) {
+    if (!isObject(this.config) || !Object.prototype.hasOwnProperty.call(this.config, key)) return [...fallback];
+    const v = this.config[key];
+    if (Array.isArray(v) && v.every((s) => typeof s === "string")) return [...v];
+    throw new Error(`config \`${key}\` must be a list of strings`);
+  }
+}
+
+/** The upstream response as a policy sees it. */
+export class Response {
+  constructor(r) {
+    this.status = r.status;
+    this._body = lazy("body-json", r.bodyJson);
+  }
+  /** The body as JSON. */
+  get body() { return this._body(); }
+}
+
+/** The world's exports (`info`, `onRequest`, `onResponse`) for a policy object
+ * with `name`, `version` and optional `onRequest(req)` / `onResponse(req, resp)`. */
+export function exportPolicy(policy) {
+  const exports = {
+    info: () => ({ name: policy.name, version: policy.version }),
+    onRequest: (c) => (policy.onRequest ? policy.onRequest(new Request(c)) : Verdict.allow()),
+    onResponse: (c, r) => (policy.onResponse ? policy.onResponse(new Request(c), new Response(r)) : ResponseDecision.allow()),
+  };
+  warmUp(exports);
+  return exports;
+}
+
+// componentize-js snapshots the engine after this module's top level has run,
+// and every call starts from that snapshot on a fresh instance. SpiderMonkey
+// compiles a function's bytecode on its first call, so without this every
+// call would pay to compile the SDK and the policy again. Running both hooks
+// on sample calls here puts the compiled code into the snapshot. The sample
+// calls see no caller's data, so nothing of one caller can reach another.
+function warmUp(exports) {
+  const sample = (service, action, params, body) => {
+    const call = {
+      identity: { issuer: "https://issuer.test", subject: "warm-up", claimsJson: '{"sub":"warm-up","groups":["warm-up"]}' },
+      operation: { service, action, region: "us-east-1", resource: undefined },
+      paramsJson: JSON.stringify(params),
+      configJson: "{}",
+    };
+    for (let i = 0; i < 3; i++) {
+      try {
+        exports.onRequest(call);
+        exports.onResponse(call, { status: 200, bodyJson: JSON.stringify(body) });
+      } catch (_) {
+        // A policy may reject a sample call; only compilation matters here.
+      }
+    }
+  };
+  sample("secretsmanager", "GetSecretValue", { SecretId: "warm-up" }, { Name: "warm-up", SecretString: "{}" });
+  sample("ssm", "GetParameters", { Names: ["/warm-up"] }, { Parameters: [{ Name: "/warm-up", Value: "x" }] });
+  sample("ec2", "AuthorizeSecurityGroupIngress", { IpPermissions: [{ IpRanges: [{ CidrIp: "10.0.0.0/8" }] }] }, {});
+  sample("sts", "AssumeRole", { RoleArn: "arn:aws:iam::123456789012:role/warm-up" }, {});
+}
+
+// Helpers with exactly the Rust standard library's semantics, so that ported
+// policies decide identically.
+
+/** Lower-case ASCII letters only (as IAM compares action names). */
+export const asciiLower = (s) => s.replace(/[A-Z]/g, (c) => c.toLowerCase());
+
+// Rust's char::is_whitespace (Unicode White_Space), which str::trim strips.
+const RUST_WS = "[\\t\\n\\v\\f\\r \\x85\\xa0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000]";
+const TRIM = new RegExp(`^${RUST_WS}+|${RUST_WS}+$`, "g");
+
+/** Strip Unicode White_Space from both ends. */
+export const rustTrim = (s) => s.replace(TRIM, "");
+
+/** Compare strings by code point (UTF-8 byte order, the Rust SDK's key order). */
+export function compareCodePoints(a, b) {
+  const x = Array.from(a, (c) => c.codePointAt(0));
+  const y = Array.from(b, (c) => c.codePointAt(0));
+  for (let i = 0; i < Math.min(x.length, y.length); i++) if (x[i] !== y[i]) return x[i] - y[i];
+  return x.length - y.length;
+}
+
+/** An object's values in key order (the order the Rust SDK sees them). */
+export const sortedValues = (obj) => Object.keys(obj).sort(compareCodePoints).map((k) => obj[k]);
+
+/** Whether `text` matches `pattern`, where `*` matches any run. */
+export function glob(pattern, text) {
+  const parts = pattern.split("*");
+  const first = parts.shift();
+  if (!text.startsWith(first)) return false;
+  let rest = text.slice(first.length);
+  if (parts.length === 0) return rest === "";
+  const last = parts.pop();
+  for (const part of parts) {
+    const i = rest.indexOf(part);
+    if (i < 0) return false;
+    rest = rest.slice(i + part.length);
+  }
+  return rest.length >= last.length && rest.endsWith(last);
+}

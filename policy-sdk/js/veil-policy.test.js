@@ -1,0 +1,41 @@
+// Unit tests of the JS SDK's helpers, on the host's Node.js (`npm test`):
+// they must behave exactly like the Rust SDK's.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+import { Mask, Request, ResponseDecision, Verdict, compareCodePoints, glob, rustTrim, sortedValues } from "./veil-policy.js";
+
+test("glob matches like the Rust policy", () => {
+  assert.ok(glob("iam:create*", "iam:createuser"));
+  assert.ok(glob("*admin*", "arn:aws:iam::1:role/admin"));
+  assert.ok(glob("a*b*c", "axxbyyc"));
+  assert.ok(!glob("a*b*c", "axxbyy"));
+  assert.ok(glob("exact", "exact"));
+  assert.ok(!glob("exact", "exactly"));
+  assert.ok(!glob("*ab*ab", "ab"));
+});
+
+test("claims, params and config helpers", () => {
+  const req = Request.of("iam", "CreateUser", { sub: "a", groups: "ops, dev", roles: ["x", 1] }, { UserName: "bob", Count: 3 }, { deny: ["a:*"], bad: "x" });
+  assert.equal(req.qualifiedAction, "iam:CreateUser");
+  assert.deepEqual(req.groups, ["ops", "dev"]);
+  assert.ok(req.hasGroup("dev"));
+  assert.deepEqual(req.claimList("roles"), ["x"]);
+  assert.equal(req.paramStr("UserName"), "bob");
+  assert.equal(req.paramStr("Count"), undefined);
+  assert.deepEqual(req.configList("deny", ["d"]), ["a:*"]);
+  assert.deepEqual(req.configList("absent", ["d"]), ["d"]);
+  assert.throws(() => req.configList("bad", []), /config `bad` must be a list of strings/);
+  assert.deepEqual(Request.of("s", "A", {}, {}, [1]).configList("k", ["d"]), ["d"]);
+});
+
+test("Rust semantics of trim and key order", () => {
+  assert.equal(rustTrim("\u3000 0.0.0.0/0\t\n"), "0.0.0.0/0");
+  assert.equal(rustTrim("\ufeff0.0.0.0/0"), "\ufeff0.0.0.0/0"); // not White_Space in Rust
+  assert.deepEqual(sortedValues({ b: 1, Z: 2, "\u{1F600}": 3, "\uFFFD": 4, 10: 5, 9: 6 }), [5, 6, 2, 1, 4, 3]);
+  assert.ok(compareCodePoints("\uFFFD", "\u{1F600}") < 0);
+});
+
+test("decisions have the WIT shapes", () => {
+  assert.deepEqual(Verdict.approvalRequired("r"), { tag: "approval-required", val: "r" });
+  assert.deepEqual(ResponseDecision.masks([Mask.partial("a")]), { deny: undefined, masks: [{ path: "a", style: "partial" }] });
+});

@@ -1,0 +1,40 @@
+"""Unit tests of the Python SDK's helpers, on the host's CPython: they must
+behave exactly like the Rust SDK's."""
+import pytest
+
+from veil_policy import Mask, PolicyError, Request, Response, ResponseDecision, Verdict, glob, rust_trim, sorted_items
+
+
+def test_glob_matches_like_the_rust_policy():
+    assert glob("iam:create*", "iam:createuser")
+    assert glob("*admin*", "arn:aws:iam::1:role/admin")
+    assert glob("a*b*c", "axxbyyc")
+    assert not glob("a*b*c", "axxbyy")
+    assert glob("exact", "exact")
+    assert not glob("exact", "exactly")
+    assert not glob("*ab*ab", "ab")
+
+
+def test_claims_params_and_config_helpers():
+    req = Request("iam", "CreateUser", {"sub": "a", "groups": "ops, dev", "roles": ["x", 1]},
+                  {"UserName": "bob", "Count": 3}, {"deny": ["a:*"], "bad": "x"})
+    assert req.qualified_action == "iam:CreateUser" and req.subject == "a"
+    assert req.groups == ["ops", "dev"] and req.has_group("dev")
+    assert req.claim_list("roles") == ["x"] and req.claim_list("missing") == []
+    assert req.param_str("UserName") == "bob" and req.param_str("Count") is None
+    assert req.config_list("deny", ["d"]) == ["a:*"] and req.config_list("absent", ["d"]) == ["d"]
+    with pytest.raises(PolicyError, match="config `bad` must be a list of strings"):
+        req.config_list("bad", [])
+    assert Request("s", "A", config=[1]).config_list("k", ["d"]) == ["d"]
+
+
+def test_rust_semantics_of_trim_and_key_order():
+    assert rust_trim("\u3000 0.0.0.0/0\t\n") == "0.0.0.0/0"
+    assert rust_trim("\x1c0.0.0.0/0") == "\x1c0.0.0.0/0"  # not White_Space in Rust
+    assert [k for k, _ in sorted_items({"b": 1, "Z": 2, "é": 3, "a": 4})] == ["Z", "a", "b", "é"]
+
+
+def test_decisions():
+    assert Verdict.deny("no") == Verdict("deny", "no")
+    assert ResponseDecision.masks([Mask.hash("a.b")]).mask_list == [Mask("a.b", "hash")]
+    assert Response(200, {"x": 1}).body == {"x": 1}
