@@ -1,0 +1,143 @@
+"""Hostile clients against the real gateway: each attack gets a clear error or
+a closed connection, nothing reaches AWS, and the gateway keeps serving."""
+import json
+import socket
+import ssl
+import time
+
+import requests
+
+import harness
+
+
+def tls_socket(stack, timeout=10):
+    ctx = ssl.create_default_context(cafile=str(stack["ca"]))
+    ctx.set_alpn_protocols(["http/1.1"])
+    host, port = stack["veil"].url.removeprefix("https://").rsplit(":", 1)
+    raw = socket.create_connection((host, int(port)), timeout=timeout)
+    return ctx.wrap_socket(raw, server_hostname="localhost")
+
+
+def exchange(stack, data, timeout=10):
+    """Send raw bytes; return everything the gateway answers before closing
+    or going quiet (b"" when it just closes)."""
+    s = tls_socket(stack, timeout)
+    out = b""
+    try:
+        s.sendall(data)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except (socket.timeout, ssl.SSLError, ConnectionResetError, BrokenPipeError):
+        pass
+    finally:
+        s.close()
+    return out
+
+
+def status_of(response):
+    line = response.split(b"\r\n", 1)[0]
+    return int(line.split()[1]) if line.startswith(b"HTTP/1.1 ") else None
+
+
+def still_serving(stack, tmp_path):
+    with harness.agent(stack, tmp_path) as s:
+        assert s.client("sts").get_caller_identity()["Arn"]
+
+
+def bearer_headers(stack, target, **claims):
+    return {"Authorization": f"Bearer {harness.mint(stack['issuer'], **claims)}", "X-Veil-Service": "secretsmanager",
+            "X-Veil-Region": "us-east-1", "X-Amz-Target": f"secretsmanager.{target}", "Content-Type": "application/x-amz-json-1.1"}
+
+
+def test_oversize_headers_are_refused(stack, tmp_path):
+    req = b"GET / HTTP/1.1\r\nHost: localhost\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n"
+    got = exchange(stack, req)
+    assert got == b"" or status_of(got) == 431, got[:200]
+    still_serving(stack, tmp_path)
+
+
+def test_request_smuggling_is_refused(stack, tmp_path):
+    """CL/TE conflicts and obs-fold: refused, and the smuggled call never runs."""
+    name = f"smuggled-{time.time_ns()}"
+    inner = json.dumps({"Name": name, "SecretString": "x"}).encode()
+    smuggled = (b"POST / HTTP/1.1\r\nHost: localhost\r\nX-Amz-Target: secretsmanager.CreateSecret\r\n"
+                b"Content-Length: " + str(len(inner)).encode() + b"\r\n\r\n" + inner)
+    body = b"0\r\n\r\n" + smuggled
+    attacks = [
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: " + str(len(body)).encode() + b"\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" + body,
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n" + body,
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"POST / HTTP/1.1\r\nHost: localhost\r\nX-Folded: a\r\n b\r\nContent-Length: 0\r\n\r\n",
+    ]
+    for attack in attacks:
+        got = exchange(stack, attack)
+        codes = [int(l.split()[1]) for l in got.split(b"\r\n") if l.startswith(b"HTTP/1.1 ")]
+        assert all(c >= 400 for c in codes), got[:300]
+        assert len(codes) <= 1, f"two responses on one connection: {got[:300]}"
+    names = [s["Name"] for s in harness.moto_client(stack["moto"], "secretsmanager").list_secrets()["SecretList"]]
+    assert name not in names
+    still_serving(stack, tmp_path)
+
+
+def test_slowloris_connections_are_closed(stack):
+    """A client that never finishes its headers is cut off (header timeout)."""
+    s = tls_socket(stack, timeout=30)
+    s.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+    started = time.time()
+    closed = False
+    try:
+        while time.time() - started < 25:
+            s.sendall(b"X-Slow: 1\r\n")
+            time.sleep(1)
+    except (BrokenPipeError, ConnectionResetError, ssl.SSLError, socket.timeout, OSError):
+        closed = True
+    finally:
+        s.close()
+    assert closed, "a connection that never finished its headers stayed open for 25 s"
+
+
+def test_invalid_json_bodies_get_an_aws_error_and_nothing_is_forwarded(stack, tmp_path):
+    url = stack["veil"].url + "/"
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for body in [b"\xff\xfe not utf-8", b'{"SecretId": "unterminated', deep, b'{"Name": "' + b"\xc3\x28" + b'"}']:
+        r = requests.post(url, data=body, headers=bearer_headers(stack, "CreateSecret"), verify=str(stack["ca"]), timeout=30)
+        assert 400 <= r.status_code < 500, (body[:40], r.status_code, r.text[:200])
+        assert r.json()["__type"], r.text
+    still_serving(stack, tmp_path)
+
+
+def test_oversize_body_is_refused(stack, tmp_path):
+    body = b'{"Name": "x", "SecretString": "' + b"a" * (11 << 20) + b'"}'
+    try:
+        r = requests.post(stack["veil"].url + "/", data=body, headers=bearer_headers(stack, "CreateSecret"),
+                          verify=str(stack["ca"]), timeout=60)
+        assert r.status_code == 413, r.text[:200]
+    except requests.exceptions.ConnectionError:
+        pass  # closed while the client was still sending: also a refusal
+    still_serving(stack, tmp_path)
+
+
+def test_tokens_with_huge_claims_are_refused(stack):
+    token = harness.mint(stack["issuer"], padding="x" * 60_000)
+    r = requests.post(stack["veil"].url + "/", data="{}", verify=str(stack["ca"]), timeout=30,
+                      headers={**bearer_headers(stack, "ListSecrets"), "Authorization": f"Bearer {token}"})
+    assert r.status_code in (400, 403, 431), r.text[:200]
+
+
+def test_seeded_secrets_never_reach_the_logs(stack, tmp_path):
+    """The gateway's own log (every line it wrote in this session's stack)
+    never holds a secret value that passed through it."""
+    secret = f"log-canary-{time.time_ns()}-Zq9"
+    name = f"prod/search/canary-{time.time_ns()}"
+    harness.moto_client(stack["moto"], "secretsmanager").create_secret(Name=name, SecretString=secret)
+    with harness.agent(stack, tmp_path, groups=["search"]) as s:
+        assert s.client("secretsmanager").get_secret_value(SecretId=name)["SecretString"] == "***"
+    r = requests.post(stack["veil"].url + "/", data=json.dumps({"SecretId": name, "x": secret}), verify=str(stack["ca"]), timeout=30,
+                      headers=bearer_headers(stack, "GetSecretValue", groups=["search"]))
+    assert r.status_code in (200, 400), r.text
+    assert secret not in r.text
+    assert secret not in stack["veil"].proc.output()
