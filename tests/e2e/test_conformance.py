@@ -45,3 +45,19 @@ def test_bad_case_files_name_the_file(tmp_path):
     (tmp_path / "broken.json").write_text('{"operation": "iam:CreateUser"}')
     out = run(harness.POLICIES / "risky-actions.wasm", tmp_path)
     assert out.returncode == 1 and "broken.json" in out.stderr
+
+
+def test_ports_restate_the_same_default_rules():
+    """Each build must carry its defaults, so the Python and JS ports restate
+    the Rust policy's rule lists; they must stay identical, in order."""
+    import re
+    # Each file, up to where its code starts after the rule lists.
+    sources = {
+        "rust": (harness.ROOT / "policies" / "risky-actions" / "src" / "lib.rs", "struct RiskyActions;"),
+        "python": (harness.ROOT / "policies" / "python" / "risky-actions" / "app.py", "def first_match"),
+        "js": (harness.ROOT / "policies" / "js" / "risky-actions" / "policy.js", "function firstMatch"),
+    }
+    rules = {lang: re.findall(r'"([^"\s]+)"', path.read_text().split(end)[0].split("DENY", 1)[1])
+             for lang, (path, end) in sources.items()}
+    assert len(rules["rust"]) > 40
+    assert rules["python"] == rules["rust"] and rules["js"] == rules["rust"]
