@@ -14,7 +14,7 @@ use std::time::Duration;
 use crate::admin::Admin;
 use crate::approvals::{Approvals, FileStore, Webhook};
 use crate::audit::shipper::{self, ClickHouse, QueryArgs, Shipper};
-use crate::pipeline::GatewayParts;
+use crate::pipeline::{GatewayParts, ParsedBody};
 use crate::policy::reload::{self, Loader};
 use crate::audit::{self as audit_mod, Audit};
 use crate::config::Config;
@@ -603,6 +603,9 @@ struct Case {
     #[serde(default)]
     config: serde_json::Map<String, Value>,
     response: Option<Value>,
+    /// The upstream body exactly as AWS sends it (JSON or XML text), parsed
+    /// and written back with the gateway's codec for the service's protocol.
+    response_wire: Option<String>,
     #[serde(default = "default_status")]
     status: u16,
     expect: Expect,
@@ -621,6 +624,9 @@ struct Expect {
     reasons: Option<Vec<String>>,
     /// Every mask the policy returned (`{"path", "style"}`), exactly and in order.
     masks: Option<Vec<Value>>,
+    /// The masked body as the caller receives it on the wire, exactly
+    /// (with `response_wire`).
+    wire: Option<String>,
 }
 
 fn default_region() -> String {
@@ -659,9 +665,22 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
             subject: claims.get("sub").and_then(Value::as_str).unwrap_or("conformance").to_string(),
             claims,
         };
+        let (response, mut wire) = match (case.response, &case.response_wire) {
+            (Some(_), Some(_)) => bail!("{}: give `response` or `response_wire`, not both", file.display()),
+            (_, Some(raw)) => {
+                let protocol = crate::aws::protocol_of(&op.service)
+                    .with_context(|| format!("{}: no AWS protocol known for service {:?}", file.display(), op.service))?;
+                let query_action = (protocol == crate::aws::Protocol::Query).then(|| op.action.clone());
+                let mut parsed = ParsedBody::parse(protocol, raw.as_bytes())
+                    .map_err(|e| anyhow::anyhow!("{}: response_wire: {e}", file.display()))?;
+                let view = parsed.view(query_action.as_deref());
+                (Some(view), Some((parsed, query_action)))
+            }
+            (response, None) => (response, None),
+        };
         let set = PolicySet::new(vec![Arc::new(LoadedPolicy { compiled: compiled.clone(), config_json: Value::Object(case.config).to_string() })]);
         let call = CallInput { identity, operation: op, params: Value::Object(case.params) };
-        let out = evaluate(&set, &call, case.status, case.response, &HashKey::new(b"veil-conformance".to_vec()));
+        let out = evaluate(&set, &call, case.status, response, &HashKey::new(b"veil-conformance".to_vec()));
         let got = out["verdict"].as_str().unwrap_or("?").to_string();
         let mut problems = Vec::new();
         if got != case.expect.verdict {
@@ -687,6 +706,18 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
         if let Some(want) = &case.expect.masks {
             if out["masks"] != json!(want) {
                 problems.push(format!("masks {}, want {}", out["masks"], json!(want)));
+            }
+        }
+        if let Some(want) = &case.expect.wire {
+            match (&mut wire, &out["body"]) {
+                (None, _) => problems.push("expect.wire needs response_wire".to_string()),
+                (Some(_), Value::Null) => problems.push("no body reached the caller".to_string()),
+                (Some((parsed, query_action)), body) => {
+                    let got = String::from_utf8_lossy(&parsed.serialise(query_action.as_deref(), body)).into_owned();
+                    if &got != want {
+                        problems.push(format!("wire {got:?}, want {want:?}"));
+                    }
+                }
             }
         }
         let result = if problems.is_empty() { "pass".to_string() } else { format!("FAIL: {}", problems.join("; ")) };

@@ -785,14 +785,15 @@ where
 
 /// A response body parsed for policies, kept so masks can be written back
 /// in the same protocol.
-enum ParsedBody {
+pub enum ParsedBody {
     Empty,
     Json(Value),
     Xml(Document),
 }
 
 impl ParsedBody {
-    fn parse(protocol: Protocol, raw: &[u8]) -> Result<ParsedBody, String> {
+    /// Parse a response body of `protocol`.
+    pub fn parse(protocol: Protocol, raw: &[u8]) -> Result<ParsedBody, String> {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return Ok(ParsedBody::Empty);
         }
@@ -803,7 +804,8 @@ impl ParsedBody {
         }
     }
 
-    fn view(&mut self, query_action: Option<&str>) -> Value {
+    /// The body as policies see it: JSON, whatever the protocol.
+    pub fn view(&mut self, query_action: Option<&str>) -> Value {
         match self {
             ParsedBody::Empty => json!({}),
             ParsedBody::Json(v) => v.clone(),
@@ -811,7 +813,8 @@ impl ParsedBody {
         }
     }
 
-    fn serialise(&mut self, query_action: Option<&str>, masked: &Value) -> Bytes {
+    /// The body in its own protocol with the masked view written back.
+    pub fn serialise(&mut self, query_action: Option<&str>, masked: &Value) -> Bytes {
         match self {
             ParsedBody::Empty => Bytes::new(),
             ParsedBody::Json(_) => Bytes::from(serde_json::to_vec(masked).unwrap_or_default()),

@@ -28,6 +28,16 @@ def test_shipped_policies_pass_their_cases(policy, lang):
     assert f"{cases} cases, {cases} passed, 0 failed" in out.stdout and "FAIL" not in out.stdout
 
 
+def test_default_masking_per_protocol_on_the_wire():
+    """aws-sensitive on real-shaped JSON, query, EC2, rest-xml and rest-json
+    responses, through the gateway's codecs, to the exact masked bytes."""
+    cases = harness.ROOT / "tests" / "masking"
+    out = run(harness.POLICIES / "aws-sensitive.wasm", cases)
+    assert out.returncode == 0, out.stdout + out.stderr
+    n = len(list(cases.glob("*.json")))
+    assert f"{n} cases, {n} passed, 0 failed" in out.stdout
+
+
 def test_a_wrong_expectation_fails_with_a_table_and_exit_1(tmp_path):
     for f in (CASES / "secrets-by-team").glob("*.json"):
         (tmp_path / f.name).write_text(f.read_text())
