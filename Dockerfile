@@ -4,7 +4,7 @@ WORKDIR /src
 COPY . .
 RUN rustup target add wasm32-wasip2 \
  && cargo build --release --locked \
- && make policies
+ && make rust-policies
 
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*

@@ -12,12 +12,16 @@ PY_SDK := $(wildcard policy-sdk/python/veil_policy/*.py)
 JS_SDK := policy-sdk/js/veil-policy.js
 COMPONENTIZE_JS := policy-sdk/js/node_modules/.bin/componentize-js
 
-.PHONY: build policies demo test deps bench
+.PHONY: build policies rust-policies lang-policies demo test deps bench
 
 build:
 	$(CARGO) build --release --locked
 
-policies: $(foreach p,$(LANG_POLICIES),$(POLICY_OUT)/python/$(p).wasm $(POLICY_OUT)/js/$(p).wasm)
+policies: rust-policies lang-policies
+
+# The Rust policies Veil ships (the container image builds only these) and the
+# test fixtures.
+rust-policies:
 	@rustup target list --installed | grep -qx wasm32-wasip2 || rustup target add wasm32-wasip2 >/dev/null
 	$(CARGO) build --locked --profile wasm --target wasm32-wasip2 $(addprefix -p ,$(POLICY_CRATES) $(FIXTURE_CRATES))
 	@mkdir -p $(POLICY_OUT)/fixtures
@@ -29,8 +33,10 @@ policies: $(foreach p,$(LANG_POLICIES),$(POLICY_OUT)/python/$(p).wasm $(POLICY_O
 	  cp target/wasm32-wasip2/wasm/versioned.wasm $(POLICY_OUT)/fixtures/versioned-$$v.wasm || exit 1; \
 	done
 
-# Python and JS policies are rebuilt only when their sources change: each
+# The Python and JS ports, rebuilt only when their sources change: each
 # build runs the language's interpreter to snapshot it (10-20 s).
+lang-policies: $(foreach p,$(LANG_POLICIES),$(POLICY_OUT)/python/$(p).wasm $(POLICY_OUT)/js/$(p).wasm)
+
 $(POLICY_OUT)/python/%.wasm: policies/python/%/app.py $(PY_SDK) $(WIT)
 	@mkdir -p $(@D)
 	componentize-py -d $(WIT) -w policy componentize -p policy-sdk/python -p policies/python/$* app -o $@ >/dev/null
