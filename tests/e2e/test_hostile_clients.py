@@ -141,3 +141,90 @@ def test_seeded_secrets_never_reach_the_logs(stack, tmp_path):
     assert r.status_code in (200, 400), r.text
     assert secret not in r.text
     assert secret not in stack["veil"].proc.output()
+
+
+def h2_connection(stack):
+    import h2.config
+    import h2.connection
+    ctx = ssl.create_default_context(cafile=str(stack["ca"]))
+    ctx.set_alpn_protocols(["h2"])
+    host, port = stack["veil"].url.removeprefix("https://").rsplit(":", 1)
+    s = ctx.wrap_socket(socket.create_connection((host, int(port)), timeout=10), server_hostname="localhost")
+    assert s.selected_alpn_protocol() == "h2"
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    s.sendall(conn.data_to_send())
+    return s, conn
+
+
+def h2_events(s, conn, seconds):
+    """Read frames for up to `seconds`; returns the events, and whether the
+    server closed the connection."""
+    events, deadline = [], time.time() + seconds
+    s.settimeout(0.5)
+    while time.time() < deadline:
+        try:
+            data = s.recv(65536)
+        except socket.timeout:
+            continue
+        except (ssl.SSLError, ConnectionResetError, OSError):
+            return events, True
+        if not data:
+            return events, True
+        events += conn.receive_data(data)
+        out = conn.data_to_send()
+        if out:
+            try:
+                s.sendall(out)
+            except OSError:
+                return events, True
+    return events, False
+
+
+def test_http2_rapid_reset_gets_goaway(stack, tmp_path):
+    """CVE-2023-44487: streams opened and reset at once, in bulk, make the
+    gateway end the connection instead of working for each."""
+    import h2.events
+    s, conn = h2_connection(stack)
+    headers = [(":method", "POST"), (":scheme", "https"), (":authority", "localhost"), (":path", "/")]
+    try:
+        for i in range(500):
+            sid = conn.get_next_available_stream_id()
+            conn.send_headers(sid, headers)
+            conn.reset_stream(sid)
+            try:
+                s.sendall(conn.data_to_send())
+            except OSError:
+                break
+        events, closed = h2_events(s, conn, 5)
+    finally:
+        s.close()
+    assert closed or any(isinstance(e, h2.events.ConnectionTerminated) for e in events), events[:5]
+    still_serving(stack, tmp_path)
+
+
+def test_http2_stream_flood_is_capped(stack, tmp_path):
+    """More concurrent streams than the gateway allows: the excess is refused
+    (REFUSED_STREAM or GOAWAY), never queued without bound."""
+    import h2.events
+    s, conn = h2_connection(stack)
+    h2_events(s, conn, 1)  # the server's SETTINGS (max concurrent streams)
+    limit = conn.remote_settings.max_concurrent_streams
+    assert limit <= 1024, f"the gateway allows {limit} concurrent streams"
+    headers = [(":method", "POST"), (":scheme", "https"), (":authority", "localhost"), (":path", "/"),
+               ("authorization", "Bearer x"), ("x-veil-service", "secretsmanager"), ("x-amz-target", "secretsmanager.ListSecrets")]
+    # Lift the client library's own copy of the limit, as an attacker would.
+    import h2.settings
+    conn.remote_settings[h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS] = 1 << 20
+    conn.remote_settings.acknowledge()
+    try:
+        for i in range(limit + 50):
+            conn.send_headers(conn.get_next_available_stream_id(), headers)  # no END_STREAM: each stays open
+        s.sendall(conn.data_to_send())
+        events, closed = h2_events(s, conn, 3)
+    finally:
+        s.close()
+    import h2.errors
+    refused = [e for e in events if isinstance(e, h2.events.StreamReset) and e.error_code == h2.errors.ErrorCodes.REFUSED_STREAM]
+    assert len(refused) >= 50 or closed, f"{len(refused)} streams refused of {limit + 50}"
+    still_serving(stack, tmp_path)
