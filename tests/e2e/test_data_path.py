@@ -196,6 +196,11 @@ def test_tampered_signature_and_replayed_request_are_refused(stack, tmp_path):
     swapped = signed_request(creds, "POST", url, body, headers, now)
     resp = send(swapped, json.dumps({"Name": name, "SecretString": "y"}))
     assert resp.status_code == 403, resp.text
+    # Signed for one host, sent with another: the signature covers Host.
+    moved = signed_request(creds, "POST", url, body, headers, now)
+    resp = requests.post(url, data=moved.body, headers={**dict(moved.headers), "Host": "veil.attacker.example"},
+                         verify=str(stack["ca"]), timeout=30)
+    assert resp.status_code == 403 and "SignatureDoesNotMatch" in resp.text, resp.text
     sm = harness.moto_client(stack["moto"], "secretsmanager")
     assert not [s for s in sm.list_secrets()["SecretList"] if s["Name"] == name], "no refused call may reach AWS"
     # And a correctly signed one does go through.
