@@ -56,14 +56,8 @@ def main():
         d = Path(d)
         issuer_proc, issuer = harness.start_issuer()
         moto_proc, moto = harness.start_moto()
-        pdir = d / "policies"
-        pdir.mkdir()
-        for f in harness.POLICIES.glob("*.wasm"):
-            shutil.copy(f, pdir / f.name)
-        shutil.copy(FIXTURES / "versioned-1.wasm", pdir / "versioned.wasm")
-        (d / "admin.token").write_text(TOKEN)
-        cfg, ca = harness.veil_config(d, issuer, moto, '[admin]\naddress = "127.0.0.1:0"\ntoken_file = "admin.token"\n')
-        cfg.write_text(cfg.read_text().replace(f'dir = "{harness.POLICIES}"', f'dir = "{pdir}"'))
+        pdir = harness.versioned_policy_dir(d)
+        cfg, ca = harness.veil_config(d, issuer, moto, harness.admin_block(d, TOKEN), policies_dir=pdir)
         veil = harness.Veil(cfg)
         session = requests.Session()
 

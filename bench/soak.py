@@ -107,17 +107,8 @@ def main():
     issuer_proc, issuer = harness.start_issuer()
     moto_proc, moto = harness.start_moto()
     ch = harness.ClickHouse(d / "ch")
-    pdir = d / "policies"
-    pdir.mkdir()
-    for f in harness.POLICIES.glob("*.wasm"):
-        shutil.copy(f, pdir / f.name)
-    shutil.copy(FIXTURES / "versioned-1.wasm", pdir / "versioned.wasm")
-    (d / "admin.token").write_text(ADMIN_TOKEN)
-    cfg, ca = harness.veil_config(d, issuer, moto, f"""
-[admin]
-address = "127.0.0.1:0"
-token_file = "admin.token"
-
+    pdir = harness.versioned_policy_dir(d)
+    cfg, ca = harness.veil_config(d, issuer, moto, harness.admin_block(d, ADMIN_TOKEN) + """
 [approvals]
 wait_secs = 1
 """ + harness.clickhouse_audit(ch, "soak"), policies_dir=pdir)

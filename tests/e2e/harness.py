@@ -7,6 +7,7 @@ import datetime
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -265,6 +266,23 @@ address = "127.0.0.1:0"
 {extra}
 """)
     return cfg, ca
+
+
+def versioned_policy_dir(dirpath):
+    """A private policy directory: the shipped policies plus the `versioned`
+    fixture at 1.0.0, which the hot-reload tests and benches swap."""
+    pdir = Path(dirpath) / "policies"
+    pdir.mkdir()
+    for f in POLICIES.glob("*.wasm"):
+        shutil.copy(f, pdir / f.name)
+    shutil.copy(POLICIES / "fixtures" / "versioned-1.wasm", pdir / "versioned.wasm")
+    return pdir
+
+
+def admin_block(dirpath, token):
+    """The [admin] config block, with `token` written to its token file."""
+    (Path(dirpath) / "admin.token").write_text(token)
+    return '[admin]\naddress = "127.0.0.1:0"\ntoken_file = "admin.token"\n'
 
 
 class Veil:

@@ -17,12 +17,7 @@ ADMIN_TOKEN = "t" * 40
 
 
 def start(tmp_path, issuer, moto, wait=8, ttl=120, extra=""):
-    (tmp_path / "admin.token").write_text(ADMIN_TOKEN)
-    cfg, ca = harness.veil_config(tmp_path, issuer, moto, f"""
-[admin]
-address = "127.0.0.1:0"
-token_file = "admin.token"
-
+    cfg, ca = harness.veil_config(tmp_path, issuer, moto, harness.admin_block(tmp_path, ADMIN_TOKEN) + f"""
 [approvals]
 wait_secs = {wait}
 ttl_secs = {ttl}

@@ -24,14 +24,9 @@ TOKEN = "a" * 40
 def prepare(tmp_path, issuer, moto, policy_settings="watch = true"):
     """A config whose policy directory is a private copy (shipped policies +
     versioned 1.0.0), with the admin API on; `policy_settings` go into [policies]."""
-    pdir = tmp_path / "policies"
-    pdir.mkdir()
-    for f in harness.POLICIES.glob("*.wasm"):
-        shutil.copy(f, pdir / f.name)
-    shutil.copy(FIXTURES / "versioned-1.wasm", pdir / "versioned.wasm")
-    (tmp_path / "admin.token").write_text(TOKEN)
-    cfg, ca = harness.veil_config(tmp_path, issuer, moto, '[admin]\naddress = "127.0.0.1:0"\ntoken_file = "admin.token"\n')
-    cfg.write_text(cfg.read_text().replace(f'dir = "{harness.POLICIES}"', f'dir = "{pdir}"\n{policy_settings}'))
+    pdir = harness.versioned_policy_dir(tmp_path)
+    cfg, ca = harness.veil_config(tmp_path, issuer, moto, harness.admin_block(tmp_path, TOKEN), policies_dir=pdir)
+    cfg.write_text(cfg.read_text().replace(f'dir = "{pdir}"', f'dir = "{pdir}"\n{policy_settings}'))
     return cfg, ca, pdir
 
 
