@@ -35,7 +35,8 @@ rust-policies:
 
 # The Python and JS ports, rebuilt only when their sources change: each
 # build runs the language's interpreter to snapshot it (10-20 s).
-lang-policies: $(foreach p,$(LANG_POLICIES),$(POLICY_OUT)/python/$(p).wasm $(POLICY_OUT)/js/$(p).wasm)
+lang-policies: $(foreach p,$(LANG_POLICIES),$(POLICY_OUT)/python/$(p).wasm $(POLICY_OUT)/js/$(p).wasm) \
+	$(POLICY_OUT)/fixtures/hostile-python.wasm $(POLICY_OUT)/fixtures/hostile-js.wasm
 
 $(POLICY_OUT)/python/%.wasm: policies/python/%/app.py $(PY_SDK) $(WIT)
 	@mkdir -p $(@D)
@@ -44,6 +45,15 @@ $(POLICY_OUT)/python/%.wasm: policies/python/%/app.py $(PY_SDK) $(WIT)
 $(POLICY_OUT)/js/%.wasm: policies/js/%/policy.js $(JS_SDK) $(WIT)
 	@mkdir -p $(@D)
 	$(COMPONENTIZE_JS) policies/js/$*/policy.js --wit $(WIT) -n policy -d http fetch-event -o $@ >/dev/null
+
+# Hostile fixtures in both languages, for the host's tests.
+$(POLICY_OUT)/fixtures/hostile-python.wasm: tests/policies/python/hostile/app.py $(PY_SDK) $(WIT)
+	@mkdir -p $(@D)
+	componentize-py -d $(WIT) -w policy componentize -p policy-sdk/python -p tests/policies/python/hostile app -o $@ >/dev/null
+
+$(POLICY_OUT)/fixtures/hostile-js.wasm: tests/policies/js/hostile/policy.js $(JS_SDK) $(WIT)
+	@mkdir -p $(@D)
+	$(COMPONENTIZE_JS) tests/policies/js/hostile/policy.js --wit $(WIT) -n policy -d http fetch-event -o $@ >/dev/null
 
 demo: deps build policies
 	@python3 scripts/demo.py

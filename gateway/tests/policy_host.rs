@@ -182,6 +182,51 @@ fn policies_see_no_filesystem() {
 }
 
 #[test]
+fn python_and_js_policies_get_the_same_limits_and_fail_closed() {
+    let h = host();
+    let cases: &[(&str, &[(&str, &[&str])])] = &[
+        (
+            "fixtures/hostile-python.wasm",
+            &[
+                ("trap", &["trapped"]),
+                ("spin", &["deadline"]),
+                // CPython turns a failed allocation into MemoryError, which
+                // escapes the hook: a trap, or the cap itself (on a loaded
+                // machine the deadline may come first: still a deny).
+                ("membomb", &["memory", "trapped", "deadline"]),
+                // Python calls do not use the wasm stack: deep recursion
+                // grows the heap until the cap, the deadline or CPython's
+                // own limit stops it.
+                ("recursion", &["trapped", "deadline", "memory"]),
+            ],
+        ),
+        ("fixtures/hostile-js.wasm", &[("trap", &["trapped"]), ("spin", &["deadline"]), ("membomb", &["memory", "trapped", "deadline"]), ("recursion", &["trapped", "deadline"])]),
+    ];
+    for (file, modes) in cases {
+        // Compile once (10-20 s for an interpreter component), configure per mode.
+        let compiled = h.load(&policy_path(file)).expect("policy loads");
+        let with = |mode: &str| {
+            PolicySet::new(vec![Arc::new(LoadedPolicy { compiled: compiled.clone(), config_json: json!({"mode": mode}).to_string() })])
+        };
+        for (mode, expect) in *modes {
+            let started = Instant::now();
+            let d = with(mode).on_request(&call("s3:ListBuckets", json!({}), json!({})));
+            assert_eq!(d.verdict, Verdict::Deny, "{file} {mode}: {d:?}");
+            assert_eq!(d.reasons[0].policy, compiled.name, "{file} {mode}");
+            assert!(expect.iter().any(|e| d.reasons[0].message.contains(e)), "{file} {mode}: {d:?}");
+            assert!(started.elapsed() < Duration::from_secs(10), "{file} {mode} took {:?}", started.elapsed());
+        }
+        // The same component still serves well-behaved calls afterwards.
+        assert_eq!(with("allow").on_request(&call("s3:ListBuckets", json!({}), json!({}))).verdict, Verdict::Allow, "{file}");
+        if file.contains("python") {
+            // open() gets no filesystem: WASI has nothing preopened.
+            let d = with("filesystem").on_request(&call("s3:ListBuckets", json!({}), json!({})));
+            assert_eq!(d.reasons[0].message, "filesystem access refused as expected", "{d:?}");
+        }
+    }
+}
+
+#[test]
 fn a_policy_that_traps_on_some_inputs_only_denies_those() {
     let h = host();
     let set = PolicySet::new(vec![load(&h, "fixtures/hostile.wasm", json!({"mode": "trap", "trigger": "DeleteBucket"}))]);
