@@ -258,6 +258,9 @@ fn serve(path: &Path) -> Result<()> {
             ..Limits::default()
         })?;
         let policy_dir = cfg.resolve(&cfg.policies.dir);
+        // Watch before the first load, so that no change made while starting
+        // is missed: events queue until the reload task runs.
+        let watch = PolicyWatch::start(&policy_dir, path, cfg.policies.watch)?;
         let loader = Loader::new(host, policy_dir.clone(), Some(path.to_path_buf()), cfg.policy_configs(), cfg.signing_keys());
         // The same build as a reload: signatures, compile, world, self-check.
         let policies = match loader.build(&PolicySet::default()) {
@@ -302,7 +305,7 @@ fn serve(path: &Path) -> Result<()> {
                 tokio::time::sleep(Duration::from_secs(5)).await;
             }
         });
-        tokio::spawn(watch_policies(gateway.clone(), cfg.policies.watch));
+        tokio::spawn(watch.run(gateway.clone()));
         if let Some(addr) = &cfg.admin.address {
             let addr: std::net::SocketAddr = addr.parse()?;
             let token = match &cfg.admin.token_file {
@@ -353,66 +356,76 @@ fn serve(path: &Path) -> Result<()> {
     })
 }
 
-/// Reload policies when the policy directory or the config file changes
-/// (debounced), and on SIGHUP. Kubernetes ConfigMaps swap a `..data`
-/// symlink: that shows up as a change in the watched directory too.
-async fn watch_policies(gateway: Arc<Gateway>, watch_files: bool) {
-    use notify::{event::AccessKind, event::AccessMode, EventKind, RecursiveMode, Watcher};
-    use tokio::signal::unix::{signal, SignalKind};
-    let (dir, config) = gateway.policy_sources();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
-    let config_name = config.as_ref().and_then(|c| c.file_name().map(|n| n.to_os_string()));
-    let policy_dir = dir.clone();
-    let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-        let Ok(ev) = res else { return };
-        let relevant_kind = match ev.kind {
-            EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-            EventKind::Access(_) => false,
-            _ => true,
-        };
-        let relevant_path = ev.paths.iter().any(|p| {
-            p.parent() == Some(policy_dir.as_path())
-                || p.starts_with(&policy_dir)
-                || p.file_name().map(|n| Some(n.to_os_string()) == config_name || n == "..data").unwrap_or(false)
+/// What makes the gateway reload its policies: changes in the policy
+/// directory or to the config file (debounced), and SIGHUP. Kubernetes
+/// ConfigMaps swap a `..data` symlink: that shows up as a change in the
+/// watched directory too. Set up synchronously, before the first load and
+/// before the gateway says it is listening, so that neither a file change
+/// nor a SIGHUP during start-up is lost (an early SIGHUP would otherwise
+/// terminate the process).
+struct PolicyWatch {
+    changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+    hup: tokio::signal::unix::Signal,
+    _watcher: Option<notify::RecommendedWatcher>,
+}
+
+impl PolicyWatch {
+    fn start(dir: &Path, config: &Path, watch_files: bool) -> Result<PolicyWatch> {
+        use notify::{event::AccessKind, event::AccessMode, EventKind, RecursiveMode, Watcher};
+        use tokio::signal::unix::{signal, SignalKind};
+        let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+        let (tx, changes) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let config_name = config.file_name().map(|n| n.to_os_string());
+        let policy_dir = dir.to_path_buf();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            let Ok(ev) = res else { return };
+            let relevant_kind = match ev.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+                EventKind::Access(_) => false,
+                _ => true,
+            };
+            let relevant_path = ev.paths.iter().any(|p| {
+                p.parent() == Some(policy_dir.as_path())
+                    || p.starts_with(&policy_dir)
+                    || p.file_name().map(|n| Some(n.to_os_string()) == config_name || n == "..data").unwrap_or(false)
+            });
+            if relevant_kind && relevant_path {
+                let _ = tx.send(());
+            }
         });
-        if relevant_kind && relevant_path {
-            let _ = tx.send(());
-        }
-    });
-    let _watcher = match watcher {
-        _ if !watch_files => None,
-        Ok(mut w) => {
-            if let Err(e) = w.watch(&dir, RecursiveMode::NonRecursive) {
-                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policy directory; reload with SIGHUP or `veil policy reload`");
-            }
-            if let Some(parent) = config.as_ref().and_then(|c| c.parent()).filter(|p| *p != dir) {
-                let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
-                if let Err(e) = w.watch(parent, RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %parent.display(), error = %e, "cannot watch the config file's directory");
+        let watcher = match watcher {
+            _ if !watch_files => None,
+            Ok(mut w) => {
+                if let Err(e) = w.watch(dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the policy directory; reload with SIGHUP or `veil policy reload`");
                 }
+                if let Some(parent) = config.parent().filter(|p| *p != dir) {
+                    let parent = if parent.as_os_str().is_empty() { Path::new(".") } else { parent };
+                    if let Err(e) = w.watch(parent, RecursiveMode::NonRecursive) {
+                        tracing::warn!(dir = %parent.display(), error = %e, "cannot watch the config file's directory");
+                    }
+                }
+                Some(w)
             }
-            Some(w)
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP or `veil policy reload`");
-            None
-        }
-    };
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "SIGHUP handler unavailable");
-            return;
-        }
-    };
-    loop {
-        let trigger = tokio::select! {
-            Some(()) = rx.recv() => "file-change",
-            Some(()) = hup.recv() => "sighup",
+            Err(e) => {
+                tracing::warn!(error = %e, "file watching unavailable; reload with SIGHUP or `veil policy reload`");
+                None
+            }
         };
-        // Debounce: let a copy or an editor's save settle.
-        while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(30), rx.recv()).await {}
-        let _ = gateway.reload_policies(trigger).await;
+        Ok(PolicyWatch { changes, hup, _watcher: watcher })
+    }
+
+    /// Reload on every (debounced) change or SIGHUP, for as long as the gateway runs.
+    async fn run(mut self, gateway: Arc<Gateway>) {
+        loop {
+            let trigger = tokio::select! {
+                Some(()) = self.changes.recv() => "file-change",
+                Some(()) = self.hup.recv() => "sighup",
+            };
+            // Debounce: let a copy or an editor's save settle.
+            while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(30), self.changes.recv()).await {}
+            let _ = gateway.reload_policies(trigger).await;
+        }
     }
 }
 

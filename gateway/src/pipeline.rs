@@ -388,12 +388,6 @@ impl Gateway {
     pub fn policy_status(&self) -> Value {
         self.loader.status(&self.policies.load())
     }
-
-    /// The loader's policy directory and config file (for the file watcher).
-    pub fn policy_sources(&self) -> (std::path::PathBuf, Option<std::path::PathBuf>) {
-        (self.loader.dir().to_path_buf(), self.loader.config_file().map(Into::into))
-    }
-
     /// Handle one HTTP request end to end.
     pub async fn handle(&self, req: http::Request<Incoming>, remote: SocketAddr) -> Response<RespBody> {
         let mut rec = Record::new("call", &self.audit.instance);
