@@ -11,6 +11,9 @@ WIT := wit/veil-policy.wit
 PY_SDK := $(wildcard policy-sdk/python/veil_policy/*.py)
 JS_SDK := policy-sdk/js/veil-policy.js
 COMPONENTIZE_JS := policy-sdk/js/node_modules/.bin/componentize-js
+# Build the component whose source is the rule's first prerequisite.
+PY_COMPONENT = componentize-py -d $(WIT) -w policy componentize -p policy-sdk/python -p $(<D) app -o $@ >/dev/null
+JS_COMPONENT = $(COMPONENTIZE_JS) $< --wit $(WIT) -n policy -d http fetch-event -o $@ >/dev/null
 
 .PHONY: build policies rust-policies lang-policies demo test deps bench
 
@@ -40,20 +43,20 @@ lang-policies: $(foreach p,$(LANG_POLICIES),$(POLICY_OUT)/python/$(p).wasm $(POL
 
 $(POLICY_OUT)/python/%.wasm: policies/python/%/app.py $(PY_SDK) $(WIT)
 	@mkdir -p $(@D)
-	componentize-py -d $(WIT) -w policy componentize -p policy-sdk/python -p policies/python/$* app -o $@ >/dev/null
+	$(PY_COMPONENT)
 
 $(POLICY_OUT)/js/%.wasm: policies/js/%/policy.js $(JS_SDK) $(WIT)
 	@mkdir -p $(@D)
-	$(COMPONENTIZE_JS) policies/js/$*/policy.js --wit $(WIT) -n policy -d http fetch-event -o $@ >/dev/null
+	$(JS_COMPONENT)
 
 # Hostile fixtures in both languages, for the host's tests.
 $(POLICY_OUT)/fixtures/hostile-python.wasm: tests/policies/python/hostile/app.py $(PY_SDK) $(WIT)
 	@mkdir -p $(@D)
-	componentize-py -d $(WIT) -w policy componentize -p policy-sdk/python -p tests/policies/python/hostile app -o $@ >/dev/null
+	$(PY_COMPONENT)
 
 $(POLICY_OUT)/fixtures/hostile-js.wasm: tests/policies/js/hostile/policy.js $(JS_SDK) $(WIT)
 	@mkdir -p $(@D)
-	$(COMPONENTIZE_JS) tests/policies/js/hostile/policy.js --wit $(WIT) -n policy -d http fetch-event -o $@ >/dev/null
+	$(JS_COMPONENT)
 
 demo: deps build policies
 	@python3 scripts/demo.py
