@@ -12,8 +12,8 @@ PY_SDK := $(wildcard policy-sdk/python/veil_policy/*.py)
 JS_SDK := policy-sdk/js/veil-policy.js
 COMPONENTIZE_JS := policy-sdk/js/node_modules/.bin/componentize-js
 # Build the component whose source is the rule's first prerequisite.
-PY_COMPONENT = componentize-py -d $(WIT) -w policy componentize -p policy-sdk/python -p $(<D) app -o $@ >/dev/null
-JS_COMPONENT = $(COMPONENTIZE_JS) $< --wit $(WIT) -n policy -d http fetch-event -o $@ >/dev/null
+PY_COMPONENT = componentize-py -d $(WIT) -w scoped-policy componentize -p policy-sdk/python -p $(<D) app -o $@ >/dev/null
+JS_COMPONENT = $(COMPONENTIZE_JS) $< --wit $(WIT) -n scoped-policy -d http fetch-event -o $@ >/dev/null
 
 .PHONY: build policies rust-policies lang-policies demo test deps bench
 

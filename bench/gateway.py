@@ -2,8 +2,10 @@
 """Gateway overhead, side by side in one run: the same 4 KB GetSecretValue-shaped
 call (a) direct to a minimal fast upstream, (b) through nginx as a plain
 reverse proxy, (c) through Veil's full pipeline (SigV4 verify, the shipped
-policies with a mask applied, re-sign). wrk drives each at fixed
-concurrency; each cell is the median of REPEATS runs, with the spread.
+policies with a mask applied, re-sign, durable audit: the record fsynced
+before the answer), (d) the same with `audit.require_durable = false`, to
+show what the fsync costs. wrk drives each at fixed concurrency; each cell is
+the median of REPEATS runs, with the spread.
 
 Usage: python3 bench/gateway.py   (after `make build policies`; installs nothing)
 Environment: DURATION (s, default 5), REPEATS (default 3), CONNS (default "1,16,64").
@@ -92,15 +94,22 @@ def main():
             up_port = int(up.wait_for(r"listening 127.0.0.1:(\d+)").group(1))
             issuer_proc, issuer = harness.start_issuer()
             procs.append(issuer_proc)
-            cfg, ca = harness.veil_config(d, issuer, f"http://127.0.0.1:{up_port}")
-            text = cfg.read_text().replace('tls_cert = "veil.pem"\ntls_key = "veil-key.pem"', "insecure_plaintext = true")
-            cfg.write_text(text)
-            veil = harness.Veil(cfg, env={"VEIL_LOG": "warn,veil_gateway::cli=info"}, scheme="http")
-            procs.append(veil.proc)
+            def start_veil(sub, extra=""):
+                os.makedirs(Path(d) / sub)
+                cfg, _ = harness.veil_config(Path(d) / sub, issuer, f"http://127.0.0.1:{up_port}", extra=extra)
+                text = cfg.read_text().replace('tls_cert = "veil.pem"\ntls_key = "veil-key.pem"', "insecure_plaintext = true")
+                cfg.write_text(text)
+                v = harness.Veil(cfg, env={"VEIL_LOG": "warn,veil_gateway::cli=info"}, scheme="http")
+                procs.append(v.proc)
+                return v
+            veil = start_veil("durable")
+            fast = start_veil("not-durable", "[audit]\nrequire_durable = false\n")
             nginx_proc, nginx_url = nginx(up_port, d)
             procs.append(nginx_proc)
 
-            # Veil session credentials, then one signed request that stays valid for the skew window.
+            # Veil session credentials (stateless: both gateways share the
+            # session key), then per gateway one signed request that stays
+            # valid for the skew window.
             r = requests.post(veil.url, data={"Action": "AssumeRoleWithWebIdentity", "Version": "2011-06-15", "RoleArn": harness.ROLE_ARN,
                                                "RoleSessionName": "bench", "WebIdentityToken": harness.mint(issuer, groups=["search"])}, timeout=30)
             r.raise_for_status()
@@ -109,17 +118,22 @@ def main():
             creds = botocore.credentials.Credentials(c.find("s:AccessKeyId", ns).text, c.find("s:SecretAccessKey", ns).text, c.find("s:SessionToken", ns).text)
             body = json.dumps({"SecretId": "prod/search/db"})
             base = {"X-Amz-Target": "secretsmanager.GetSecretValue", "Content-Type": "application/x-amz-json-1.1"}
-            req = botocore.awsrequest.AWSRequest(method="POST", url=veil.url + "/", data=body, headers=dict(base))
-            botocore.auth.SigV4Auth(creds, "secretsmanager", "us-east-1").add_auth(req)
-            signed = {k: v for k, v in req.headers.items()}
-            check = requests.post(veil.url + "/", data=body, headers=signed, timeout=10)
-            assert check.status_code == 200 and check.json()["SecretString"] == "***", check.text
+
+            def signed_script(v, name):
+                req = botocore.awsrequest.AWSRequest(method="POST", url=v.url + "/", data=body, headers=dict(base))
+                botocore.auth.SigV4Auth(creds, "secretsmanager", "us-east-1").add_auth(req)
+                signed = {k: v for k, v in req.headers.items()}
+                check = requests.post(v.url + "/", data=body, headers=signed, timeout=10)
+                assert check.status_code == 200 and check.json()["SecretString"] == "***", check.text
+                script = Path(d) / f"{name}.lua"
+                lua_script(script, signed, body)
+                return script
             plain = Path(d) / "plain.lua"
             lua_script(plain, base, body)
-            sig = Path(d) / "signed.lua"
-            lua_script(sig, signed, body)
 
-            targets = [("direct", f"http://127.0.0.1:{up_port}/", plain), ("nginx", nginx_url, plain), ("veil", veil.url + "/", sig)]
+            targets = [("direct", f"http://127.0.0.1:{up_port}/", plain), ("nginx", nginx_url, plain),
+                       ("veil", veil.url + "/", signed_script(veil, "veil")),
+                       ("veil, audit not durable", fast.url + "/", signed_script(fast, "fast"))]
             results = {}
             for conns in CONNS:
                 for name, url, script in targets:

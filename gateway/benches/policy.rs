@@ -47,10 +47,8 @@ fn bench(c: &mut Criterion) {
     // language `make policies` builds: Rust, Python (componentize-py), JS
     // (componentize-js).
     for (lang, file) in [("rust", "secrets-by-team.wasm"), ("python", "python/secrets-by-team.wasm"), ("js", "js/secrets-by-team.wasm")] {
-        let policy = Arc::new(LoadedPolicy {
-            compiled: host.load(&root.join(file)).expect("run `make policies` first"),
-            config_json: json!({"owners": {"payments": ["prod/payments/"]}}).to_string(),
-        });
+        let compiled = host.load(&root.join(file)).expect("run `make policies` first");
+        let policy = Arc::new(LoadedPolicy::new(compiled, json!({"owners": {"payments": ["prod/payments/"]}}).to_string()).unwrap());
         let set = PolicySet::new(vec![policy.clone()]);
         let mut g = c.benchmark_group(format!("policy-hook/{lang}"));
         // The split: instantiation (what the background pool pays per call,
@@ -78,10 +76,8 @@ fn bench(c: &mut Criterion) {
     }
 
     let mut g = c.benchmark_group("policy-hook");
-    let sensitive = Arc::new(LoadedPolicy {
-        compiled: host.load(&root.join("aws-sensitive.wasm")).expect("run `make policies` first"),
-        config_json: "{}".into(),
-    });
+    let compiled = host.load(&root.join("aws-sensitive.wasm")).expect("run `make policies` first");
+    let sensitive = Arc::new(LoadedPolicy::new(compiled, "{}".into()).unwrap());
     let sensitive_set = PolicySet::new(vec![sensitive.clone()]);
     let ready = || sensitive.compiled.fill_ready().unwrap();
     g.bench_function("aws-sensitive instantiate", |b| b.iter(|| sensitive.compiled.instantiate_inline().unwrap()));

@@ -572,6 +572,11 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
             println!("name:    {}", c.name);
             println!("version: {}", c.version);
             println!("sha256:  {}", c.sha256);
+            // The scope under an empty configuration (a configured policy may
+            // widen or narrow it; `veil policy status` shows the live one).
+            let p = LoadedPolicy::new(c, "{}".into()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("on-request:  {}", p.on_request);
+            println!("on-response: {}", p.on_response);
             Ok(())
         }
         PolicyCommand::Eval { policies, operation, region, resource, claims, params, response, status, config } => {
@@ -627,7 +632,8 @@ struct Case {
 #[derive(serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Expect {
-    /// allow, deny or approval-required.
+    /// allow, deny or approval-required; or rejected: the policy refuses
+    /// this configuration at load (its `scope` fails), as the gateway would.
     verdict: String,
     /// The masked response body, exactly.
     body: Option<Value>,
@@ -691,9 +697,14 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
             }
             (response, None) => (response, None),
         };
-        let set = PolicySet::new(vec![Arc::new(LoadedPolicy { compiled: compiled.clone(), config_json: Value::Object(case.config).to_string() })]);
-        let call = CallInput { identity, operation: op, params: Value::Object(case.params) };
-        let out = evaluate(&set, &call, case.status, response, &HashKey::new(b"veil-conformance".to_vec()));
+        let out = match LoadedPolicy::new(compiled.clone(), Value::Object(case.config).to_string()) {
+            Ok(policy) => {
+                let set = PolicySet::new(vec![Arc::new(policy)]);
+                let call = CallInput { identity, operation: op, params: Value::Object(case.params) };
+                evaluate(&set, &call, case.status, response, &HashKey::new(b"veil-conformance".to_vec()))
+            }
+            Err(e) => json!({"verdict": "rejected", "reasons": [{"policy": compiled.name, "message": e}], "masks": [], "body": null}),
+        };
         let got = out["verdict"].as_str().unwrap_or("?").to_string();
         let mut problems = Vec::new();
         if got != case.expect.verdict {
@@ -768,7 +779,8 @@ pub fn load_set(host: &Host, paths: &[PathBuf], configs: &Value) -> Result<Polic
         for file in files {
             let compiled = host.load(&file)?;
             let config = configs.get(&compiled.name).cloned().unwrap_or_else(|| json!({}));
-            loaded.push(Arc::new(LoadedPolicy { config_json: config.to_string(), compiled }));
+            let policy = LoadedPolicy::new(compiled, config.to_string()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            loaded.push(Arc::new(policy));
         }
     }
     if let Some(map) = configs.as_object() {

@@ -28,7 +28,7 @@ fn stderr(o: &Output) -> String {
 }
 
 #[test]
-fn check_prints_name_version_and_sha256() {
+fn check_prints_name_version_sha256_and_scope() {
     for (file, name) in [("risky-actions.wasm", "risky-actions"), ("secrets-by-team.wasm", "secrets-by-team")] {
         let o = veil(&["policy", "check", s(&policy(file))]);
         assert!(o.status.success(), "{}", stderr(&o));
@@ -37,6 +37,14 @@ fn check_prints_name_version_and_sha256() {
         assert!(out.contains("version: 1.0.0"), "{out}");
         let sha = out.lines().find_map(|l| l.strip_prefix("sha256:  ")).unwrap();
         assert_eq!(sha.len(), 64);
+        let scope = |hook: &str| out.lines().find_map(|l| l.strip_prefix(hook)).unwrap().trim().to_string();
+        if name == "risky-actions" {
+            assert!(scope("on-request:").contains("iam:createuser, "), "{out}");
+            assert_eq!(scope("on-response:"), "(none)", "{out}");
+        } else {
+            assert_eq!(scope("on-request:"), "(none)", "{out}");
+            assert!(scope("on-response:").starts_with("secretsmanager:getsecretvalue, "), "{out}");
+        }
     }
 }
 

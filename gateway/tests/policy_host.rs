@@ -21,7 +21,7 @@ fn host() -> Host {
 
 fn load(host: &Host, rel: &str, config: Value) -> Arc<LoadedPolicy> {
     let compiled = host.load(&policy_path(rel)).expect("policy loads");
-    Arc::new(LoadedPolicy { compiled, config_json: config.to_string() })
+    Arc::new(LoadedPolicy::new(compiled, config.to_string()).unwrap())
 }
 
 fn call(op: &str, claims: Value, params: Value) -> CallInput {
@@ -66,11 +66,12 @@ fn risky_actions_decides_by_action_and_parameters() {
     let set = PolicySet::new(vec![load(&h, "risky-actions.wasm", json!({"deny": ["s3:Delete*"], "approval": []}))]);
     assert_eq!(set.on_request(&call("s3:DeleteObject", json!({}), json!({}))).verdict, Verdict::Deny);
     assert_eq!(set.on_request(&call("iam:CreateUser", json!({}), json!({}))).verdict, Verdict::Allow);
-    // A config of the wrong type is a trap, so a deny naming the policy.
-    let set = PolicySet::new(vec![load(&h, "risky-actions.wasm", json!({"deny": "s3:*"}))]);
-    let d = set.on_request(&call("s3:ListBuckets", json!({}), json!({})));
-    assert_eq!(d.verdict, Verdict::Deny);
-    assert!(d.reasons[0].message.contains("trapped"), "{d:?}");
+    // A config of the wrong type traps in `scope`: the policy is refused at load.
+    let compiled = h.load(&policy_path("risky-actions.wasm")).unwrap();
+    for bad in [json!({"deny": "s3:*"}), json!({"open_cidrs": [0]})] {
+        let e = LoadedPolicy::new(compiled.clone(), bad.to_string()).err().expect("refused");
+        assert!(e.starts_with("scope trapped"), "{e}");
+    }
 }
 
 #[test]
@@ -127,6 +128,44 @@ fn a_trap_denies_naming_the_policy() {
     assert_eq!(d.verdict, Verdict::Deny);
     assert_eq!(d.reasons[0].policy, "hostile");
     assert!(d.reasons[0].message.contains("on-request trapped"), "{d:?}");
+}
+
+#[test]
+fn hooks_run_only_for_the_operations_in_their_scope() {
+    let h = host();
+    let requests = json!({"on_request": ["iam:Create*"], "on_response": []});
+    let responses = json!({"on_request": [], "on_response": ["secretsmanager:GetSecretValue"]});
+    let set = PolicySet::new(vec![
+        load(&h, "fixtures/hostile.wasm", json!({"mode": "deny", "scope": requests})),
+        load(&h, "fixtures/hostile.wasm", json!({"mode": "mask-all", "scope": responses})),
+    ]);
+    // Inside its scope a hook runs; outside it, it never starts.
+    let d = set.on_request(&call("iam:CreateUser", json!({}), json!({})));
+    assert_eq!((d.verdict, d.reasons.len()), (Verdict::Deny, 1), "{d:?}");
+    assert_eq!(set.on_request(&call("IAM:createuser", json!({}), json!({}))).verdict, Verdict::Deny);
+    assert_eq!(set.on_request(&call("iam:ListUsers", json!({}), json!({}))).verdict, Verdict::Allow);
+    let get = call("secretsmanager:GetSecretValue", json!({}), json!({}));
+    assert_eq!(set.on_request(&get).verdict, Verdict::Allow);
+    let d = set.on_response(&get, 200, &json!({}));
+    assert_eq!((d.deny.len(), d.masks.len()), (0, 2), "{d:?}");
+    let d = set.on_response(&call("iam:CreateUser", json!({}), json!({})), 200, &json!({}));
+    assert!(d.deny.is_empty() && d.masks.is_empty());
+}
+
+#[test]
+fn a_scope_that_traps_spins_or_lists_bad_patterns_rejects_the_policy() {
+    let h = host();
+    let compiled = h.load(&policy_path("fixtures/hostile.wasm")).unwrap();
+    let cases = [
+        (json!({"scope": "trap"}), "scope trapped"),
+        (json!({"scope": "spin"}), "scope exceeded its 50 ms CPU deadline"),
+        (json!({"scope": {"on_request": [""]}}), "on-request pattern \"\" must be"),
+        (json!({"scope": {"on_response": vec!["*"; 1001]}}), "1001 on-response patterns, more than the limit"),
+    ];
+    for (config, want) in cases {
+        let e = LoadedPolicy::new(compiled.clone(), config.to_string()).err().expect("rejected");
+        assert!(e.contains(want), "{config}: {e}");
+    }
 }
 
 #[test]
@@ -206,7 +245,7 @@ fn python_and_js_policies_get_the_same_limits_and_fail_closed() {
         // Compile once (10-20 s for an interpreter component), configure per mode.
         let compiled = h.load(&policy_path(file)).expect("policy loads");
         let with = |mode: &str| {
-            PolicySet::new(vec![Arc::new(LoadedPolicy { compiled: compiled.clone(), config_json: json!({"mode": mode}).to_string() })])
+            PolicySet::new(vec![Arc::new(LoadedPolicy::new(compiled.clone(), json!({"mode": mode}).to_string()).unwrap())])
         };
         for (mode, expect) in *modes {
             let started = Instant::now();

@@ -1,15 +1,17 @@
 // JavaScript SDK for Veil policies.
 //
-// A Veil policy is a WebAssembly component exporting the `veil:policy/policy`
-// world of wit/veil-policy.wit. componentize-js generates the bindings from
+// A Veil policy is a WebAssembly component exporting the
+// `veil:policy/scoped-policy` world of wit/veil-policy.wit. componentize-js generates the bindings from
 // that one WIT file when it builds the component; this module gives them the
 // same small API as the Rust SDK:
 //
 //   import { Mask, ResponseDecision, Verdict, exportPolicy } from "veil-policy";
 //
-//   export const { info, onRequest, onResponse } = exportPolicy({
+//   export const { info, scope, onRequest, onResponse } = exportPolicy({
 //     name: "no-iam-writes",
 //     version: "1.0.0",
+//     // Optional; the default is every operation for both hooks.
+//     scope: (config) => ({ onRequest: ["iam:*"], onResponse: ["*"] }),
 //     onRequest(req) {
 //       if (req.service === "iam" && !/^(Get|List)/.test(req.action))
 //         return Verdict.deny(`${req.qualifiedAction} is not allowed through Veil`);
@@ -65,6 +67,33 @@ function lazy(what, text) {
   };
 }
 
+/** Which operations each hook runs for: `service:Action` patterns, `*`
+ * matching any run of characters, case ignored. The gateway skips a hook for
+ * other calls, as if it had allowed them. */
+export const Scope = {
+  all: () => ({ onRequest: ["*"], onResponse: ["*"] }),
+};
+
+/** A policy's configuration (the JSON object from the gateway's config),
+ * parsed on first use. */
+export class Config {
+  constructor(configJson) {
+    this._value = lazy("config-json", configJson);
+  }
+  /** The configuration as JSON. */
+  get value() { return this._value(); }
+  /** A list of strings under `key`, or `fallback` when the key is absent.
+   * Anything else throws (a trap: the gateway refuses the policy or denies,
+   * and reports the misconfiguration). */
+  list(key, fallback) {
+    const config = this.value;
+    if (!isObject(config) || !Object.prototype.hasOwnProperty.call(config, key)) return [...fallback];
+    const v = config[key];
+    if (Array.isArray(v) && v.every((s) => typeof s === "string")) return [...v];
+    throw new Error(`config \`${key}\` must be a list of strings`);
+  }
+}
+
 /** One call as a policy sees it: identity, operation, parameters, config. */
 export class Request {
   /** A request from parsed parts (for unit tests of policies). */
@@ -87,7 +116,7 @@ export class Request {
     this.resource = call.operation.resource;
     this._claims = lazy("claims-json", call.identity.claimsJson);
     this._params = lazy("params-json", call.paramsJson);
-    this._config = lazy("config-json", call.configJson);
+    this._config = new Config(call.configJson);
   }
 
   /** All claims of the token. */
@@ -95,7 +124,7 @@ export class Request {
   /** Request parameters. */
   get params() { return this._params(); }
   /** This policy's configuration (`{}` when none). */
-  get config() { return this._config(); }
+  get config() { return this._config.value; }
   /** `service:Action`, the form IAM policies use (`iam:CreateUser`). */
   get qualifiedAction() { return `${this.service}:${this.action}`; }
 
@@ -125,13 +154,9 @@ export class Request {
   }
 
   /** A list of strings from the policy config, or `fallback` when the key is
-   * absent. Anything else throws (a trap: the gateway denies and reports the
-   * misconfiguration). */
+   * absent; see `Config.list`. */
   configList(key, fallback) {
-    if (!isObject(this.config) || !Object.prototype.hasOwnProperty.call(this.config, key)) return [...fallback];
-    const v = this.config[key];
-    if (Array.isArray(v) && v.every((s) => typeof s === "string")) return [...v];
-    throw new Error(`config \`${key}\` must be a list of strings`);
+    return this._config.list(key, fallback);
   }
 }
 
@@ -145,11 +170,16 @@ export class Response {
   get body() { return this._body(); }
 }
 
-/** The world's exports (`info`, `onRequest`, `onResponse`) for a policy object
- * with `name`, `version` and optional `onRequest(req)` / `onResponse(req, resp)`. */
+/** The world's exports (`info`, `scope`, `onRequest`, `onResponse`) for a
+ * policy object with `name`, `version` and optional `scope(config)`,
+ * `onRequest(req)` / `onResponse(req, resp)`. */
 export function exportPolicy(policy) {
   const exports = {
     info: () => ({ name: policy.name, version: policy.version }),
+    scope: (configJson) => {
+      const s = policy.scope ? policy.scope(new Config(configJson)) : Scope.all();
+      return { onRequest: [...s.onRequest], onResponse: [...s.onResponse] };
+    },
     onRequest: (c) => (policy.onRequest ? policy.onRequest(new Request(c)) : Verdict.allow()),
     onResponse: (c, r) => (policy.onResponse ? policy.onResponse(new Request(c), new Response(r)) : ResponseDecision.allow()),
   };
@@ -164,6 +194,11 @@ export function exportPolicy(policy) {
 // on sample calls here puts the compiled code into the snapshot. The sample
 // calls see no caller's data, so nothing of one caller can reach another.
 function warmUp(exports) {
+  try {
+    exports.scope("{}");
+  } catch (_) {
+    // Only compilation matters here.
+  }
   const sample = (service, action, params, body) => {
     const call = {
       identity: { issuer: "https://issuer.test", subject: "warm-up", claimsJson: '{"sub":"warm-up","groups":["warm-up"]}' },

@@ -2,7 +2,7 @@
 // they must behave exactly like the Rust SDK's.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Mask, Request, ResponseDecision, Verdict, compareCodePoints, glob, rustTrim, sortedValues } from "./veil-policy.js";
+import { Config, Mask, Request, ResponseDecision, Scope, Verdict, compareCodePoints, exportPolicy, glob, rustTrim, sortedValues } from "./veil-policy.js";
 
 test("glob matches like the Rust policy", () => {
   assert.ok(glob("iam:create*", "iam:createuser"));
@@ -38,4 +38,17 @@ test("Rust semantics of trim and key order", () => {
 test("decisions have the WIT shapes", () => {
   assert.deepEqual(Verdict.approvalRequired("r"), { tag: "approval-required", val: "r" });
   assert.deepEqual(ResponseDecision.masks([Mask.partial("a")]), { deny: undefined, masks: [{ path: "a", style: "partial" }] });
+});
+
+test("config and scope", () => {
+  const config = new Config('{"deny": ["iam:*"], "bad": [1]}');
+  assert.deepEqual(config.value, { deny: ["iam:*"], bad: [1] });
+  assert.deepEqual(config.list("deny", []), ["iam:*"]);
+  assert.deepEqual(config.list("absent", ["x"]), ["x"]);
+  assert.throws(() => config.list("bad", []), /config `bad` must be a list of strings/);
+  assert.deepEqual(Scope.all(), { onRequest: ["*"], onResponse: ["*"] });
+  const exports = exportPolicy({ name: "p", version: "1.0.0" });
+  assert.deepEqual(exports.scope("{}"), { onRequest: ["*"], onResponse: ["*"] });
+  const scoped = exportPolicy({ name: "p", version: "1.0.0", scope: (c) => ({ onRequest: c.list("ops", []), onResponse: [] }) });
+  assert.deepEqual(scoped.scope('{"ops": ["s3:*"]}'), { onRequest: ["s3:*"], onResponse: [] });
 });

@@ -2,7 +2,8 @@
 behave exactly like the Rust SDK's."""
 import pytest
 
-from veil_policy import Mask, PolicyError, Request, Response, ResponseDecision, Verdict, glob, rust_trim, sorted_items
+from veil_policy import (Config, Mask, Policy, PolicyError, Request, Response, ResponseDecision, Scope, Verdict, glob,
+                         rust_trim, sorted_items)
 
 
 def test_glob_matches_like_the_rust_policy():
@@ -38,3 +39,13 @@ def test_decisions():
     assert Verdict.deny("no") == Verdict("deny", "no")
     assert ResponseDecision.masks([Mask.hash("a.b")]).mask_list == [Mask("a.b", "hash")]
     assert Response(200, {"x": 1}).body == {"x": 1}
+
+
+def test_config_and_scope():
+    config = Config(text='{"deny": ["iam:*"], "bad": [1]}')
+    assert config.get() == {"deny": ["iam:*"], "bad": [1]}
+    assert config.list("deny", []) == ["iam:*"] and config.list("absent", ["x"]) == ["x"]
+    with pytest.raises(PolicyError, match="config `bad` must be a list of strings"):
+        config.list("bad", [])
+    assert Scope.all() == Scope(on_request=["*"], on_response=["*"])
+    assert Policy().scope(config) == Scope.all()

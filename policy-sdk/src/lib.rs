@@ -1,18 +1,25 @@
 //! Rust SDK for Veil policies.
 //!
-//! A Veil policy is a WebAssembly component exporting the `veil:policy/policy`
-//! world from `wit/veil-policy.wit`. This crate wraps the generated bindings
-//! in a small typed API: implement [`Policy`] and export it with
-//! [`export_policy!`]; build with `cargo build --target wasm32-wasip2`.
+//! A Veil policy is a WebAssembly component exporting the
+//! `veil:policy/scoped-policy` world from `wit/veil-policy.wit`. This crate
+//! wraps the generated bindings in a small typed API: implement [`Policy`]
+//! and export it with [`export_policy!`]; build with
+//! `cargo build --target wasm32-wasip2`.
 //!
 //! ```
-//! use veil_policy_sdk::{export_policy, Mask, Policy, Request, Response, ResponseDecision, Verdict};
+//! use veil_policy_sdk::{export_policy, Config, Mask, Policy, Request, Response, ResponseDecision, Scope, Verdict};
 //!
 //! struct NoIamWrites;
 //!
 //! impl Policy for NoIamWrites {
 //!     const NAME: &'static str = "no-iam-writes";
 //!     const VERSION: &'static str = "1.0.0";
+//!
+//!     // Optional: the gateway runs each hook only for these operations
+//!     // (the default is every operation).
+//!     fn scope(_config: &Config) -> Scope {
+//!         Scope { on_request: vec!["iam:*".into()], on_response: vec!["*".into()] }
+//!     }
 //!
 //!     fn on_request(req: &Request) -> Verdict {
 //!         if req.service() == "iam" && !req.action().starts_with("Get") && !req.action().starts_with("List") {
@@ -41,7 +48,7 @@ use serde_json::Value;
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "policy",
+        world: "scoped-policy",
         pub_export_macro: true,
         export_macro_name: "__export_world",
         default_bindings_module: "veil_policy_sdk::bindings",
@@ -148,6 +155,58 @@ impl LazyJson {
     }
 }
 
+/// Which operations each hook runs for: `service:Action` patterns, `*`
+/// matching any run of characters, case ignored (`iam:*`, `*:Get*`, `*`).
+/// The gateway skips a hook for other calls, as if it had allowed them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scope {
+    /// Operations `on_request` runs for.
+    pub on_request: Vec<String>,
+    /// Operations `on_response` runs for.
+    pub on_response: Vec<String>,
+}
+
+impl Scope {
+    /// Both hooks for every operation.
+    pub fn all() -> Self {
+        Scope { on_request: vec!["*".into()], on_response: vec!["*".into()] }
+    }
+}
+
+/// A policy's configuration: the JSON object from the gateway's config,
+/// parsed on first use.
+#[derive(Debug, Clone)]
+pub struct Config(LazyJson);
+
+impl Config {
+    /// Wrap configuration JSON text (`{}` when the gateway has none).
+    pub fn new(text: String) -> Self {
+        Config(LazyJson::new("config-json", text))
+    }
+
+    /// The configuration as JSON.
+    pub fn get(&self) -> &Value {
+        self.0.get()
+    }
+
+    /// A list of strings under `key`, or `default` when the key is absent.
+    /// A present key that is not a list of strings panics (a trap, so the
+    /// gateway refuses the policy or denies, and reports the misconfiguration).
+    pub fn list(&self, key: &str, default: &[&str]) -> Vec<String> {
+        match self.get().get(key) {
+            None => default.iter().map(|s| s.to_string()).collect(),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|v| match v.as_str() {
+                    Some(s) => s.to_string(),
+                    None => panic!("config `{key}` must be a list of strings"),
+                })
+                .collect(),
+            Some(_) => panic!("config `{key}` must be a list of strings"),
+        }
+    }
+}
+
 /// One call as a policy sees it: identity, operation, parameters and the
 /// policy's own configuration. JSON inputs are parsed on first use.
 #[derive(Debug, Clone)]
@@ -166,7 +225,7 @@ pub struct Request {
     pub resource: Option<String>,
     claims: LazyJson,
     params: LazyJson,
-    config: LazyJson,
+    config: Config,
 }
 
 impl Request {
@@ -180,7 +239,7 @@ impl Request {
             region: c.operation.region,
             resource: c.operation.resource,
             params: LazyJson::new("params-json", c.params_json),
-            config: LazyJson::new("config-json", c.config_json),
+            config: Config::new(c.config_json),
         }
     }
 
@@ -195,7 +254,7 @@ impl Request {
             resource: None,
             claims: LazyJson::from_value(claims),
             params: LazyJson::from_value(params),
-            config: LazyJson::from_value(config),
+            config: Config(LazyJson::from_value(config)),
         }
     }
 
@@ -261,20 +320,9 @@ impl Request {
     }
 
     /// A list of strings from the policy config, or `default` when the key is
-    /// absent. A present key that is not a list of strings panics (a trap, so
-    /// the gateway denies and reports the misconfiguration).
+    /// absent; see [`Config::list`].
     pub fn config_list(&self, key: &str, default: &[&str]) -> Vec<String> {
-        match self.config().get(key) {
-            None => default.iter().map(|s| s.to_string()).collect(),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| match v.as_str() {
-                    Some(s) => s.to_string(),
-                    None => panic!("config `{key}` must be a list of strings"),
-                })
-                .collect(),
-            Some(_) => panic!("config `{key}` must be a list of strings"),
-        }
+        self.config.list(key, default)
     }
 }
 
@@ -315,6 +363,11 @@ pub trait Policy {
     fn on_request(req: &Request) -> Verdict;
     /// Decide on the response before it reaches the caller.
     fn on_response(req: &Request, resp: &Response) -> ResponseDecision;
+    /// Which operations each hook needs to see, given the configuration
+    /// (asked once per load or config change). Default: every operation.
+    fn scope(_config: &Config) -> Scope {
+        Scope::all()
+    }
 }
 
 #[doc(hidden)]
@@ -324,6 +377,11 @@ pub mod glue {
 
     pub fn info<P: Policy>() -> wit::PolicyInfo {
         wit::PolicyInfo { name: P::NAME.to_string(), version: P::VERSION.to_string() }
+    }
+
+    pub fn scope<P: Policy>(config_json: String) -> wit::Scope {
+        let s = P::scope(&Config::new(config_json));
+        wit::Scope { on_request: s.on_request, on_response: s.on_response }
     }
 
     pub fn on_request<P: Policy>(c: wit::Call) -> wit::Verdict {
@@ -355,7 +413,7 @@ pub mod glue {
     }
 }
 
-/// Export a [`Policy`] implementation as the component's `policy` world.
+/// Export a [`Policy`] implementation as the component's `scoped-policy` world.
 #[macro_export]
 macro_rules! export_policy {
     ($policy:ty) => {
@@ -365,6 +423,9 @@ macro_rules! export_policy {
         impl $crate::bindings::Guest for __VeilPolicyExport {
             fn info() -> $crate::bindings::veil::policy::types::PolicyInfo {
                 $crate::glue::info::<$policy>()
+            }
+            fn scope(config_json: ::std::string::String) -> $crate::bindings::veil::policy::types::Scope {
+                $crate::glue::scope::<$policy>(config_json)
             }
             fn on_request(
                 c: $crate::bindings::veil::policy::types::Call,

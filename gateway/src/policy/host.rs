@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, Linker, ResourceTable};
+use wasmtime::component::{Component, ComponentExportIndex, Instance, Linker, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
@@ -71,6 +71,9 @@ pub enum LoadError {
     /// The `info` export failed or returned nonsense.
     #[error("{path}: info() failed: {reason}")]
     Info { path: PathBuf, reason: String },
+    /// The `scope` export has a type other than the `scoped-policy` world's.
+    #[error("{path}: does not implement world veil:policy/scoped-policy@0.1.0: {reason}")]
+    WrongScope { path: PathBuf, reason: String },
 }
 
 /// Why one hook call on one policy failed. Each becomes a deny.
@@ -121,11 +124,14 @@ pub struct Host {
 /// A ready, never-used instance in its own store.
 struct Ready {
     store: Store<HostState>,
+    instance: Instance,
     policy: bindings::Policy,
 }
 
 struct Inner {
     pre: PolicyPre<HostState>,
+    /// The `scope` export of a `scoped-policy` component.
+    scope: Option<ComponentExportIndex>,
     ready: std::sync::Mutex<Vec<Ready>>,
     refilling: std::sync::atomic::AtomicBool,
 }
@@ -224,16 +230,17 @@ impl Host {
             path: path.into(),
             reason: format!("{e:#}"),
         })?;
+        let scope = component.get_export_index(None, "scope");
         let mut compiled = Compiled {
             host: self.clone(),
-            inner: Arc::new(Inner { pre, ready: Default::default(), refilling: Default::default() }),
+            inner: Arc::new(Inner { pre, scope, ready: Default::default(), refilling: Default::default() }),
             name: String::new(),
             version: String::new(),
             sha256,
             path: path.into(),
         };
         let info = compiled
-            .with_instance(|p, s| p.call_info(s))
+            .with_instance(|p, s, _| p.call_info(s))
             .map_err(|e| LoadError::Info { path: path.into(), reason: e.to_string() })?;
         if !valid_name(&info.name) || info.version.is_empty() || info.version.len() > 64 {
             return Err(LoadError::Info {
@@ -247,6 +254,11 @@ impl Host {
         }
         compiled.name = info.name;
         compiled.version = info.version;
+        if let Some(index) = &compiled.inner.scope {
+            compiled
+                .with_instance(|_, s, instance| instance.get_typed_func::<(&str,), (wit::Scope,)>(s, index).map(drop))
+                .map_err(|e| LoadError::WrongScope { path: path.into(), reason: e.to_string() })?;
+        }
         compiled.refill();
         Ok(compiled)
     }
@@ -276,11 +288,16 @@ impl Host {
         let mut store = self.new_store();
         store.set_epoch_deadline(self.deadline_ticks());
         let started = Instant::now();
-        let policy = pre.instantiate(&mut store).map_err(|e| match classify_trap(e, self.limits, started) {
+        let instantiate = |store: &mut Store<HostState>| {
+            let instance = pre.instance_pre().instantiate(&mut *store)?;
+            let policy = bindings::Policy::new(&mut *store, &instance)?;
+            Ok::<_, wasmtime::Error>((instance, policy))
+        };
+        let (instance, policy) = instantiate(&mut store).map_err(|e| match classify_trap(e, self.limits, started) {
             HookError::Trap(m) => HookError::Instantiate(m),
             other => other,
         })?;
-        Ok(Ready { store, policy })
+        Ok(Ready { store, instance, policy })
     }
 }
 
@@ -324,12 +341,12 @@ pub struct Compiled {
 
 impl Compiled {
     /// Run `f` on a fresh, never-used instance with the host's limits.
-    pub fn with_instance<R>(
+    fn with_instance<R>(
         &self,
-        f: impl FnOnce(&bindings::Policy, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&bindings::Policy, &mut Store<HostState>, &Instance) -> wasmtime::Result<R>,
     ) -> Result<R, HookError> {
         let ready = self.inner.ready.lock().ok().and_then(|mut r| r.pop());
-        let Ready { mut store, policy } = match ready {
+        let Ready { mut store, instance, policy } = match ready {
             Some(r) => r,
             None => self.host.instantiate(&self.inner.pre)?,
         };
@@ -340,7 +357,7 @@ impl Compiled {
         // The store (and its pool slot) is released here, inline: deferring
         // the drop to a background thread lets used slots pile up faster
         // than they are freed under load, exhausting the pool.
-        f(&policy, &mut store).map_err(|e| classify_trap(e, self.host.limits, started))
+        f(&policy, &mut store, &instance).map_err(|e| classify_trap(e, self.host.limits, started))
     }
 
     /// Instantiate a fresh instance inline and drop it: what a call costs
@@ -373,12 +390,23 @@ impl Compiled {
 
     /// Run `on-request` on a fresh instance.
     pub fn on_request(&self, call: &wit::Call) -> Result<wit::Verdict, HookError> {
-        self.with_instance(|p, s| p.call_on_request(s, call))
+        self.with_instance(|p, s, _| p.call_on_request(s, call))
     }
 
     /// Run `on-response` on a fresh instance.
     pub fn on_response(&self, call: &wit::Call, resp: &wit::Response) -> Result<wit::ResponseVerdict, HookError> {
-        self.with_instance(|p, s| p.call_on_response(s, call, resp))
+        self.with_instance(|p, s, _| p.call_on_response(s, call, resp))
+    }
+
+    /// Run `scope` with `config_json` on a fresh instance; `None` for a
+    /// component of the plain `policy` world (its hooks see every call).
+    pub fn scope(&self, config_json: &str) -> Result<Option<wit::Scope>, HookError> {
+        let Some(index) = &self.inner.scope else { return Ok(None) };
+        self.with_instance(|_, s, instance| {
+            let scope = instance.get_typed_func::<(&str,), (wit::Scope,)>(&mut *s, index)?;
+            let (result,) = scope.call(&mut *s, (config_json,))?;
+            Ok(Some(result))
+        })
     }
 }
 

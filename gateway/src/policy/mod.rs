@@ -49,6 +49,11 @@ pub struct Operation {
 }
 
 impl Operation {
+    /// `service:action`, lowercased: what scope patterns match.
+    pub fn qualified(&self) -> String {
+        format!("{}:{}", self.service, self.action).to_ascii_lowercase()
+    }
+
     /// Parse `service:Action` (region `us-east-1`).
     pub fn parse_qualified(text: &str) -> Option<Operation> {
         let (service, action) = text.split_once(':')?;
@@ -132,15 +137,101 @@ pub struct PolicyRef {
     pub sha256: String,
 }
 
+/// Most patterns one hook's scope may list.
+pub const MAX_SCOPE_PATTERNS: usize = 1000;
+/// Longest scope pattern, in bytes.
+pub const MAX_SCOPE_PATTERN: usize = 256;
+
+/// The operations one hook runs for: `service:Action` patterns, `*` matching
+/// any run of characters, ASCII case ignored. Kept lowercased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookScope(Vec<String>);
+
+impl HookScope {
+    /// Every operation (the scope of a plain `policy` component).
+    pub fn all() -> Self {
+        HookScope(vec!["*".into()])
+    }
+
+    fn parse(hook: &str, patterns: Vec<String>) -> Result<Self, String> {
+        if patterns.len() > MAX_SCOPE_PATTERNS {
+            return Err(format!("scope lists {} {hook} patterns, more than the limit of {MAX_SCOPE_PATTERNS}", patterns.len()));
+        }
+        let mut out = Vec::with_capacity(patterns.len());
+        for p in patterns {
+            if p.is_empty() || p.len() > MAX_SCOPE_PATTERN || p.chars().any(char::is_control) {
+                return Err(format!(
+                    "scope {hook} pattern {:?} must be 1-{MAX_SCOPE_PATTERN} bytes without control characters",
+                    truncate(&p, 80)
+                ));
+            }
+            out.push(p.to_ascii_lowercase());
+        }
+        Ok(HookScope(out))
+    }
+
+    /// Whether the hook runs for `qualified` (`service:action`, lowercased).
+    fn matches(&self, qualified: &str) -> bool {
+        self.0.iter().any(|p| glob(p.as_bytes(), qualified.as_bytes()))
+    }
+}
+
+impl std::fmt::Display for HookScope {
+    /// The patterns, comma-separated; `(none)` when the hook never runs.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(none)");
+        }
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+/// `*` matches any run of bytes; everything else matches itself.
+fn glob(pattern: &[u8], text: &[u8]) -> bool {
+    // Iterative with one backtrack point: linear in practice, never exponential.
+    let (mut p, mut t) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while t < text.len() {
+        if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, t));
+            p += 1;
+        } else if p < pattern.len() && pattern[p] == text[t] {
+            p += 1;
+            t += 1;
+        } else if let Some((sp, st)) = star {
+            p = sp + 1;
+            t = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    pattern[p..].iter().all(|&b| b == b'*')
+}
+
 /// A policy ready to run, with its configuration.
 pub struct LoadedPolicy {
     /// The compiled component.
     pub compiled: Compiled,
     /// Its configuration as JSON text.
     pub config_json: String,
+    /// Operations its `on-request` runs for.
+    pub on_request: HookScope,
+    /// Operations its `on-response` runs for.
+    pub on_response: HookScope,
 }
 
 impl LoadedPolicy {
+    /// Pair a compiled policy with its configuration and ask the policy
+    /// which calls its hooks need (`scope`); an error names the cause.
+    pub fn new(compiled: Compiled, config_json: String) -> Result<Self, String> {
+        let (on_request, on_response) = match compiled.scope(&config_json).map_err(|e| format!("scope {e}"))? {
+            None => (HookScope::all(), HookScope::all()),
+            Some(s) => (HookScope::parse("on-request", s.on_request)?, HookScope::parse("on-response", s.on_response)?),
+        };
+        Ok(LoadedPolicy { compiled, config_json, on_request, on_response })
+    }
+
     /// Audit reference.
     pub fn reference(&self) -> PolicyRef {
         PolicyRef {
@@ -197,9 +288,10 @@ impl PolicySet {
             return RequestDecision { verdict: Verdict::Deny, reasons: vec![no_policy()] };
         }
         let mut wcall = Self::wit_call(call);
+        let op = call.operation.qualified();
         let mut verdict = Verdict::Allow;
         let mut reasons = Vec::new();
-        for p in &self.policies {
+        for p in self.policies.iter().filter(|p| p.on_request.matches(&op)) {
             wcall.config_json.clone_from(&p.config_json);
             let (v, message) = match p.compiled.on_request(&wcall) {
                 Ok(wit::Verdict::Allow) => continue,
@@ -218,11 +310,16 @@ impl PolicySet {
         if self.policies.is_empty() {
             return ResponseDecision { deny: vec![no_policy()], masks: Vec::new() };
         }
-        let mut wcall = Self::wit_call(call);
-        let resp = wit::Response { status, body_json: body.to_string() };
+        let op = call.operation.qualified();
+        let scoped: Vec<&Arc<LoadedPolicy>> = self.policies.iter().filter(|p| p.on_response.matches(&op)).collect();
         let mut deny = Vec::new();
         let mut masks = Vec::new();
-        for p in &self.policies {
+        if scoped.is_empty() {
+            return ResponseDecision { deny, masks };
+        }
+        let mut wcall = Self::wit_call(call);
+        let resp = wit::Response { status, body_json: body.to_string() };
+        for p in scoped {
             wcall.config_json.clone_from(&p.config_json);
             let name = &p.compiled.name;
             match p.compiled.on_response(&wcall, &resp) {
@@ -284,4 +381,46 @@ pub fn policy_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
         .collect();
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_runs_of_any_characters() {
+        let cases = [
+            ("*", "iam:createuser", true),
+            ("iam:*", "iam:createuser", true),
+            ("iam:*", "sts:assumerole", false),
+            ("*:get*", "ssm:getparameter", true),
+            ("*:get*", "ssm:putparameter", false),
+            ("iam:createuser", "iam:createuser", true),
+            ("iam:createuser", "iam:createusers", false),
+            ("iam:create*key", "iam:createaccesskey", true),
+            ("a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", false),
+            ("", "", true),
+            ("", "x", false),
+        ];
+        for (pattern, text, want) in cases {
+            assert_eq!(glob(pattern.as_bytes(), text.as_bytes()), want, "{pattern} vs {text}");
+        }
+    }
+
+    #[test]
+    fn scopes_match_without_regard_to_case_and_refuse_bad_patterns() {
+        let scope = HookScope::parse("on-request", vec!["IAM:Create*".into(), "sts:AssumeRole".into()]).unwrap();
+        let op = |s: &str, a: &str| Operation { service: s.into(), action: a.into(), region: "us-east-1".into(), resource: None };
+        assert!(scope.matches(&op("iam", "CreateUser").qualified()));
+        assert!(scope.matches(&op("sts", "AssumeRole").qualified()));
+        assert!(!scope.matches(&op("sts", "AssumeRoleWithSAML").qualified()));
+        assert!(!scope.matches(&op("secretsmanager", "GetSecretValue").qualified()));
+        assert!(!HookScope::parse("on-response", Vec::new()).unwrap().matches("s3:getobject"));
+        for bad in [String::new(), "x".repeat(MAX_SCOPE_PATTERN + 1), "iam:\nCreateUser".into()] {
+            let e = HookScope::parse("on-request", vec![bad]).unwrap_err();
+            assert!(e.contains("on-request pattern"), "{e}");
+        }
+        let e = HookScope::parse("on-response", vec!["*".into(); MAX_SCOPE_PATTERNS + 1]).unwrap_err();
+        assert!(e.contains("more than the limit"), "{e}");
+    }
 }

@@ -20,7 +20,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 
 use super::host::MAX_POLICY_FILE;
-use super::{policy_files, CallInput, Host, Identity, LoadedPolicy, Operation, PolicySet};
+use super::{policy_files, CallInput, HookScope, Host, Identity, LoadedPolicy, Operation, PolicySet};
 use crate::config::Config;
 
 /// Why a reload was refused.
@@ -55,6 +55,10 @@ pub struct ActivePolicy {
     pub file: String,
     /// When this version was loaded, Unix ms.
     pub loaded_at_ms: u64,
+    /// Operations its `on-request` runs for (`scope`).
+    pub on_request: String,
+    /// Operations its `on-response` runs for.
+    pub on_response: String,
 }
 
 /// Builds policy sets from the policy directory and the config file.
@@ -142,6 +146,8 @@ impl Loader {
                 sha256: p.compiled.sha256.clone(),
                 file: p.compiled.path.display().to_string(),
                 loaded_at_ms: state.loaded_at.iter().find(|(s, _)| *s == p.compiled.sha256).map_or(0, |(_, t)| *t),
+                on_request: p.on_request.to_string(),
+                on_response: p.on_response.to_string(),
             })
             .collect();
         json!({ "dir": self.dir.display().to_string(), "policies": active, "last_rejected": state.last_rejected })
@@ -170,13 +176,13 @@ impl Loader {
                     if config == p.config_json {
                         p
                     } else {
-                        Arc::new(LoadedPolicy { compiled: p.compiled.clone(), config_json: config })
+                        Arc::new(LoadedPolicy::new(p.compiled.clone(), config).map_err(|e| reject(file, e))?)
                     }
                 }
                 None => {
                     let compiled = self.host.compile(file, &bytes).map_err(|e| reject(file, e.to_string()))?;
                     let config = config_for(configs, &compiled.name);
-                    let p = Arc::new(LoadedPolicy { compiled, config_json: config });
+                    let p = Arc::new(LoadedPolicy::new(compiled, config).map_err(|e| reject(file, e))?);
                     self_check(&p).map_err(|e| reject(file, e))?;
                     p
                 }
@@ -240,9 +246,15 @@ fn read_capped(file: &Path) -> Result<Vec<u8>, String> {
 }
 
 /// The built-in smoke call: both hooks on a sample input must run cleanly
-/// (any verdict is fine; a trap, timeout or malformed output is not).
+/// (any verdict is fine; a trap, timeout or malformed output is not), whatever
+/// the policy's scope.
 pub fn self_check(p: &LoadedPolicy) -> Result<(), String> {
-    let set = PolicySet::new(vec![Arc::new(LoadedPolicy { compiled: p.compiled.clone(), config_json: p.config_json.clone() })]);
+    let set = PolicySet::new(vec![Arc::new(LoadedPolicy {
+        compiled: p.compiled.clone(),
+        config_json: p.config_json.clone(),
+        on_request: HookScope::all(),
+        on_response: HookScope::all(),
+    })]);
     let call = CallInput {
         identity: Identity {
             issuer: "https://issuer.veil.self-check".into(),

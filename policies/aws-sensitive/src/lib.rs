@@ -16,7 +16,7 @@ mod detect;
 mod generated;
 
 use serde_json::Value;
-use veil_policy_sdk::{export_policy, Mask, MaskStyle, Policy, Request, Response, ResponseDecision, Verdict};
+use veil_policy_sdk::{export_policy, Config, Mask, MaskStyle, Policy, Request, Response, ResponseDecision, Scope, Verdict};
 
 /// Beyond this many masks, mask the whole response instead.
 const MAX_OWN_MASKS: usize = 9_000;
@@ -26,6 +26,11 @@ struct AwsSensitive;
 impl Policy for AwsSensitive {
     const NAME: &'static str = "aws-sensitive";
     const VERSION: &'static str = "1.0.0";
+
+    /// Every response; requests need no decision.
+    fn scope(_config: &Config) -> Scope {
+        Scope { on_request: Vec::new(), on_response: vec!["*".into()] }
+    }
 
     fn on_request(_req: &Request) -> Verdict {
         Verdict::Allow

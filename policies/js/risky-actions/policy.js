@@ -74,9 +74,18 @@ function findString(v, needles) {
   return undefined;
 }
 
-export const { info, onRequest, onResponse } = exportPolicy({
+export const { info, scope, onRequest, onResponse } = exportPolicy({
   name: "risky-actions",
   version: "1.0.0",
+  // Only the listed operations need a decision; responses never do. Every
+  // list is read here, so a misconfigured one rejects the policy at load.
+  scope(config) {
+    const onRequest = [...config.list("deny", DENY), ...config.list("approval", APPROVAL), "sts:AssumeRole",
+      ...config.list("ingress_actions", INGRESS_ACTIONS)];
+    config.list("admin_role_patterns", ADMIN_ROLE_PATTERNS);
+    config.list("open_cidrs", OPEN_CIDRS);
+    return { onRequest, onResponse: [] };
+  },
   onRequest(req) {
     const action = req.qualifiedAction;
     let p = firstMatch(req.configList("deny", DENY), action);

@@ -36,9 +36,21 @@ function ownedPrefixes(req, groups) {
   return owned;
 }
 
-export const { info, onRequest, onResponse } = exportPolicy({
+export const { info, scope, onRequest, onResponse } = exportPolicy({
   name: "secrets-by-team",
   version: "1.0.0",
+  // Only the responses that carry secret values.
+  scope: () => ({
+    onRequest: [],
+    onResponse: [
+      "secretsmanager:GetSecretValue",
+      "secretsmanager:BatchGetSecretValue",
+      "ssm:GetParameter",
+      "ssm:GetParameters",
+      "ssm:GetParametersByPath",
+      "ssm:GetParameterHistory",
+    ],
+  }),
   onResponse(req, resp) {
     const claim = strAt(req.config, "groups_claim") ?? "groups";
     const groups = req.claimList(claim);

@@ -2,7 +2,7 @@
 the Rust policy in policies/risky-actions (see its docs). Built by
 `make policies` into target/policies/python/risky-actions.wasm."""
 
-from veil_policy import Policy, Verdict, ascii_lower, export, glob, rust_trim, sorted_items
+from veil_policy import Policy, Scope, Verdict, ascii_lower, export, glob, rust_trim, sorted_items
 
 DENY = [
     "organizations:LeaveOrganization",
@@ -84,6 +84,15 @@ def find_string(v, needles):
 class RiskyActions(Policy):
     name = "risky-actions"
     version = "1.0.0"
+
+    def scope(self, config):
+        """Only the listed operations need a decision; responses never do.
+        Every list is read here, so a misconfigured one rejects the policy."""
+        on_request = config.list("deny", DENY) + config.list("approval", APPROVAL)
+        on_request += ["sts:AssumeRole"] + config.list("ingress_actions", INGRESS_ACTIONS)
+        config.list("admin_role_patterns", ADMIN_ROLE_PATTERNS)
+        config.list("open_cidrs", OPEN_CIDRS)
+        return Scope(on_request=on_request, on_response=[])
 
     def on_request(self, req):
         action = req.qualified_action

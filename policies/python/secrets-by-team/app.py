@@ -3,7 +3,7 @@ that owns them; the same rules and configuration as the Rust policy in
 policies/secrets-by-team (see its docs). Built by `make policies` into
 target/policies/python/secrets-by-team.wasm."""
 
-from veil_policy import Mask, Policy, PolicyError, ResponseDecision, export
+from veil_policy import Mask, Policy, PolicyError, ResponseDecision, Scope, export
 
 SECRET_FIELDS = ["SecretString", "SecretBinary"]
 
@@ -46,6 +46,17 @@ def owned_prefixes(req, groups):
 class SecretsByTeam(Policy):
     name = "secrets-by-team"
     version = "1.0.0"
+
+    def scope(self, config):
+        """Only the responses that carry secret values."""
+        return Scope(on_request=[], on_response=[
+            "secretsmanager:GetSecretValue",
+            "secretsmanager:BatchGetSecretValue",
+            "ssm:GetParameter",
+            "ssm:GetParameters",
+            "ssm:GetParametersByPath",
+            "ssm:GetParameterHistory",
+        ])
 
     def on_response(self, req, resp):
         claim = first(str_at(req.config, "groups_claim"), "groups")

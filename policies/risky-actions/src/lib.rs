@@ -13,7 +13,7 @@
 //! replaces the default one.
 
 use serde_json::Value;
-use veil_policy_sdk::{export_policy, Policy, Request, Response, ResponseDecision, Verdict};
+use veil_policy_sdk::{export_policy, Config, Policy, Request, Response, ResponseDecision, Scope, Verdict};
 
 const DENY: &[&str] = &[
     "organizations:LeaveOrganization",
@@ -82,6 +82,18 @@ struct RiskyActions;
 impl Policy for RiskyActions {
     const NAME: &'static str = "risky-actions";
     const VERSION: &'static str = "1.0.0";
+
+    /// Only the listed operations need a decision; responses never do. Every
+    /// list is read here, so a misconfigured one rejects the policy at load.
+    fn scope(config: &Config) -> Scope {
+        let mut on_request = config.list("deny", DENY);
+        on_request.extend(config.list("approval", APPROVAL));
+        on_request.push("sts:AssumeRole".into());
+        on_request.extend(config.list("ingress_actions", INGRESS_ACTIONS));
+        config.list("admin_role_patterns", ADMIN_ROLE_PATTERNS);
+        config.list("open_cidrs", OPEN_CIDRS);
+        Scope { on_request, on_response: Vec::new() }
+    }
 
     fn on_request(req: &Request) -> Verdict {
         let action = req.qualified_action();

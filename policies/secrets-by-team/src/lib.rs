@@ -16,13 +16,26 @@
 //! returned), never only from the request, so an ARN or alias cannot dodge it.
 
 use serde_json::Value;
-use veil_policy_sdk::{export_policy, Mask, Policy, Request, Response, ResponseDecision, Verdict};
+use veil_policy_sdk::{export_policy, Config, Mask, Policy, Request, Response, ResponseDecision, Scope, Verdict};
 
 struct SecretsByTeam;
 
 impl Policy for SecretsByTeam {
     const NAME: &'static str = "secrets-by-team";
     const VERSION: &'static str = "1.0.0";
+
+    /// Only the responses that carry secret values.
+    fn scope(_config: &Config) -> Scope {
+        let ops = [
+            "secretsmanager:GetSecretValue",
+            "secretsmanager:BatchGetSecretValue",
+            "ssm:GetParameter",
+            "ssm:GetParameters",
+            "ssm:GetParametersByPath",
+            "ssm:GetParameterHistory",
+        ];
+        Scope { on_request: Vec::new(), on_response: ops.iter().map(|o| o.to_string()).collect() }
+    }
 
     fn on_request(_req: &Request) -> Verdict {
         Verdict::Allow

@@ -2,11 +2,11 @@
 //
 // Build (from the repository root):
 //   policy-sdk/js/node_modules/.bin/componentize-js policy-sdk/js/template/policy.js \
-//       --wit wit/veil-policy.wit -n policy -d http fetch-event -o my-policy.wasm
+//       --wit wit/veil-policy.wit -n scoped-policy -d http fetch-event -o my-policy.wasm
 
 import { Mask, ResponseDecision, Verdict, exportPolicy } from "../veil-policy.js";
 
-export const { info, onRequest, onResponse } = exportPolicy({
+export const { info, scope, onRequest, onResponse } = exportPolicy({
   name: "my-policy",
   version: "0.1.0",
   onRequest(req) {

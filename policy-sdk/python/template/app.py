@@ -1,7 +1,7 @@
 """my-policy: a starting point for a Veil policy in Python.
 
 Build (from the repository root):
-    componentize-py -d wit/veil-policy.wit -w policy componentize \\
+    componentize-py -d wit/veil-policy.wit -w scoped-policy componentize \\
         -p policy-sdk/python -p policy-sdk/python/template app -o my-policy.wasm
 """
 

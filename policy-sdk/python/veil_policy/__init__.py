@@ -1,15 +1,18 @@
 """Python SDK for Veil policies.
 
-A Veil policy is a WebAssembly component exporting the ``veil:policy/policy``
-world of ``wit/veil-policy.wit``. componentize-py generates the bindings
+A Veil policy is a WebAssembly component exporting the
+``veil:policy/scoped-policy`` world of ``wit/veil-policy.wit``. componentize-py generates the bindings
 (the ``wit_world`` package) from that one WIT file when it builds the
 component; this package wraps them in the same small API as the Rust SDK::
 
-    from veil_policy import Policy, Mask, ResponseDecision, Verdict, export
+    from veil_policy import Policy, Mask, ResponseDecision, Scope, Verdict, export
 
     class NoIamWrites(Policy):
         name = "no-iam-writes"
         version = "1.0.0"
+
+        def scope(self, config):  # optional; the default is every operation
+            return Scope(on_request=["iam:*"], on_response=["*"])
 
         def on_request(self, req):
             if req.service == "iam" and not req.action.startswith(("Get", "List")):
@@ -34,7 +37,7 @@ from typing import Any, List, Optional
 
 __all__ = [
     "PolicyError",
-    "Policy", "Request", "Response", "Verdict", "Mask", "ResponseDecision",
+    "Policy", "Request", "Response", "Verdict", "Mask", "ResponseDecision", "Config", "Scope",
     "export", "glob", "ascii_lower", "rust_trim", "sorted_items",
 ]
 
@@ -126,6 +129,45 @@ def _get(obj: Any, key: str) -> Any:
     return obj.get(key) if isinstance(obj, dict) else None
 
 
+@dataclass
+class Scope:
+    """Which operations each hook runs for: ``service:Action`` patterns, ``*``
+    matching any run of characters, case ignored. The gateway skips a hook
+    for other calls, as if it had allowed them."""
+
+    on_request: List[str] = field(default_factory=lambda: ["*"])
+    on_response: List[str] = field(default_factory=lambda: ["*"])
+
+    @classmethod
+    def all(cls) -> "Scope":
+        """Both hooks for every operation."""
+        return cls()
+
+
+class Config:
+    """A policy's configuration (the JSON object from the gateway's config),
+    parsed on first use."""
+
+    def __init__(self, value: Any = None, *, text: Optional[str] = None):
+        self._lazy = _Lazy("config-json", text) if text is not None else _Lazy("config-json", value={} if value is None else value)
+
+    def get(self) -> Any:
+        """The configuration as JSON."""
+        return self._lazy.get()
+
+    def list(self, key: str, default: List[str]) -> List[str]:
+        """A list of strings under ``key``, or ``default`` when the key is
+        absent. Anything else raises (a trap: the gateway refuses the policy
+        or denies, and reports the misconfiguration)."""
+        config = self.get()
+        v = _get(config, key)
+        if v is None and not (isinstance(config, dict) and key in config):
+            return list(default)
+        if isinstance(v, list) and all(isinstance(s, str) for s in v):
+            return list(v)
+        raise PolicyError(f"config `{key}` must be a list of strings")
+
+
 class Request:
     """One call as a policy sees it: identity, operation, parameters, config."""
 
@@ -141,7 +183,7 @@ class Request:
         self.service, self.action, self.region, self.resource = service, action, region, resource
         self._claims = _Lazy("claims-json", value=claims)
         self._params = _Lazy("params-json", value={} if params is None else params)
-        self._config = _Lazy("config-json", value={} if config is None else config)
+        self._config = Config(config)
 
     @classmethod
     def _from_wit(cls, c: Any) -> "Request":
@@ -151,7 +193,7 @@ class Request:
         req.service, req.action, req.region, req.resource = op.service, op.action, op.region, op.resource
         req._claims = _Lazy("claims-json", c.identity.claims_json)
         req._params = _Lazy("params-json", c.params_json)
-        req._config = _Lazy("config-json", c.config_json)
+        req._config = Config(text=c.config_json)
         return req
 
     @property
@@ -205,14 +247,8 @@ class Request:
 
     def config_list(self, key: str, default: List[str]) -> List[str]:
         """A list of strings from the policy config, or ``default`` when the
-        key is absent. Anything else raises (a trap: the gateway denies and
-        reports the misconfiguration)."""
-        v = _get(self.config, key)
-        if v is None and not (isinstance(self.config, dict) and key in self.config):
-            return list(default)
-        if isinstance(v, list) and all(isinstance(s, str) for s in v):
-            return list(v)
-        raise PolicyError(f"config `{key}` must be a list of strings")
+        key is absent; see ``Config.list``."""
+        return self._config.list(key, default)
 
 
 class Response:
@@ -236,10 +272,14 @@ class Response:
 
 
 class Policy:
-    """What a Veil policy implements: a name, a semver version and two hooks."""
+    """What a Veil policy implements: a name, a semver version, two hooks and
+    optionally the scope of each hook."""
 
     name: str = ""
     version: str = ""
+
+    def scope(self, config: Config) -> Scope:
+        return Scope.all()
 
     def on_request(self, req: Request) -> Verdict:
         return Verdict.allow()
@@ -259,6 +299,10 @@ def export(policy_cls: type) -> type:
     class World(_World):
         def info(self):
             return wit.PolicyInfo(name=policy.name, version=policy.version)
+
+        def scope(self, config_json):
+            s = policy.scope(Config(text=config_json))
+            return wit.Scope(on_request=list(s.on_request), on_response=list(s.on_response))
 
         def on_request(self, c):
             v = policy.on_request(Request._from_wit(c))
@@ -294,6 +338,10 @@ def _warm_up(world: Any, wit: Any) -> None:
         ("ec2", "AuthorizeSecurityGroupIngress", {"IpPermissions": [{"IpRanges": [{"CidrIp": "10.0.0.0/8"}]}]}, {}),
         ("sts", "AssumeRole", {"RoleArn": "arn:aws:iam::123456789012:role/warm-up"}, {}),
     ]
+    try:
+        world.scope("{}")
+    except Exception:
+        pass
     for service, action, params, body in samples:
         call = wit.Call(
             identity=wit.Identity(issuer="https://issuer.test", subject="warm-up",

@@ -1,9 +1,11 @@
 //! A policy that misbehaves on purpose, for the host's tests. The policy
 //! config's `mode` picks the misbehaviour; `trigger` (when set) makes it
 //! misbehave only for calls whose action equals it, allowing everything else.
+//! `scope` (when set) is what `scope` returns: `"trap"`, `"spin"`, or an
+//! object `{"on_request": [...], "on_response": [...]}` returned as is.
 
 use serde_json::Value;
-use veil_policy_sdk::{export_policy, Mask, Policy, Request, Response, ResponseDecision, Verdict};
+use veil_policy_sdk::{export_policy, Config, Mask, Policy, Request, Response, ResponseDecision, Scope, Verdict};
 
 struct Hostile;
 
@@ -23,6 +25,11 @@ fn recurse(n: u64) -> u64 {
     let buf = std::hint::black_box([n; 64]);
     if n == u64::MAX { return 0; }
     recurse(n + 1).wrapping_add(buf[(n % 64) as usize])
+}
+
+fn config_scope(config: &Config, hook: &str) -> Vec<String> {
+    let patterns = config.get()["scope"][hook].as_array().cloned().unwrap_or_default();
+    patterns.iter().filter_map(|p| p.as_str().map(String::from)).collect()
 }
 
 fn misbehave(m: &str) {
@@ -58,6 +65,17 @@ fn misbehave(m: &str) {
 impl Policy for Hostile {
     const NAME: &'static str = "hostile";
     const VERSION: &'static str = "0.0.1";
+
+    fn scope(config: &Config) -> Scope {
+        match config.get().get("scope") {
+            None => Scope::all(),
+            Some(Value::String(m)) => {
+                misbehave(m);
+                Scope::all()
+            }
+            Some(_) => Scope { on_request: config_scope(config, "on_request"), on_response: config_scope(config, "on_response") },
+        }
+    }
 
     fn on_request(req: &Request) -> Verdict {
         let m = mode(req);

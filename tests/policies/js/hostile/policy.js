@@ -8,7 +8,7 @@ function recurse(n) {
   return recurse(n + 1) + 1;
 }
 
-export const { info, onRequest, onResponse } = exportPolicy({
+export const { info, scope, onRequest, onResponse } = exportPolicy({
   name: "hostile-js",
   version: "0.0.1",
   onRequest(req) {
