@@ -254,6 +254,7 @@ fn serve(path: &Path) -> Result<()> {
         let hash_key = HashKey::new(secret(&cfg, cfg.masking.hash_key_file.as_deref(), "VEIL_HASH_KEY", "masking.hash_key_file")?);
         let host = Host::new(Limits {
             deadline: cfg.policy_deadline(),
+            deadline_per_mib: cfg.policy_deadline_per_mib(),
             memory_bytes: cfg.policies.memory_mib << 20,
             ..Limits::default()
         })?;

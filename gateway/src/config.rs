@@ -220,6 +220,9 @@ pub struct PoliciesConfig {
     /// CPU deadline per hook call, milliseconds.
     #[serde(default = "default_deadline")]
     pub deadline_ms: u64,
+    /// Extra deadline of an `on-response` call per MiB of response body.
+    #[serde(default = "default_deadline_per_mib")]
+    pub deadline_per_mib_ms: u64,
     /// Memory cap per instance, MiB.
     #[serde(default = "default_memory")]
     pub memory_mib: usize,
@@ -241,6 +244,9 @@ pub struct PoliciesConfig {
 
 fn default_deadline() -> u64 {
     50
+}
+fn default_deadline_per_mib() -> u64 {
+    150
 }
 fn default_memory() -> usize {
     64
@@ -519,6 +525,9 @@ impl Config {
         if self.policies.deadline_ms == 0 || self.policies.deadline_ms > 10_000 {
             return e("policies.deadline_ms", "must be between 1 and 10000");
         }
+        if self.policies.deadline_per_mib_ms > 10_000 {
+            return e("policies.deadline_per_mib_ms", "must be between 0 and 10000");
+        }
         if self.policies.require_signature && self.policies.signing_keys.is_empty() {
             return e("policies.signing_keys", "require_signature needs at least one key");
         }
@@ -603,7 +612,12 @@ impl Config {
         Ok(())
     }
 
-    /// Per-hook timeouts as durations.
+    /// The extra `on-response` deadline per MiB of response body.
+    pub fn policy_deadline_per_mib(&self) -> Duration {
+        Duration::from_millis(self.policies.deadline_per_mib_ms)
+    }
+
+    /// The policy CPU deadline per hook call.
     pub fn policy_deadline(&self) -> Duration {
         Duration::from_millis(self.policies.deadline_ms)
     }

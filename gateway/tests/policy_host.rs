@@ -301,3 +301,21 @@ fn policies_combine_most_restrictive_first_and_masks_union() {
     assert_eq!(set.references().len(), 2);
     assert_eq!(set.references()[1].sha256.len(), 64);
 }
+
+#[test]
+fn a_large_response_gets_a_deadline_in_proportion_and_is_masked() {
+    // A 1.3 MB listing takes aws-sensitive longer than the base 50 ms on a
+    // loaded machine; the per-MiB allowance keeps it from being denied.
+    let h = host();
+    let set = PolicySet::new(vec![load(&h, "aws-sensitive.wasm", json!({}))]);
+    let items: Vec<Value> = (0..8000)
+        .map(|i| json!({"Name": format!("prod/app-{i}"), "Description": format!("credentials of app {i}"), "Tags": [{"Key": "team", "Value": "payments"}],
+                        "ARN": format!("arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/app-{i}")}))
+        .collect();
+    let mut body = json!({"SecretList": items});
+    body["SecretList"][1234]["Description"] = json!("postgres://app:hunter2hunter2@db.internal:5432/app");
+    assert!(body.to_string().len() > 1 << 20);
+    let d = set.on_response(&call("secretsmanager:ListSecrets", json!({}), json!({})), 200, &body);
+    assert!(d.deny.is_empty(), "{:?}", d.deny);
+    assert!(d.masks.iter().any(|m| m.selector.to_string().contains("1234")), "the seeded password is masked");
+}

@@ -36,6 +36,9 @@ use bindings::PolicyPre;
 pub struct Limits {
     /// CPU wall-clock budget of one hook call.
     pub deadline: Duration,
+    /// Extra budget of an `on-response` call per MiB of response body: a
+    /// policy reading a large listing needs time in proportion to it.
+    pub deadline_per_mib: Duration,
     /// Linear memory one instance may use, in bytes.
     pub memory_bytes: usize,
     /// Instances that may run at once (sizes the pooling allocator).
@@ -44,7 +47,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { deadline: Duration::from_millis(50), memory_bytes: 64 << 20, max_concurrent: 256 }
+        Limits {
+            deadline: Duration::from_millis(50),
+            deadline_per_mib: Duration::from_millis(150),
+            memory_bytes: 64 << 20,
+            max_concurrent: 256,
+        }
     }
 }
 
@@ -240,7 +248,7 @@ impl Host {
             path: path.into(),
         };
         let info = compiled
-            .with_instance(|p, s, _| p.call_info(s))
+            .with_instance(self.limits.deadline, |p, s, _| p.call_info(s))
             .map_err(|e| LoadError::Info { path: path.into(), reason: e.to_string() })?;
         if !valid_name(&info.name) || info.version.is_empty() || info.version.len() > 64 {
             return Err(LoadError::Info {
@@ -256,7 +264,7 @@ impl Host {
         compiled.version = info.version;
         if let Some(index) = &compiled.inner.scope {
             compiled
-                .with_instance(|_, s, instance| instance.get_typed_func::<(&str,), (wit::Scope,)>(s, index).map(drop))
+                .with_instance(self.limits.deadline, |_, s, instance| instance.get_typed_func::<(&str,), (wit::Scope,)>(s, index).map(drop))
                 .map_err(|e| LoadError::WrongScope { path: path.into(), reason: e.to_string() })?;
         }
         compiled.refill();
@@ -280,20 +288,26 @@ impl Host {
         store
     }
 
-    fn deadline_ticks(&self) -> u64 {
-        (self.limits.deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
+    /// The deadline of a call whose inputs carry `body_bytes` of response.
+    fn deadline(&self, body_bytes: usize) -> Duration {
+        let extra = self.limits.deadline_per_mib.as_nanos() * body_bytes as u128 / (1 << 20);
+        self.limits.deadline + Duration::from_nanos(u64::try_from(extra).unwrap_or(u64::MAX))
+    }
+
+    fn ticks(deadline: Duration) -> u64 {
+        (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
     }
 
     fn instantiate(&self, pre: &PolicyPre<HostState>) -> Result<Ready, HookError> {
         let mut store = self.new_store();
-        store.set_epoch_deadline(self.deadline_ticks());
+        store.set_epoch_deadline(Self::ticks(self.limits.deadline));
         let started = Instant::now();
         let instantiate = |store: &mut Store<HostState>| {
             let instance = pre.instance_pre().instantiate(&mut *store)?;
             let policy = bindings::Policy::new(&mut *store, &instance)?;
             Ok::<_, wasmtime::Error>((instance, policy))
         };
-        let (instance, policy) = instantiate(&mut store).map_err(|e| match classify_trap(e, self.limits, started) {
+        let (instance, policy) = instantiate(&mut store).map_err(|e| match classify_trap(e, self.limits.deadline, self.limits.memory_bytes, started) {
             HookError::Trap(m) => HookError::Instantiate(m),
             other => other,
         })?;
@@ -343,6 +357,7 @@ impl Compiled {
     /// Run `f` on a fresh, never-used instance with the host's limits.
     fn with_instance<R>(
         &self,
+        deadline: Duration,
         f: impl FnOnce(&bindings::Policy, &mut Store<HostState>, &Instance) -> wasmtime::Result<R>,
     ) -> Result<R, HookError> {
         let ready = self.inner.ready.lock().ok().and_then(|mut r| r.pop());
@@ -352,12 +367,12 @@ impl Compiled {
         };
         self.refill();
         // The deadline counts from now, not from when the instance was made.
-        store.set_epoch_deadline(self.host.deadline_ticks());
+        store.set_epoch_deadline(Host::ticks(deadline));
         let started = Instant::now();
         // The store (and its pool slot) is released here, inline: deferring
         // the drop to a background thread lets used slots pile up faster
         // than they are freed under load, exhausting the pool.
-        f(&policy, &mut store, &instance).map_err(|e| classify_trap(e, self.host.limits, started))
+        f(&policy, &mut store, &instance).map_err(|e| classify_trap(e, deadline, self.host.limits.memory_bytes, started))
     }
 
     /// Instantiate a fresh instance inline and drop it: what a call costs
@@ -390,19 +405,20 @@ impl Compiled {
 
     /// Run `on-request` on a fresh instance.
     pub fn on_request(&self, call: &wit::Call) -> Result<wit::Verdict, HookError> {
-        self.with_instance(|p, s, _| p.call_on_request(s, call))
+        self.with_instance(self.host.deadline(0), |p, s, _| p.call_on_request(s, call))
     }
 
-    /// Run `on-response` on a fresh instance.
+    /// Run `on-response` on a fresh instance, its deadline extended in
+    /// proportion to the response body.
     pub fn on_response(&self, call: &wit::Call, resp: &wit::Response) -> Result<wit::ResponseVerdict, HookError> {
-        self.with_instance(|p, s, _| p.call_on_response(s, call, resp))
+        self.with_instance(self.host.deadline(resp.body_json.len()), |p, s, _| p.call_on_response(s, call, resp))
     }
 
     /// Run `scope` with `config_json` on a fresh instance; `None` for a
     /// component of the plain `policy` world (its hooks see every call).
     pub fn scope(&self, config_json: &str) -> Result<Option<wit::Scope>, HookError> {
         let Some(index) = &self.inner.scope else { return Ok(None) };
-        self.with_instance(|_, s, instance| {
+        self.with_instance(self.host.deadline(0), |_, s, instance| {
             let scope = instance.get_typed_func::<(&str,), (wit::Scope,)>(&mut *s, index)?;
             let (result,) = scope.call(&mut *s, (config_json,))?;
             Ok(Some(result))
@@ -424,9 +440,9 @@ fn top_up(host: &Host, inner: &Inner) -> Result<(), HookError> {
     }
 }
 
-fn classify_trap(e: wasmtime::Error, limits: Limits, started: Instant) -> HookError {
+fn classify_trap(e: wasmtime::Error, deadline: Duration, memory_bytes: usize, started: Instant) -> HookError {
     match e.downcast_ref::<wasmtime::Trap>() {
-        Some(wasmtime::Trap::Interrupt) => HookError::Timeout(limits.deadline.as_millis()),
+        Some(wasmtime::Trap::Interrupt) => HookError::Timeout(deadline.as_millis()),
         _ => {
             let text = format!("{e:#}");
             // A failed memory.grow traps (trap_on_grow_failure); so does an
@@ -435,9 +451,9 @@ fn classify_trap(e: wasmtime::Error, limits: Limits, started: Instant) -> HookEr
                 || text.contains("memory allocation of")
                 || text.contains("capacity overflow")
             {
-                HookError::Memory(limits.memory_bytes >> 20)
-            } else if started.elapsed() >= limits.deadline && text.contains("interrupt") {
-                HookError::Timeout(limits.deadline.as_millis())
+                HookError::Memory(memory_bytes >> 20)
+            } else if started.elapsed() >= deadline && text.contains("interrupt") {
+                HookError::Timeout(deadline.as_millis())
             } else {
                 HookError::Trap(truncate(&text, 512).to_string())
             }
