@@ -65,17 +65,15 @@ deps:
 	@bash scripts/deps.sh
 
 test: deps build policies
-	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world --exclude versioned
+	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world --exclude versioned --exclude veil-bench-peers
 	cd policy-sdk/python && python3 -m pytest -q -p no:cacheprovider
 	cd policy-sdk/js && node --test
 	cd tests/e2e && python3 -m pytest -q -p no:cacheprovider
 
-# Benchmarks (not part of `make test`): policy hooks (criterion), then the
-# gateway against nginx and a direct upstream with wrk, side by side.
+# Benchmarks (not part of `make test`): every part side by side in one run,
+# written to bench/results.md and bench/results/*.png (see bench/run.py).
 bench: deps build policies
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null; }
+	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
 	$(CARGO) build --release --locked --example bench_upstream --example audit_bench
-	$(CARGO) bench --locked --bench policy -- --warm-up-time 1 --measurement-time 5
-	python3 bench/gateway.py
-	python3 bench/audit.py
-	python3 bench/reload.py
+	python3 bench/run.py

@@ -81,7 +81,6 @@ fn bench(c: &mut Criterion) {
     let sensitive_set = PolicySet::new(vec![sensitive.clone()]);
     let ready = || sensitive.compiled.fill_ready().unwrap();
     g.bench_function("aws-sensitive instantiate", |b| b.iter(|| sensitive.compiled.instantiate_inline().unwrap()));
-    g.bench_function("aws-sensitive on-request", |b| b.iter_batched(ready, |_| sensitive_set.on_request(&call), BatchSize::PerIteration));
     g.bench_function("aws-sensitive on-response 4KB", |b| {
         b.iter_batched(ready, |_| sensitive_set.on_response(&call, 200, &body), BatchSize::PerIteration)
     });

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Gateway memory with 20 policies loaded: resident set size (RSS) idle after
+start, then the peak under load (wrk, 16 connections, the 4 KB
+GetSecretValue-shaped call of bench/gateway.py) and after it.
+
+The 20 policies: the three shipped ones plus 17 copies of the `versioned`
+test fixture built under distinct names (VEIL_FIXTURE_NAME), each running
+both hooks on every call. Usage: python3 bench/memory.py (after
+`make build policies` and `cargo build --release --example bench_upstream`).
+Environment: DURATION (s, default 10); BENCH_JSON=<file> also writes the
+figures as JSON.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+import gateway  # noqa: E402
+from gateway import harness  # noqa: E402
+
+DURATION = int(os.environ.get("DURATION", "10"))
+EXTRA = 17
+
+
+def rss_mib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def build_policies(pdir):
+    for f in harness.POLICIES.glob("*.wasm"):
+        shutil.copy(f, pdir / f.name)
+    for i in range(1, EXTRA + 1):
+        env = dict(os.environ, VEIL_FIXTURE_NAME=f"bench-{i:02}")
+        subprocess.run(["cargo", "build", "--quiet", "--locked", "--profile", "wasm", "--target", "wasm32-wasip2", "-p", "versioned"],
+                       cwd=ROOT, env=env, check=True)
+        shutil.copy(ROOT / "target/wasm32-wasip2/wasm/versioned.wasm", pdir / f"bench-{i:02}.wasm")
+    # Leave the fixture as the tests expect it.
+    subprocess.run(["cargo", "build", "--quiet", "--locked", "--profile", "wasm", "--target", "wasm32-wasip2", "-p", "versioned"],
+                   cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "VEIL_FIXTURE_NAME"}, check=True)
+
+
+def main():
+    procs = []
+    with tempfile.TemporaryDirectory() as d:
+        pdir = Path(d) / "policies"
+        pdir.mkdir()
+        build_policies(pdir)
+        try:
+            up_port, issuer = gateway.start_backends(procs)
+            veil = gateway.start_veil(d, "veil", issuer, up_port, procs, policies_dir=pdir)
+            status = len(list(pdir.glob("*.wasm")))
+            time.sleep(5)
+            pid = veil.proc.p.pid
+            idle = rss_mib(pid)
+            script = gateway.signed_script(d, veil, gateway.session_credentials(veil, issuer), "memory")
+            peak = [idle]
+            done = threading.Event()
+
+            def sample():
+                while not done.is_set():
+                    peak[0] = max(peak[0], rss_mib(pid))
+                    time.sleep(0.2)
+            t = threading.Thread(target=sample)
+            t.start()
+            rps, p50, _, _ = gateway.wrk(veil.url + "/", str(script), 16, DURATION)
+            done.set()
+            t.join()
+            time.sleep(2)
+            after = rss_mib(pid)
+        finally:
+            for p in reversed(procs):
+                p.stop()
+    print(f"| policies loaded | idle RSS | peak RSS under load ({rps:.0f} req/s, 16 conns, {DURATION} s) | RSS after load |")
+    print("|---:|---:|---:|---:|")
+    print(f"| {status} | {idle:.0f} MiB | {peak[0]:.0f} MiB | {after:.0f} MiB |")
+    if os.environ.get("BENCH_JSON"):
+        Path(os.environ["BENCH_JSON"]).write_text(json.dumps({"policies": status, "idle_mib": idle, "peak_mib": peak[0], "after_mib": after, "rps": rps}))
+
+
+if __name__ == "__main__":
+    main()

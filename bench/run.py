@@ -1,0 +1,209 @@
+#!/usr/bin/env python3
+"""`make bench`: every benchmark, side by side in one run, written to
+bench/results.md with charts in bench/results/ (machine facts and date
+included). Each part also prints as it goes.
+
+Parts: policy hooks per language (criterion), policy decisions against
+regorus and cedar-policy, masking throughput (criterion), gateway overhead
+against nginx and a direct upstream (wrk), durable audit and shipping into
+ClickHouse, hot reload, memory with 20 policies.
+
+Environment: QUICK=1 shortens every part (a smoke run, not for publishing).
+"""
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = ROOT / "bench" / "results"
+QUICK = os.environ.get("QUICK") == "1"
+MEASURE = "1" if QUICK else "3"
+
+
+def run(args, env=None, **kw):
+    print("+", " ".join(str(a) for a in args), flush=True)
+    e = dict(os.environ)
+    e.update(env or {})
+    out = subprocess.run([str(a) for a in args], cwd=ROOT, env=e, check=True, capture_output=True, text=True, **kw).stdout
+    print(out, flush=True)
+    return out
+
+
+def machine():
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+    mem = next(int(l.split()[1]) for l in open("/proc/meminfo") if l.startswith("MemTotal"))
+    rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    return (f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; commit {rev}\n"
+            f"- machine: {os.cpu_count()} cores ({cpu}), {mem / 1024 / 1024:.0f} GiB RAM, Linux {platform.release()}; "
+            "shared and noisy: every figure is a median, and each part runs its contenders side by side\n"
+            f"- {'QUICK smoke run: short measurements, do not publish' if QUICK else 'full run'}")
+
+
+def criterion(bench, group_prefix):
+    """Run a criterion bench; return {(group, function): (median ns, throughput bytes or None)}."""
+    run(["cargo", "bench", "--locked", "-p", "veil-gateway", "--bench", bench, "--", "--warm-up-time", "1", "--measurement-time", MEASURE])
+    found = {}
+    for f in (ROOT / "target" / "criterion").rglob("new/benchmark.json"):
+        meta = json.loads(f.read_text())
+        if not meta["group_id"].startswith(group_prefix):
+            continue
+        est = json.loads((f.parent / "estimates.json").read_text())
+        tp = (meta.get("throughput") or {}).get("Bytes")
+        found[(meta["group_id"], meta["function_id"] if meta.get("value_str") is None else f'{meta["function_id"]}/{meta["value_str"]}')] = (est["median"]["point_estimate"], tp)
+    return found
+
+
+def table(header, rows):
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def policy_hooks():
+    res = criterion("policy", "policy-hook")
+    fns = ["instantiate", "on-request", "on-response 4KB", "on-response 4KB + mask"]
+    rows = []
+    for lang in ["rust", "python", "js"]:
+        rows.append([lang] + [f"{res[(f'policy-hook/{lang}', fn)][0] / 1e3:.1f}" if (f"policy-hook/{lang}", fn) in res else "-" for fn in fns])
+    # aws-sensitive's scope has no on-request: the gateway never runs it.
+    for fn in ["aws-sensitive instantiate", "aws-sensitive on-response 4KB"]:
+        if ("policy-hook", fn) in res:
+            rows.append([fn, f"{res[('policy-hook', fn)][0] / 1e3:.1f}", "", "", ""])
+    return ("Per hook, median µs (criterion; the hook on a ready instance; instantiation is what the background pool pays per call). "
+            "Rows: secrets-by-team built in each language, then aws-sensitive.\n\n" + table(["policy", *[f + " µs" for f in fns]], rows))
+
+
+def peers():
+    run(["cargo", "build", "--release", "--locked", "-p", "veil-bench-peers"])
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        out = run([ROOT / "target/release/veil-bench-peers", ROOT / "target/policies", "300" if QUICK else "2000"], env={"BENCH_JSON": f.name})
+        rows = json.loads(Path(f.name).read_text())
+    calls = list(dict.fromkeys(r["call"] for r in rows))
+    engines = list(dict.fromkeys(r["engine"] for r in rows))
+    fig, axes = plt.subplots(1, len(calls), figsize=(4 * len(calls), 4), sharey=True)
+    for ax, call in zip(axes, calls):
+        p50 = [next(r["p50_us"] for r in rows if r["call"] == call and r["engine"] == e) for e in engines]
+        p99 = [next(r["p99_us"] for r in rows if r["call"] == call and r["engine"] == e) for e in engines]
+        x = range(len(engines))
+        ax.bar([i - 0.2 for i in x], p50, 0.4, label="p50")
+        ax.bar([i + 0.2 for i in x], p99, 0.4, label="p99")
+        ax.set_yscale("log")
+        ax.set_title(call, fontsize=8)
+        ax.set_xticks(list(x), [e.replace(" component)", ")").replace("veil (", "veil\n(") for e in engines], fontsize=7, rotation=45, ha="right")
+    axes[0].set_ylabel("µs per decision (log)")
+    axes[0].legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "policy-decisions.png", dpi=110)
+    plt.close(fig)
+    text = out.strip()
+    return ("The same rules (deny account-destroying actions, approval for identity-changing ones, mask a secret unless the caller's group owns "
+            "its prefix) and the same calls, decided by Veil's policy components (risky-actions + secrets-by-team, each hook on a fresh instance), "
+            "by regorus (Rego) and by cedar-policy (three authorisation queries: the decision has three outcomes plus a mask). "
+            "Every engine's decision is checked equal.\n\n" + text + "\n\n![policy decisions](results/policy-decisions.png)")
+
+
+def masking():
+    res = criterion("masking", "masking")
+    rows, series = [], {}
+    for (group, fn), (ns, tp) in sorted(res.items()):
+        kind, size = fn.split("/")
+        mbs = tp / (ns / 1e9) / 1e6
+        rows.append([kind, size, f"{ns / 1e3:.0f}", f"{mbs:.0f}"])
+        series.setdefault(kind, {})[size] = mbs
+    sizes = ["4KB", "200KB", "1MB"]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for i, (kind, by_size) in enumerate(sorted(series.items())):
+        ax.bar([j + (i - 0.5) * 0.4 for j in range(len(sizes))], [by_size.get(s, 0) for s in sizes], 0.4, label=kind)
+    ax.set_xticks(range(len(sizes)), sizes)
+    ax.set_ylabel("MB/s (parse + mask + serialise)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(OUT / "masking.png", dpi=110)
+    plt.close(fig)
+    rows.sort(key=lambda r: (r[0], sizes.index(r[1])))
+    return ("A response parsed in its protocol's codec, masked (two selectors) and serialised back, as the gateway does: JSON "
+            "(ListSecrets-shaped, awsJson) and XML (ListAccessKeys-shaped, query).\n\n"
+            + table(["body", "size", "median µs", "MB/s"], rows) + "\n\n![masking](results/masking.png)")
+
+
+def gateway():
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        env = {"BENCH_JSON": f.name, "DURATION": "2" if QUICK else "5", "REPEATS": "1" if QUICK else "3"}
+        out = run([sys.executable, ROOT / "bench/gateway.py"], env=env)
+        rows = json.loads(Path(f.name).read_text())
+    small = [r for r in rows if r["op"].startswith("4 KB")]
+    targets = list(dict.fromkeys(r["target"] for r in small))
+    conns = sorted({r["conns"] for r in small})
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    for i, t in enumerate(targets):
+        ax.bar([j + (i - 1.5) * 0.2 for j in range(len(conns))], [next(r["rps"] for r in small if r["target"] == t and r["conns"] == c) for c in conns], 0.2, label=t)
+    ax.set_xticks(range(len(conns)), [f"{c} conns" for c in conns])
+    ax.set_ylabel("requests/s (median)")
+    ax.set_title("4 KB GetSecretValue-shaped call: throughput")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "gateway-throughput.png", dpi=110)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    mid = 16 if 16 in conns else conns[0]
+    for i, t in enumerate(targets):
+        r = next(r for r in small if r["target"] == t and r["conns"] == mid)
+        ax.plot(["p50", "p99", "p99.9"], [r["p50_us"], r["p99_us"], r["p999_us"]], marker="o", label=t)
+    ax.set_yscale("log")
+    ax.set_ylabel("latency µs (log)")
+    ax.set_title(f"4 KB call, {mid} connections: latency percentiles")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(OUT / "gateway-latency.png", dpi=110)
+    plt.close(fig)
+    text = out[out.index("\n4 KB"):] if "\n4 KB" in out else out
+    return ("wrk against (a) a minimal fast upstream directly, (b) nginx as a plain reverse proxy, (c) Veil's full pipeline (SigV4 verify, "
+            "the shipped policies, masking, re-sign, durable audit), (d) Veil with `audit.require_durable = false`. Goals: ≥ 0.8× nginx's "
+            "throughput and ≤ 200 µs added p50.\n" + text.strip()
+            + "\n\n![gateway throughput](results/gateway-throughput.png)\n![gateway latency](results/gateway-latency.png)")
+
+
+def captured(script, intro, env=None):
+    out = run([sys.executable, ROOT / "bench" / script], env=env)
+    return intro + "\n\n" + out.strip()
+
+
+def memory():
+    with tempfile.NamedTemporaryFile(suffix=".json") as f:
+        out = run([sys.executable, ROOT / "bench/memory.py"], env={"BENCH_JSON": f.name, "DURATION": "3" if QUICK else "10"})
+    return "Gateway resident memory with 20 policies loaded (3 shipped + 17 small ones, each with its pool of ready instances).\n\n" + out.strip()
+
+
+def main():
+    OUT.mkdir(exist_ok=True)
+    sections = [
+        ("Policy hooks, per language", policy_hooks),
+        ("Policy decisions: Veil components, regorus, cedar-policy", peers),
+        ("Masking throughput", masking),
+        ("Gateway overhead", gateway),
+        ("Audit: request-path cost and shipping into ClickHouse",
+         lambda: captured("audit.py", "The durable spool's cost on the request path, and the spool → ClickHouse (Debian 18.16 server) shipping rate.")),
+        ("Hot reload", lambda: captured("reload.py", "A policy file renamed into the watched directory until the gateway serves it, and call latency during reloads.",
+                                         env={"SWAPS": "5" if QUICK else "20"})),
+        ("Memory", memory),
+    ]
+    parts = ["# Veil benchmark results", "", "Written by `make bench` (bench/run.py); rerun to update.", "", machine(), ""]
+    for title, fn in sections:
+        print(f"== {title}", flush=True)
+        parts += [f"## {title}", "", fn(), ""]
+    (ROOT / "bench" / "results.md").write_text("\n".join(parts))
+    print(f"wrote {ROOT / 'bench' / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()
