@@ -80,7 +80,8 @@ def policy_hooks():
         if ("policy-hook", fn) in res:
             rows.append([fn, f"{res[('policy-hook', fn)][0] / 1e3:.1f}", "", "", ""])
     return ("Per hook, median µs (criterion; the hook on a ready instance; instantiation is what the background pool pays per call). "
-            "Rows: secrets-by-team built in each language, then aws-sensitive.\n\n" + table(["policy", *[f + " µs" for f in fns]], rows))
+            "Rows: each language's build; on-request is risky-actions deciding iam:CreateUser, on-response secrets-by-team on a 4 KB "
+            "GetSecretValue body; then aws-sensitive (no on-request in its scope).\n\n" + table(["policy", *[f + " µs" for f in fns]], rows))
 
 
 def peers():

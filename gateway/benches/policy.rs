@@ -1,7 +1,9 @@
 //! Cost of one policy hook with a 4 KB response, per language. Run `make
 //! policies` first. Prints criterion's figures for: instantiation alone, then
-//! on-request, on-response (4 KB body) and on-response + masking, each on a
-//! never-used instance from the ready pool (dropping it included).
+//! on-request (risky-actions deciding iam:CreateUser: the shipped policy whose
+//! scope has requests), on-response (secrets-by-team, 4 KB GetSecretValue
+//! body) and on-response + masking, each on a never-used instance from the
+//! ready pool (dropping it included).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,14 +25,14 @@ fn secret_4k() -> Value {
     })
 }
 
-fn call() -> CallInput {
+fn call_of(operation: &str) -> CallInput {
     CallInput {
         identity: Identity {
             issuer: "https://issuer.test".into(),
             subject: "agent".into(),
             claims: json!({"sub": "agent", "groups": ["search"]}),
         },
-        operation: Operation::parse_qualified("secretsmanager:GetSecretValue").unwrap(),
+        operation: Operation::parse_qualified(operation).unwrap(),
         params: json!({"SecretId": "prod/search/db"}),
     }
 }
@@ -38,18 +40,23 @@ fn call() -> CallInput {
 fn bench(c: &mut Criterion) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies");
     let host = Host::new(Limits::default()).unwrap();
-    let call = call();
+    let call = call_of("secretsmanager:GetSecretValue");
+    let create_user = call_of("iam:CreateUser");
     let body = secret_4k();
     assert!(body.to_string().len() >= 3900);
     let key = HashKey::new(b"bench".to_vec());
 
-    // The same policy (secrets-by-team) on the same 4 KB case in each
-    // language `make policies` builds: Rust, Python (componentize-py), JS
-    // (componentize-js).
-    for (lang, file) in [("rust", "secrets-by-team.wasm"), ("python", "python/secrets-by-team.wasm"), ("js", "js/secrets-by-team.wasm")] {
-        let compiled = host.load(&root.join(file)).expect("run `make policies` first");
-        let policy = Arc::new(LoadedPolicy::new(compiled, json!({"owners": {"payments": ["prod/payments/"]}}).to_string()).unwrap());
+    // The same policies on the same cases in each language `make policies`
+    // builds: Rust, Python (componentize-py), JS (componentize-js).
+    for (lang, dir) in [("rust", ""), ("python", "python/"), ("js", "js/")] {
+        let load = |name: &str, config: Value| {
+            let compiled = host.load(&root.join(format!("{dir}{name}.wasm"))).expect("run `make policies` first");
+            Arc::new(LoadedPolicy::new(compiled, config.to_string()).unwrap())
+        };
+        let policy = load("secrets-by-team", json!({"owners": {"payments": ["prod/payments/"]}}));
         let set = PolicySet::new(vec![policy.clone()]);
+        let risky = load("risky-actions", json!({}));
+        let risky_set = PolicySet::new(vec![risky.clone()]);
         let mut g = c.benchmark_group(format!("policy-hook/{lang}"));
         // The split: instantiation (what the background pool pays per call,
         // or the call itself when the pool is empty under saturation), and
@@ -57,7 +64,9 @@ fn bench(c: &mut Criterion) {
         // saturation. Setup (refilling the pool) is not timed.
         let ready = || policy.compiled.fill_ready().unwrap();
         g.bench_function("instantiate", |b| b.iter(|| policy.compiled.instantiate_inline().unwrap()));
-        g.bench_function("on-request", |b| b.iter_batched(ready, |_| set.on_request(&call), BatchSize::PerIteration));
+        g.bench_function("on-request", |b| {
+            b.iter_batched(|| risky.compiled.fill_ready().unwrap(), |_| risky_set.on_request(&create_user), BatchSize::PerIteration)
+        });
         g.bench_function("on-response 4KB", |b| b.iter_batched(ready, |_| set.on_response(&call, 200, &body), BatchSize::PerIteration));
         g.bench_function("on-response 4KB + mask", |b| {
             b.iter_batched(
