@@ -44,9 +44,6 @@ def build_policies(pdir):
         subprocess.run(["cargo", "build", "--quiet", "--locked", "--profile", "wasm", "--target", "wasm32-wasip2", "-p", "versioned"],
                        cwd=ROOT, env=env, check=True)
         shutil.copy(ROOT / "target/wasm32-wasip2/wasm/versioned.wasm", pdir / f"bench-{i:02}.wasm")
-    # Leave the fixture as the tests expect it.
-    subprocess.run(["cargo", "build", "--quiet", "--locked", "--profile", "wasm", "--target", "wasm32-wasip2", "-p", "versioned"],
-                   cwd=ROOT, env={k: v for k, v in os.environ.items() if k != "VEIL_FIXTURE_NAME"}, check=True)
 
 
 def main():

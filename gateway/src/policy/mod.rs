@@ -287,11 +287,15 @@ impl PolicySet {
         if self.policies.is_empty() {
             return RequestDecision { verdict: Verdict::Deny, reasons: vec![no_policy()] };
         }
-        let mut wcall = Self::wit_call(call);
         let op = call.operation.qualified();
+        let scoped: Vec<&Arc<LoadedPolicy>> = self.policies.iter().filter(|p| p.on_request.matches(&op)).collect();
         let mut verdict = Verdict::Allow;
         let mut reasons = Vec::new();
-        for p in self.policies.iter().filter(|p| p.on_request.matches(&op)) {
+        if scoped.is_empty() {
+            return RequestDecision { verdict, reasons };
+        }
+        let mut wcall = Self::wit_call(call);
+        for p in scoped {
             wcall.config_json.clone_from(&p.config_json);
             let (v, message) = match p.compiled.on_request(&wcall) {
                 Ok(wit::Verdict::Allow) => continue,
