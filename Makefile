@@ -39,7 +39,7 @@ rust-policies:
 # The Python and JS ports, rebuilt only when their sources change: each
 # build runs the language's interpreter to snapshot it (10-20 s).
 lang-policies: $(foreach p,$(LANG_POLICIES),$(POLICY_OUT)/python/$(p).wasm $(POLICY_OUT)/js/$(p).wasm) \
-	$(POLICY_OUT)/fixtures/hostile-python.wasm $(POLICY_OUT)/fixtures/hostile-js.wasm
+	$(foreach f,hostile template,$(POLICY_OUT)/fixtures/$(f)-python.wasm $(POLICY_OUT)/fixtures/$(f)-js.wasm)
 
 $(POLICY_OUT)/python/%.wasm: policies/python/%/app.py $(PY_SDK) $(WIT)
 	@mkdir -p $(@D)
@@ -49,12 +49,20 @@ $(POLICY_OUT)/js/%.wasm: policies/js/%/policy.js $(JS_SDK) $(WIT)
 	@mkdir -p $(@D)
 	$(JS_COMPONENT)
 
-# Hostile fixtures in both languages, for the host's tests.
+# Hostile fixtures and the SDKs' templates in both languages, for the host's tests.
 $(POLICY_OUT)/fixtures/hostile-python.wasm: tests/policies/python/hostile/app.py $(PY_SDK) $(WIT)
 	@mkdir -p $(@D)
 	$(PY_COMPONENT)
 
 $(POLICY_OUT)/fixtures/hostile-js.wasm: tests/policies/js/hostile/policy.js $(JS_SDK) $(WIT)
+	@mkdir -p $(@D)
+	$(JS_COMPONENT)
+
+$(POLICY_OUT)/fixtures/template-python.wasm: policy-sdk/python/template/app.py $(PY_SDK) $(WIT)
+	@mkdir -p $(@D)
+	$(PY_COMPONENT)
+
+$(POLICY_OUT)/fixtures/template-js.wasm: policy-sdk/js/template/policy.js $(JS_SDK) $(WIT)
 	@mkdir -p $(@D)
 	$(JS_COMPONENT)
 
@@ -67,7 +75,7 @@ deps:
 test: deps build policies
 	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world --exclude versioned --exclude veil-bench-peers
 	cd policy-sdk/python && python3 -m pytest -q -p no:cacheprovider
-	cd policy-sdk/js && node --test
+	cd policy-sdk/js && node --import ./host-stub.mjs --test
 	cd tests/e2e && python3 -m pytest -q -p no:cacheprovider
 
 # Benchmarks (not part of `make test`): every part side by side in one run,

@@ -10,6 +10,7 @@ pub mod aws;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod detect;
 pub mod identity;
 pub mod listener;
 pub mod masking;

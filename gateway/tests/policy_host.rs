@@ -319,3 +319,46 @@ fn a_large_response_gets_a_deadline_in_proportion_and_is_masked() {
     assert!(d.deny.is_empty(), "{:?}", d.deny);
     assert!(d.masks.iter().any(|m| m.selector.to_string().contains("1234")), "the seeded password is masked");
 }
+
+#[test]
+fn the_gateways_detectors_serve_policies_in_every_language() {
+    // Secrets where no selector of the models or the curated list looks: the
+    // detectors (run natively by the host, asked through `scan.findings`) find them.
+    let body = json!({
+        "Tags": [{"Key": "deploy", "Value": "ghp_0123456789abcdefghijABCDEFGHIJ012345"}, {"Key": "team", "Value": "search"}],
+        "Notes": {"ops": {"bootstrap": "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAA"}},
+        "Owner": "AKIAIOSFODNN7EXAMPLE",
+        "Name": "plain value"
+    });
+    let key = HashKey::new(b"k".to_vec());
+    let h = host();
+    for policy in ["aws-sensitive.wasm", "fixtures/template-python.wasm", "fixtures/template-js.wasm"] {
+        let set = PolicySet::new(vec![load(&h, policy, json!({}))]);
+        let d = set.on_response(&call("resourcegroupstaggingapi:GetResources", json!({}), json!({})), 200, &body);
+        assert!(d.deny.is_empty(), "{policy}: {:?}", d.deny);
+        let mut out = body.clone();
+        masking::apply(&mut out, &d.masks, &key);
+        assert_eq!(out["Tags"][0]["Value"], "***", "{policy}: {out}");
+        assert_eq!(out["Notes"]["ops"]["bootstrap"], "***", "{policy}: {out}");
+        let owner = out["Owner"].as_str().unwrap();
+        assert!(owner != "AKIAIOSFODNN7EXAMPLE" && owner != "***", "{policy}: a lone key id is hashed: {owner}");
+        assert_eq!(out["Tags"][1]["Value"], "search", "{policy}");
+        assert_eq!(out["Name"], "plain value", "{policy}");
+    }
+    // More findings than the host reports: the policy's call fails, the response is denied.
+    let set = PolicySet::new(vec![load(&h, "aws-sensitive.wasm", json!({}))]);
+    let flood = json!({"Items": vec!["-----BEGIN PRIVATE KEY-----"; 100_001]});
+    let d = set.on_response(&call("s3:ListBuckets", json!({}), json!({})), 200, &flood);
+    assert!(d.deny.iter().any(|r| r.message.contains("more secrets than can be reported")), "{:?}", d.deny);
+}
+
+#[test]
+fn the_detectors_are_not_available_outside_on_response() {
+    let h = host();
+    let set = PolicySet::new(vec![hostile(&h, "scan")]);
+    let d = set.on_request(&call("s3:ListBuckets", json!({}), json!({})));
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(d.reasons[0].message.contains("only available in on-response"), "{d:?}");
+    let e = LoadedPolicy::new(h.load(&policy_path("fixtures/hostile.wasm")).unwrap(), json!({"scope": "scan"}).to_string()).err().unwrap();
+    assert!(e.contains("only available in on-response"), "{e}");
+}

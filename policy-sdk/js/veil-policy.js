@@ -27,6 +27,8 @@
 // languages gives byte-for-byte the same decisions. An exception escaping a
 // hook traps the instance; the gateway treats a trap as a deny (fail closed).
 
+import { findings as hostFindings } from "veil:policy/scan@0.1.0";
+
 /** A decision on a request, in the WIT variant's shape. */
 export const Verdict = {
   allow: () => ({ tag: "allow" }),
@@ -160,14 +162,37 @@ export class Request {
   }
 }
 
-/** The upstream response as a policy sees it. */
+/** A string of the response body that holds a secret, found by the
+ * gateway's native detectors: its selector `path`, `kind` ("access-key-id"
+ * or "secret") and `detector` name. */
+export class Finding {
+  constructor(path, kind, detector) {
+    this.path = path;
+    this.kind = kind;
+    this.detector = detector;
+  }
+  /** The mask its kind calls for: hash a lone access key id, redact a secret. */
+  mask() { return this.kind === "access-key-id" ? Mask.hash(this.path) : Mask.redact(this.path); }
+}
+
+/** The upstream response as a policy sees it. `findings` (for unit tests)
+ * stands in for the gateway's detectors. */
 export class Response {
-  constructor(r) {
+  constructor(r, findings) {
     this.status = r.status;
     this._body = lazy("body-json", r.bodyJson);
+    this._findings = findings;
   }
   /** The body as JSON. */
   get body() { return this._body(); }
+  /** Every string of the body that holds a secret, in document order, found
+   * by the gateway's detectors at native speed (far cheaper than walking
+   * `body` here). */
+  findings() {
+    if (this._findings === undefined)
+      this._findings = warming ? [] : hostFindings().map((f) => new Finding(f.path, f.kind, f.detector));
+    return this._findings;
+  }
 }
 
 /** The world's exports (`info`, `scope`, `onRequest`, `onResponse`) for a
@@ -193,7 +218,20 @@ export function exportPolicy(policy) {
 // call would pay to compile the SDK and the policy again. Running both hooks
 // on sample calls here puts the compiled code into the snapshot. The sample
 // calls see no caller's data, so nothing of one caller can reach another.
+// True while warmUp runs at build time, when there is no gateway to ask for
+// findings.
+let warming = false;
+
 function warmUp(exports) {
+  warming = true;
+  try {
+    warmUpHooks(exports);
+  } finally {
+    warming = false;
+  }
+}
+
+function warmUpHooks(exports) {
   try {
     exports.scope("{}");
   } catch (_) {

@@ -2,7 +2,7 @@
 // they must behave exactly like the Rust SDK's.
 import assert from "node:assert/strict";
 import { test } from "node:test";
-import { Config, Mask, Request, ResponseDecision, Scope, Verdict, compareCodePoints, exportPolicy, glob, rustTrim, sortedValues } from "./veil-policy.js";
+import { Config, Finding, Mask, Request, Response, ResponseDecision, Scope, Verdict, compareCodePoints, exportPolicy, glob, rustTrim, sortedValues } from "./veil-policy.js";
 
 test("glob matches like the Rust policy", () => {
   assert.ok(glob("iam:create*", "iam:createuser"));
@@ -51,4 +51,18 @@ test("config and scope", () => {
   assert.deepEqual(exports.scope("{}"), { onRequest: ["*"], onResponse: ["*"] });
   const scoped = exportPolicy({ name: "p", version: "1.0.0", scope: (c) => ({ onRequest: c.list("ops", []), onResponse: [] }) });
   assert.deepEqual(scoped.scope('{"ops": ["s3:*"]}'), { onRequest: ["s3:*"], onResponse: [] });
+});
+
+test("findings come from the host once and carry the mask their kind calls for", () => {
+  globalThis.veilTestFindings = [
+    { path: '"Owner"."AccessKeyId"', kind: "access-key-id", detector: "aws-access-key-id" },
+    { path: '"Note"', kind: "secret", detector: "private-key" },
+  ];
+  const resp = new Response({ status: 200, bodyJson: "{}" });
+  const found = resp.findings();
+  assert.deepEqual(found.map((f) => f.mask()), [Mask.hash('"Owner"."AccessKeyId"'), Mask.redact('"Note"')]);
+  assert.equal(found[1].detector, "private-key");
+  globalThis.veilTestFindings = [];
+  assert.equal(resp.findings(), found);
+  assert.deepEqual(new Response({ status: 200, bodyJson: "{}" }, [new Finding("a", "secret", "jwt")]).findings()[0].mask(), Mask.redact("a"));
 });

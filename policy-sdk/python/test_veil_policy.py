@@ -2,7 +2,7 @@
 behave exactly like the Rust SDK's."""
 import pytest
 
-from veil_policy import (Config, Mask, Policy, PolicyError, Request, Response, ResponseDecision, Scope, Verdict, glob,
+from veil_policy import (Config, Finding, Mask, Policy, PolicyError, Request, Response, ResponseDecision, Scope, Verdict, glob,
                          rust_trim, sorted_items)
 
 
@@ -49,3 +49,10 @@ def test_config_and_scope():
         config.list("bad", [])
     assert Scope.all() == Scope(on_request=["*"], on_response=["*"])
     assert Policy().scope(config) == Scope.all()
+
+
+def test_findings_carry_the_mask_their_kind_calls_for():
+    found = [Finding('"Owner"."AccessKeyId"', "access-key-id", "aws-access-key-id"), Finding('"Note"', "secret", "private-key")]
+    resp = Response(200, {}, findings=found)
+    assert [f.mask() for f in resp.findings()] == [Mask.hash('"Owner"."AccessKeyId"'), Mask.redact('"Note"')]
+    assert Response(200, {}).findings() == []

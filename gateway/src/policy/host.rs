@@ -28,8 +28,23 @@ mod bindings {
     });
 }
 
+mod scan_bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        interfaces: "import veil:policy/scan@0.1.0;",
+        imports: { default: trappable },
+    });
+}
+
 pub use bindings::veil::policy::types as wit;
 use bindings::PolicyPre;
+use scan_bindings::veil::policy::scan as wit_scan;
+
+use crate::detect;
+
+/// What the detectors found in the response a hook call is deciding: set
+/// for `on-response` calls of policies that import `scan`.
+pub type Findings = Arc<Result<Vec<detect::Finding>, detect::TooMany>>;
 
 /// Limits applied to every hook call.
 #[derive(Debug, Clone, Copy)]
@@ -106,6 +121,27 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    findings: Option<Findings>,
+}
+
+impl wit_scan::Host for HostState {
+    fn findings(&mut self) -> wasmtime::Result<Vec<wit_scan::Finding>> {
+        let Some(found) = &self.findings else {
+            wasmtime::bail!("scan.findings() is only available in on-response");
+        };
+        let found = found.as_ref().as_ref().map_err(|e| wasmtime::format_err!("scan.findings(): {e}"))?;
+        Ok(found
+            .iter()
+            .map(|f| wit_scan::Finding {
+                path: f.path.clone(),
+                kind: match f.kind {
+                    detect::Kind::AccessKeyId => wit_scan::FindingKind::AccessKeyId,
+                    detect::Kind::Secret => wit_scan::FindingKind::Secret,
+                },
+                detector: f.detector.to_string(),
+            })
+            .collect())
+    }
 }
 
 impl WasiView for HostState {
@@ -140,6 +176,8 @@ struct Inner {
     pre: PolicyPre<HostState>,
     /// The `scope` export of a `scoped-policy` component.
     scope: Option<ComponentExportIndex>,
+    /// Whether the component imports `scan` (its `on-response` wants findings).
+    uses_scan: bool,
     ready: std::sync::Mutex<Vec<Ready>>,
     refilling: std::sync::atomic::AtomicBool,
 }
@@ -191,6 +229,7 @@ impl Host {
         // WASI only as far as guest toolchains need it: the context below has
         // no preopened directories, no network, no environment, no arguments.
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        wit_scan::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)?;
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new().name("veil-policy-pool".into()).spawn(move || {
             while let Ok(job) = rx.recv() {
@@ -239,9 +278,10 @@ impl Host {
             reason: format!("{e:#}"),
         })?;
         let scope = component.get_export_index(None, "scope");
+        let uses_scan = component.component_type().imports(&self.engine).any(|(name, _)| name.starts_with("veil:policy/scan@"));
         let mut compiled = Compiled {
             host: self.clone(),
-            inner: Arc::new(Inner { pre, scope, ready: Default::default(), refilling: Default::default() }),
+            inner: Arc::new(Inner { pre, scope, uses_scan, ready: Default::default(), refilling: Default::default() }),
             name: String::new(),
             version: String::new(),
             sha256,
@@ -282,6 +322,7 @@ impl Host {
                 .memories(8)
                 .trap_on_grow_failure(true)
                 .build(),
+            findings: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -408,10 +449,18 @@ impl Compiled {
         self.with_instance(self.host.deadline(0), |p, s, _| p.call_on_request(s, call))
     }
 
+    /// Whether the policy calls the detectors (`scan.findings`).
+    pub fn uses_scan(&self) -> bool {
+        self.inner.uses_scan
+    }
+
     /// Run `on-response` on a fresh instance, its deadline extended in
-    /// proportion to the response body.
-    pub fn on_response(&self, call: &wit::Call, resp: &wit::Response) -> Result<wit::ResponseVerdict, HookError> {
-        self.with_instance(self.host.deadline(resp.body_json.len()), |p, s, _| p.call_on_response(s, call, resp))
+    /// proportion to the response body; `findings` answers `scan.findings`.
+    pub fn on_response(&self, call: &wit::Call, resp: &wit::Response, findings: Option<Findings>) -> Result<wit::ResponseVerdict, HookError> {
+        self.with_instance(self.host.deadline(resp.body_json.len()), |p, s, _| {
+            s.data_mut().findings = findings;
+            p.call_on_response(s, call, resp)
+        })
     }
 
     /// Run `scope` with `config_json` on a fresh instance; `None` for a

@@ -323,10 +323,12 @@ impl PolicySet {
         }
         let mut wcall = Self::wit_call(call);
         let resp = wit::Response { status, body_json: body.to_string() };
+        // The detectors run once, natively, for every policy that asks.
+        let findings = scoped.iter().any(|p| p.compiled.uses_scan()).then(|| Arc::new(crate::detect::findings(body)));
         for p in scoped {
             wcall.config_json.clone_from(&p.config_json);
             let name = &p.compiled.name;
-            match p.compiled.on_response(&wcall, &resp) {
+            match p.compiled.on_response(&wcall, &resp, findings.clone()) {
                 Err(e) => deny.push(reason(name, &format!("on-response {e}"))),
                 Ok(v) => {
                     if let Some(r) = v.deny {

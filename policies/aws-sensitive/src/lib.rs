@@ -4,7 +4,9 @@
 //! 1. every output the service models mark `sensitive` (generated from
 //!    botocore by `generate.py` into `generated.rs`);
 //! 2. the secrets the models miss (`curated.rs`, each with its source);
-//! 3. detectors for well-known secret formats in any string (`detect.rs`).
+//! 3. the gateway's detectors for well-known secret formats in any string
+//!    (`Response::findings`: the host scans natively, so a large body costs
+//!    no guest time to walk).
 //!
 //! Secrets are redacted; identifiers an analyst needs to correlate (access
 //! key ids) are hashed. Config `exceptions` lets claims see plaintext:
@@ -12,11 +14,10 @@
 //! — every field but `group` optional; `prefix` matches the call's resource.
 
 mod curated;
-mod detect;
 mod generated;
 
 use serde_json::Value;
-use veil_policy_sdk::{export_policy, Config, Mask, MaskStyle, Policy, Request, Response, ResponseDecision, Scope, Verdict};
+use veil_policy_sdk::{export_policy, Config, Mask, Policy, Request, Response, ResponseDecision, Scope, Verdict};
 
 /// Beyond this many masks, mask the whole response instead.
 const MAX_OWN_MASKS: usize = 9_000;
@@ -47,8 +48,7 @@ impl Policy for AwsSensitive {
             None => masks.extend(generated::model_selectors(service, action).iter().map(|s| Mask::redact(*s))),
         }
         masks.extend(curated::selectors(service, action).iter().map(|(s, style)| Mask { path: s.to_string(), style: *style }));
-        let mut path = String::new();
-        scan(resp.body(), "", &mut path, &mut masks);
+        masks.extend(resp.findings().iter().map(|f| f.mask()));
         if masks.len() > MAX_OWN_MASKS {
             return ResponseDecision::masks(vec![Mask::redact("**")]);
         }
@@ -87,62 +87,6 @@ fn mask_secure_strings(body: &Value, field: &str, masks: &mut Vec<Mask>) {
             }
         }
         Some(p @ Value::Object(_)) if secure(p) => masks.push(Mask::redact(format!("{field}.Value"))),
-        _ => {}
-    }
-}
-
-fn quoted(key: &str) -> String {
-    let mut s = String::with_capacity(key.len() + 2);
-    s.push('"');
-    for c in key.chars() {
-        if c == '"' || c == '\\' {
-            s.push('\\');
-        }
-        s.push(c);
-    }
-    s.push('"');
-    s
-}
-
-/// Run the detectors over every string, recording the path of each finding.
-fn scan(v: &Value, key: &str, path: &mut String, masks: &mut Vec<Mask>) {
-    match v {
-        Value::String(s) => {
-            if let Some(f) = detect::scan(key, s) {
-                let style = match f {
-                    detect::Finding::AccessKeyId => MaskStyle::Hash,
-                    detect::Finding::Secret => MaskStyle::Redact,
-                };
-                if !path.is_empty() {
-                    masks.push(Mask { path: path.clone(), style });
-                }
-            }
-        }
-        Value::Array(items) => {
-            for (i, item) in items.iter().enumerate() {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                scan(item, key, path, masks);
-                path.truncate(len);
-            }
-        }
-        Value::Object(map) => {
-            // Environment-style lists: {"name": "DB_PASSWORD", "value": "..."}.
-            let named = map.get("name").or_else(|| map.get("Name")).or_else(|| map.get("Key")).or_else(|| map.get("key")).and_then(Value::as_str);
-            for (k, child) in map {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(&quoted(k));
-                let effective = match (k.as_str(), named) {
-                    ("value" | "Value", Some(n)) => n,
-                    _ => k.as_str(),
-                };
-                scan(child, effective, path, masks);
-                path.truncate(len);
-            }
-        }
         _ => {}
     }
 }

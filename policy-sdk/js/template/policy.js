@@ -15,6 +15,8 @@ export const { info, scope, onRequest, onResponse } = exportPolicy({
     return Verdict.allow();
   },
   onResponse(req, resp) {
-    return ResponseDecision.masks([Mask.redact("**.Password"), Mask.partial("**.AccessKeyId")]);
+    // Fixed selectors, plus every secret the gateway's detectors found.
+    const masks = [Mask.redact("**.Password"), Mask.partial("**.AccessKeyId")];
+    return ResponseDecision.masks([...masks, ...resp.findings().map((f) => f.mask())]);
   },
 });

@@ -18,7 +18,9 @@ class MyPolicy(Policy):
         return Verdict.allow()
 
     def on_response(self, req, resp):
-        return ResponseDecision.masks([Mask.redact("**.Password"), Mask.partial("**.AccessKeyId")])
+        # Fixed selectors, plus every secret the gateway's detectors found.
+        masks = [Mask.redact("**.Password"), Mask.partial("**.AccessKeyId")]
+        return ResponseDecision.masks(masks + [f.mask() for f in resp.findings()])
 
 
 WitWorld = export(MyPolicy)

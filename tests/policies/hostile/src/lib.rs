@@ -52,6 +52,10 @@ fn misbehave(m: &str) {
         "recursion" => {
             std::hint::black_box(recurse(0));
         }
+        // The detectors exist only for on-response: anywhere else this traps.
+        "scan" => {
+            std::hint::black_box(veil_policy_sdk::bindings::veil::policy::scan::findings());
+        }
         "filesystem" => {
             let read = std::fs::read_to_string("/etc/passwd");
             if read.is_ok() {

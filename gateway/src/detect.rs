@@ -1,0 +1,418 @@
+//! Secret detectors: well-known secret formats found inside any string of a
+//! response, run natively by the host and offered to policies through the
+//! WIT `scan` interface (`findings`), so scanning a large body costs native
+//! time once per response, not guest time per policy.
+//!
+//! Formats follow the published ones of each issuer (AWS key id
+//! prefixes, GitHub's `ghp_`/`github_pat_` tokens, Slack `xox?-`, Stripe
+//! `sk_live_`, Google `AIza`, npm `npm_`, SendGrid `SG.`, PEM armour, JWTs)
+//! and the shapes secret scanners such as gitleaks and detect-secrets look
+//! for; the labelled cases in `tests/detector-corpus.tsv` are our own.
+//!
+//! Hand-written matchers in one pass, not regexes: one pass over the bytes
+//! dispatches on the byte at each position to the few formats that can start
+//! there; a mismatch costs a comparison or two.
+
+use serde_json::Value;
+
+/// What a detector found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// An AWS access key id (an identifier: policies hash it so it can be correlated).
+    AccessKeyId,
+    /// Anything that is itself a secret (policies redact it).
+    Secret,
+}
+
+/// One string of a document that holds a secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// Where, in the selector language (keys quoted, `[i]` for elements).
+    pub path: String,
+    /// What kind of value.
+    pub kind: Kind,
+    /// The detector that matched: `private-key`, `jwt`, `aws-secret-key` …
+    pub detector: &'static str,
+}
+
+/// Most findings one document may yield, and most bytes of their paths: a
+/// document past either cannot be scanned safely and the caller fails closed.
+pub const MAX_FINDINGS: usize = 100_000;
+/// See [`MAX_FINDINGS`].
+pub const MAX_FINDING_PATH_BYTES: usize = 8 << 20;
+
+/// Why a document could not be scanned.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the response holds more secrets than can be reported ({MAX_FINDINGS} findings or {MAX_FINDING_PATH_BYTES} bytes of paths)")]
+pub struct TooMany;
+
+fn alnum(b: u8) -> bool {
+    b.is_ascii_alphanumeric()
+}
+fn b64url(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+fn word(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'_'
+}
+fn base32(b: u8) -> bool {
+    b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)
+}
+
+/// Length of the run of `class` bytes starting at `i`.
+fn run(s: &[u8], i: usize, class: fn(u8) -> bool) -> usize {
+    s[i.min(s.len())..].iter().take_while(|b| class(**b)).count()
+}
+
+/// At `i`: `lit` then `min..=max` bytes of `class`, starting a word.
+fn token_at(s: &[u8], i: usize, lit: &[u8], class: fn(u8) -> bool, min: usize, max: usize) -> bool {
+    if !s[i..].starts_with(lit) || (i > 0 && word(s[i - 1])) {
+        return false;
+    }
+    let n = run(s, i + lit.len(), class);
+    (min..=max).contains(&n)
+}
+
+fn private_key_at(s: &[u8], i: usize) -> bool {
+    if !s[i..].starts_with(b"-----BEGIN ") {
+        return false;
+    }
+    let rest = &s[i + 11..];
+    let end = rest.windows(5).take(64).position(|w| w == b"-----").unwrap_or(0);
+    let label = &rest[..end];
+    label.ends_with(b"PRIVATE KEY") || label.ends_with(b"PRIVATE KEY BLOCK")
+}
+
+fn jwt_at(s: &[u8], i: usize) -> bool {
+    if !s[i..].starts_with(b"eyJ") || (i > 0 && b64url(s[i - 1])) {
+        return false;
+    }
+    let h = run(s, i, b64url);
+    let p0 = i + h;
+    if h < 11 || s.get(p0) != Some(&b'.') || !s[p0 + 1..].starts_with(b"eyJ") {
+        return false;
+    }
+    let p = run(s, p0 + 1, b64url);
+    let p1 = p0 + 1 + p;
+    p >= 11 && s.get(p1) == Some(&b'.') && run(s, p1 + 1, b64url) >= 8
+}
+
+fn sendgrid_at(s: &[u8], i: usize) -> bool {
+    s[i..].starts_with(b"SG.") && run(s, i + 3, b64url) == 22 && s.get(i + 25) == Some(&b'.') && run(s, i + 26, b64url) == 43
+}
+
+/// At a `://`: user:password@host follows.
+fn url_password_at(s: &[u8], i: usize) -> bool {
+    if !s[i..].starts_with(b"://") {
+        return false;
+    }
+    let rest = &s[i + 3..];
+    let end = rest.iter().take(512).position(|b| b.is_ascii_whitespace() || *b == b'/').unwrap_or(rest.len().min(512));
+    let auth = &rest[..end];
+    matches!((auth.iter().position(|b| *b == b':'), auth.iter().rposition(|b| *b == b'@')), (Some(c), Some(a)) if c > 0 && a > c + 3)
+}
+
+/// At an `=`: preceded by password/passwd/pwd (any case), followed by a value.
+fn assigned_password_at(s: &[u8], i: usize) -> bool {
+    let mut k = i;
+    while k > 0 && s[k - 1] == b' ' {
+        k -= 1;
+    }
+    let before = &s[..k];
+    let named = [&b"password"[..], b"passwd", b"pwd"].iter().any(|name| {
+        before.len() >= name.len()
+            && before[before.len() - name.len()..].eq_ignore_ascii_case(name)
+            && (before.len() == name.len() || !before[before.len() - name.len() - 1].is_ascii_alphabetic())
+    });
+    if !named {
+        return false;
+    }
+    let mut j = i + 1;
+    while j < s.len() && s[j] == b' ' {
+        j += 1;
+    }
+    s[j..].iter().take_while(|b| **b != b';' && !b.is_ascii_whitespace()).count() >= 3
+}
+
+/// At a name of the AWS secret key, followed within a few bytes by 40 key characters.
+fn aws_secret_assignment_at(s: &[u8], i: usize) -> bool {
+    ["aws_secret_access_key", "secretaccesskey"].iter().any(|k| {
+        let k = k.as_bytes();
+        if s.len() < i + k.len() || !s[i..i + k.len()].eq_ignore_ascii_case(k) {
+            return false;
+        }
+        let j = i + k.len();
+        let key_char = |b: u8| b.is_ascii_alphanumeric() || b == b'/' || b == b'+';
+        let gap = s[j..].iter().take(5).take_while(|b| !key_char(**b)).count();
+        run(s, j + gap, key_char) == 40
+    })
+}
+
+/// An AWS access key id at `i`: a known prefix and 16 base32 characters, a whole word.
+fn key_id_at(s: &[u8], i: usize) -> Option<usize> {
+    let prefix = s.get(i..i + 4)?;
+    if !matches!(prefix, b"AKIA" | b"ASIA" | b"ABIA" | b"ACCA" | b"AROA" | b"AIDA") || (i > 0 && word(s[i - 1])) {
+        return None;
+    }
+    let end = i + 4 + run(s, i + 4, base32);
+    (end - i == 20 && (end == s.len() || !word(s[end]))).then_some(end)
+}
+
+/// `name` when `hit`.
+fn hit(hit: bool, name: &'static str) -> Option<&'static str> {
+    hit.then_some(name)
+}
+
+/// One pass: the first secret format `s` holds (the detector's name), and
+/// where the first key id is.
+fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
+    let mut key = None;
+    for i in 0..s.len() {
+        let found = match s[i] {
+            b'-' => hit(private_key_at(s, i), "private-key"),
+            b'e' => hit(jwt_at(s, i), "jwt"),
+            b'g' => hit(
+                [&b"ghp_"[..], b"gho_", b"ghu_", b"ghs_", b"ghr_"].iter().any(|p| token_at(s, i, p, alnum, 36, 36))
+                    || token_at(s, i, b"github_pat_", word, 60, usize::MAX),
+                "github-token",
+            ),
+            b'x' => hit(
+                s[i..].starts_with(b"xox") && s.get(i + 4) == Some(&b'-') && matches!(s.get(i + 3), Some(b'a' | b'b' | b'p' | b'o' | b's' | b'r'))
+                    && token_at(s, i, &s[i..i + 5], |b| alnum(b) || b == b'-', 10, usize::MAX),
+                "slack-token",
+            ),
+            b'h' => hit(s[i..].starts_with(b"hooks.slack.com/services/"), "slack-webhook"),
+            b's' => hit(token_at(s, i, b"sk_live_", alnum, 20, usize::MAX), "stripe-key").or_else(|| {
+                hit([&b"sk-proj-"[..], b"sk-ant-", b"sk-"].iter().any(|p| token_at(s, i, p, b64url, 32, usize::MAX)), "ai-api-key")
+            }),
+            b'r' => hit(token_at(s, i, b"rk_live_", alnum, 20, usize::MAX), "stripe-key"),
+            b'A' => {
+                if key.is_none() {
+                    key = key_id_at(s, i).map(|end| (i, end));
+                }
+                hit(token_at(s, i, b"AIza", b64url, 35, 35), "google-api-key").or_else(|| hit(aws_secret_assignment_at(s, i), "aws-secret-key"))
+            }
+            b'a' | b'S' => hit(aws_secret_assignment_at(s, i), "aws-secret-key").or_else(|| hit(s[i] == b'S' && sendgrid_at(s, i), "sendgrid-key")),
+            b'n' => hit(token_at(s, i, b"npm_", alnum, 36, 36), "npm-token"),
+            b'p' => hit(token_at(s, i, b"pypi-AgE", b64url, 50, usize::MAX), "pypi-token"),
+            b':' => hit(url_password_at(s, i), "url-password"),
+            b'=' => hit(assigned_password_at(s, i), "password-assignment"),
+            _ => None,
+        };
+        if found.is_some() {
+            return (found, key);
+        }
+    }
+    (None, key)
+}
+
+/// Key names under which a high-entropy value is a secret.
+fn key_is_secret_like(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    ["secret", "password", "passwd", "pwd", "token", "apikey", "api_key", "api-key", "privatekey", "private_key", "credential", "auth"]
+        .iter()
+        .any(|w| k.contains(w))
+        && !["tokentype", "token_type", "secretarn", "secretid", "secretname", "passwordpolicy", "passwordlastused", "authtype", "authorizer", "authentication_type", "secret_arn", "expiration", "expires", "lastchanged", "kmskeyid", "length", "enabled", "required", "nexttoken", "clienttoken", "continuationtoken", "paginationtoken", "idempotency", "sessiontokenexpir"]
+            .iter()
+            .any(|w| k.contains(w))
+}
+
+/// Shannon entropy in bits per character.
+fn entropy(s: &str) -> f64 {
+    let mut counts = [0u32; 256];
+    for b in s.bytes() {
+        counts[b as usize] += 1;
+    }
+    let n = s.len() as f64;
+    counts.iter().filter(|c| **c > 0).map(|c| {
+        let p = *c as f64 / n;
+        -p * p.log2()
+    }).sum()
+}
+
+/// Look at one string value found under `key` (the nearest object key):
+/// what it holds and which detector said so.
+pub fn scan(key: &str, value: &str) -> Option<(Kind, &'static str)> {
+    if value.len() < 8 {
+        return None;
+    }
+    let (secret, key_id) = detect(value.as_bytes());
+    if let Some(name) = secret {
+        return Some((Kind::Secret, name));
+    }
+    // A long base64 value may be encoded user data or a script: look inside.
+    if value.len() >= 24 && value.len() <= 1 << 20 && looks_base64(value) {
+        use base64::Engine as _;
+        if let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(value.trim()) {
+            match detect(&decoded) {
+                (Some(_), _) | (None, Some(_)) => return Some((Kind::Secret, "base64-encoded-secret")),
+                (None, None) => {}
+            }
+        }
+    }
+    let trimmed = value.trim();
+    // Hex has at most 4 bits per character, so it gets a lower bar.
+    let bar = if trimmed.bytes().all(|b| b.is_ascii_hexdigit()) { 3.0 } else { 3.5 };
+    if key_is_secret_like(key) && trimmed.len() >= 12 && !trimmed.contains(' ') && entropy(trimmed) >= bar && !is_arn_or_url(trimmed) {
+        return Some((Kind::Secret, "high-entropy-under-secret-name"));
+    }
+    if let Some((start, end)) = key_id {
+        // A key id alone is an identifier; inside a longer string (a script,
+        // an environment dump) the secret usually sits beside it.
+        return Some(if end - start == value.trim().len() { (Kind::AccessKeyId, "aws-access-key-id") } else { (Kind::Secret, "aws-access-key-id-in-text") });
+    }
+    None
+}
+
+/// Every string of `doc` that holds a secret, in document order, each with
+/// its selector path. The key a string is judged under is its nearest object
+/// key, except that the `value`/`Value` of an environment-style entry
+/// (`{"name": "DB_PASSWORD", "value": "…"}`) is judged under that name.
+pub fn findings(doc: &Value) -> Result<Vec<Finding>, TooMany> {
+    let mut walk = Walk { out: Vec::new(), path_bytes: 0, path: String::new() };
+    walk.value(doc, "")?;
+    Ok(walk.out)
+}
+
+struct Walk {
+    out: Vec<Finding>,
+    path_bytes: usize,
+    path: String,
+}
+
+impl Walk {
+    fn value(&mut self, v: &Value, key: &str) -> Result<(), TooMany> {
+        match v {
+            Value::String(s) => {
+                if let Some((kind, detector)) = scan(key, s) {
+                    // The whole document is a string: nothing to select.
+                    if !self.path.is_empty() {
+                        self.path_bytes += self.path.len();
+                        if self.out.len() >= MAX_FINDINGS || self.path_bytes > MAX_FINDING_PATH_BYTES {
+                            return Err(TooMany);
+                        }
+                        self.out.push(Finding { path: self.path.clone(), kind, detector });
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter().enumerate() {
+                    let len = self.path.len();
+                    use std::fmt::Write as _;
+                    let _ = write!(self.path, "[{i}]");
+                    self.value(item, key)?;
+                    self.path.truncate(len);
+                }
+            }
+            Value::Object(map) => {
+                let named = ["name", "Name", "Key", "key"].iter().find_map(|k| map.get(*k)).and_then(Value::as_str);
+                for (k, child) in map {
+                    let len = self.path.len();
+                    if !self.path.is_empty() {
+                        self.path.push('.');
+                    }
+                    push_quoted(&mut self.path, k);
+                    let effective = match (k.as_str(), named) {
+                        ("value" | "Value", Some(n)) => n,
+                        _ => k.as_str(),
+                    };
+                    self.value(child, effective)?;
+                    self.path.truncate(len);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// `key` as a quoted selector step.
+fn push_quoted(path: &mut String, key: &str) {
+    path.push('"');
+    for c in key.chars() {
+        if c == '"' || c == '\\' {
+            path.push('\\');
+        }
+        path.push(c);
+    }
+    path.push('"');
+}
+
+fn looks_base64(s: &str) -> bool {
+    let s = s.trim();
+    s.len() % 4 == 0 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+}
+
+fn is_arn_or_url(s: &str) -> bool {
+    s.starts_with("arn:") || s.starts_with("https://") || s.starts_with("http://")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Recall and precision over the labelled corpus; the floors are the
+    /// figures reached when the corpus was written, so a regression fails.
+    #[test]
+    fn corpus_recall_and_precision() {
+        let (mut tp, mut fp, mut fn_, mut tn) = (0, 0, 0, 0);
+        let mut misses = Vec::new();
+        for line in include_str!("../tests/detector-corpus.tsv").lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            let mut cols = line.splitn(3, '\t');
+            let (label, key, value) = (cols.next().unwrap(), cols.next().unwrap(), cols.next().unwrap());
+            let value = value.replace("\\n", "\n");
+            let found = matches!(scan(key, &value), Some((Kind::Secret, _)));
+            match (label, found) {
+                ("S", true) => tp += 1,
+                ("S", false) => { fn_ += 1; misses.push(format!("missed: {key}={value}")) }
+                ("N", true) => { fp += 1; misses.push(format!("false positive: {key}={value}")) }
+                ("N", false) => tn += 1,
+                _ => panic!("bad corpus line {line:?}"),
+            }
+        }
+        let recall = tp as f64 / (tp + fn_) as f64;
+        let precision = tp as f64 / (tp + fp) as f64;
+        println!("detectors: recall {recall:.3} precision {precision:.3} (tp {tp} fp {fp} fn {fn_} tn {tn})");
+        assert!(recall >= 1.0 && precision >= 1.0, "recall {recall:.3} precision {precision:.3}\n{}", misses.join("\n"));
+    }
+
+    #[test]
+    fn key_ids_alone_are_identifiers() {
+        assert_eq!(scan("AccessKeyId", "AKIAIOSFODNN7EXAMPLE"), Some((Kind::AccessKeyId, "aws-access-key-id")));
+    }
+
+    #[test]
+    fn findings_name_paths_in_the_selector_language() {
+        let doc = serde_json::json!({
+            "Environment": {"Variables": {"DB.URL": "postgres://app:hunter2pass@db:5432/app", "MODE": "prod"}},
+            "Tags": [{"Key": "api_token", "Value": "Zx8q2LkP0vRt7mWn4bYc"}, {"Key": "team", "Value": "search"}],
+            "Owner": {"AccessKeyId": "AKIAIOSFODNN7EXAMPLE"},
+            "Note": "-----BEGIN PRIVATE KEY-----\nMIIB",
+        });
+        let f = findings(&doc).unwrap();
+        let got: Vec<(&str, Kind, &str)> = f.iter().map(|f| (f.path.as_str(), f.kind, f.detector)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (r#""Environment"."Variables"."DB.URL""#, Kind::Secret, "url-password"),
+                (r#""Note""#, Kind::Secret, "private-key"),
+                (r#""Owner"."AccessKeyId""#, Kind::AccessKeyId, "aws-access-key-id"),
+                (r#""Tags"[0]."Value""#, Kind::Secret, "high-entropy-under-secret-name"),
+            ]
+        );
+        for f in &f {
+            crate::masking::Selector::parse(&f.path).unwrap();
+        }
+        assert_eq!(findings(&Value::String("AKIAIOSFODNN7EXAMPLE".into())).unwrap(), Vec::new());
+    }
+
+    #[test]
+    fn too_many_findings_is_an_error_not_an_unbounded_list() {
+        let many = Value::Array(vec![Value::String("-----BEGIN PRIVATE KEY-----".into()); MAX_FINDINGS + 1]);
+        assert_eq!(findings(&many), Err(TooMany));
+        // Long keys repeated deep make paths, not findings, the limit.
+        let key = "k".repeat(100_000);
+        let doc = serde_json::json!({ key: vec!["-----BEGIN PRIVATE KEY-----"; 100] });
+        assert_eq!(findings(&doc), Err(TooMany));
+    }
+}
