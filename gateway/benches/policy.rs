@@ -3,14 +3,18 @@
 //! on-request (risky-actions deciding iam:CreateUser: the shipped policy whose
 //! scope has requests), on-response (secrets-by-team, 4 KB GetSecretValue
 //! body) and on-response + masking, each on a never-used instance from the
-//! ready pool (dropping it included).
+//! ready pool (dropping it included). Then the default masking end to end
+//! (issue 5's measure): a raw response body parsed, decided by aws-sensitive,
+//! masked and serialised, at 4 KB and 1 MB.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use serde_json::{json, Value};
 use veil_gateway::masking::{self, HashKey};
+use veil_gateway::aws::Protocol;
+use veil_gateway::pipeline::ParsedBody;
 use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet};
 
 fn secret_4k() -> Value {
@@ -94,6 +98,68 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(ready, |_| sensitive_set.on_response(&call, 200, &body), BatchSize::PerIteration)
     });
     g.finish();
+
+    // Raw bytes in, masked bytes out, as the gateway handles a JSON response.
+    let mut g = c.benchmark_group("default-masking");
+    let cases = [
+        ("secretsmanager:GetSecretValue 4KB", body.to_string().into_bytes()),
+        ("secretsmanager:ListSecrets 1MB", list_secrets(1 << 20)),
+        ("ssm:GetParametersByPath 1MB", parameters_by_path(2000)),
+    ];
+    for (name, raw) in &cases {
+        let op = name.split(' ').next().unwrap();
+        let call = call_of(op);
+        g.throughput(Throughput::Bytes(raw.len() as u64));
+        g.bench_with_input(BenchmarkId::new("aws-sensitive", name), raw, |b, raw| {
+            b.iter_batched(
+                ready,
+                |_| {
+                    let mut parsed = ParsedBody::parse(Protocol::Json, raw).expect("parses");
+                    let mut view = parsed.view(None);
+                    let d = sensitive_set.on_response_text(&call, 200, &view, Some(raw));
+                    assert!(d.deny.is_empty(), "{:?}", d.deny);
+                    assert!(masking::apply(&mut view, &d.masks, &key) > 0);
+                    parsed.serialise(None, &view)
+                },
+                BatchSize::PerIteration,
+            )
+        });
+    }
+    g.finish();
+}
+
+/// A ListSecrets-shaped listing of about `size` bytes, one in 50 descriptions
+/// holding a connection string with a password.
+fn list_secrets(size: usize) -> Vec<u8> {
+    let mut items = Vec::new();
+    let mut len = 0;
+    while len < size {
+        let i = items.len();
+        let description = if i % 50 == 7 { format!("postgres://app:pw{i}secret@db-{i}.internal:5432/app") } else { format!("credentials of app {i}") };
+        let item = json!({
+            "ARN": format!("arn:aws:secretsmanager:us-east-1:123456789012:secret:prod/app-{i}-AbCdEf"),
+            "Name": format!("prod/app-{i}"), "Description": description,
+            "LastChangedDate": 1700000000.0, "Tags": [{"Key": "team", "Value": "payments"}, {"Key": "env", "Value": "prod"}],
+            "SecretVersionsToStages": {"EXAMPLE1-90ab-cdef-fedc-ba987EXAMPLE": ["AWSCURRENT"]}
+        });
+        len += item.to_string().len() + 1;
+        items.push(item);
+    }
+    json!({"SecretList": items}).to_string().into_bytes()
+}
+
+/// An ssm GetParametersByPath page of `n` parameters, every third a SecureString.
+fn parameters_by_path(n: usize) -> Vec<u8> {
+    let params: Vec<Value> = (0..n)
+        .map(|i| {
+            json!({
+                "Name": format!("/prod/app-{}/setting-{i}", i % 40), "Type": if i % 3 == 0 { "SecureString" } else { "String" },
+                "Value": format!("value-{i}-{}", "v".repeat(380)), "Version": 3, "LastModifiedDate": 1700000000.0,
+                "ARN": format!("arn:aws:ssm:us-east-1:123456789012:parameter/prod/app-{}/setting-{i}", i % 40), "DataType": "text"
+            })
+        })
+        .collect();
+    json!({"Parameters": params}).to_string().into_bytes()
 }
 
 criterion_group!(benches, bench);

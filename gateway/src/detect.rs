@@ -208,7 +208,19 @@ fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
 
 /// Key names under which a high-entropy value is a secret.
 fn key_is_secret_like(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
+    // Keys are short: lowercase them on the stack.
+    let mut buf = [0u8; 64];
+    match buf.get_mut(..key.len()) {
+        Some(lower) => {
+            lower.copy_from_slice(key.as_bytes());
+            lower.make_ascii_lowercase();
+            std::str::from_utf8(lower).is_ok_and(lower_key_is_secret_like)
+        }
+        None => lower_key_is_secret_like(&key.to_ascii_lowercase()),
+    }
+}
+
+fn lower_key_is_secret_like(k: &str) -> bool {
     ["secret", "password", "passwd", "pwd", "token", "apikey", "api_key", "api-key", "privatekey", "private_key", "credential", "auth"]
         .iter()
         .any(|w| k.contains(w))
@@ -252,8 +264,8 @@ pub fn scan(key: &str, value: &str) -> Option<(Kind, &'static str)> {
     }
     let trimmed = value.trim();
     // Hex has at most 4 bits per character, so it gets a lower bar.
-    let bar = if trimmed.bytes().all(|b| b.is_ascii_hexdigit()) { 3.0 } else { 3.5 };
-    if key_is_secret_like(key) && trimmed.len() >= 12 && !trimmed.contains(' ') && entropy(trimmed) >= bar && !is_arn_or_url(trimmed) {
+    let bar = || if trimmed.bytes().all(|b| b.is_ascii_hexdigit()) { 3.0 } else { 3.5 };
+    if trimmed.len() >= 12 && !trimmed.contains(' ') && key_is_secret_like(key) && entropy(trimmed) >= bar() && !is_arn_or_url(trimmed) {
         return Some((Kind::Secret, "high-entropy-under-secret-name"));
     }
     if let Some((start, end)) = key_id {
@@ -269,60 +281,82 @@ pub fn scan(key: &str, value: &str) -> Option<(Kind, &'static str)> {
 /// key, except that the `value`/`Value` of an environment-style entry
 /// (`{"name": "DB_PASSWORD", "value": "…"}`) is judged under that name.
 pub fn findings(doc: &Value) -> Result<Vec<Finding>, TooMany> {
-    let mut walk = Walk { out: Vec::new(), path_bytes: 0, path: String::new() };
+    let mut walk = Walk { out: Vec::new(), path_bytes: 0, steps: Vec::new() };
     walk.value(doc, "")?;
     Ok(walk.out)
 }
 
-struct Walk {
-    out: Vec<Finding>,
-    path_bytes: usize,
-    path: String,
+/// One step from the root to a value.
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
 }
 
-impl Walk {
-    fn value(&mut self, v: &Value, key: &str) -> Result<(), TooMany> {
+struct Walk<'a> {
+    out: Vec<Finding>,
+    path_bytes: usize,
+    /// Where the walk is; written out as a path only at a finding.
+    steps: Vec<Step<'a>>,
+}
+
+impl<'a> Walk<'a> {
+    fn value(&mut self, v: &'a Value, key: &str) -> Result<(), TooMany> {
         match v {
             Value::String(s) => {
                 if let Some((kind, detector)) = scan(key, s) {
                     // The whole document is a string: nothing to select.
-                    if !self.path.is_empty() {
-                        self.path_bytes += self.path.len();
+                    if !self.steps.is_empty() {
+                        let path = self.path();
+                        self.path_bytes += path.len();
                         if self.out.len() >= MAX_FINDINGS || self.path_bytes > MAX_FINDING_PATH_BYTES {
                             return Err(TooMany);
                         }
-                        self.out.push(Finding { path: self.path.clone(), kind, detector });
+                        self.out.push(Finding { path, kind, detector });
                     }
                 }
             }
             Value::Array(items) => {
                 for (i, item) in items.iter().enumerate() {
-                    let len = self.path.len();
-                    use std::fmt::Write as _;
-                    let _ = write!(self.path, "[{i}]");
+                    self.steps.push(Step::Index(i));
                     self.value(item, key)?;
-                    self.path.truncate(len);
+                    self.steps.pop();
                 }
             }
             Value::Object(map) => {
                 let named = ["name", "Name", "Key", "key"].iter().find_map(|k| map.get(*k)).and_then(Value::as_str);
                 for (k, child) in map {
-                    let len = self.path.len();
-                    if !self.path.is_empty() {
-                        self.path.push('.');
-                    }
-                    push_quoted(&mut self.path, k);
                     let effective = match (k.as_str(), named) {
                         ("value" | "Value", Some(n)) => n,
                         _ => k.as_str(),
                     };
+                    self.steps.push(Step::Key(k));
                     self.value(child, effective)?;
-                    self.path.truncate(len);
+                    self.steps.pop();
                 }
             }
             _ => {}
         }
         Ok(())
+    }
+
+    /// The current position in the selector language.
+    fn path(&self) -> String {
+        use std::fmt::Write as _;
+        let mut path = String::new();
+        for step in &self.steps {
+            match step {
+                Step::Key(k) => {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    push_quoted(&mut path, k);
+                }
+                Step::Index(i) => {
+                    let _ = write!(path, "[{i}]");
+                }
+            }
+        }
+        path
     }
 }
 

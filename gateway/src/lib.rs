@@ -21,6 +21,13 @@ pub mod sigv4;
 pub mod sts;
 pub mod upstream;
 
+/// mimalloc instead of glibc's allocator: a call allocates and frees whole
+/// JSON trees, and glibc's free/consolidate was a sixth of the CPU time of a
+/// large response. In the library so tests and benchmarks measure what the
+/// binary runs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// An error and its sources, joined with `: `, for messages and logs.
 pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();

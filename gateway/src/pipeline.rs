@@ -627,7 +627,9 @@ impl Gateway {
         let doc = parsed.view(query_action);
         let parse_us = mask_started.elapsed().as_micros() as u64;
         let policy_started = Instant::now();
-        let d = policies.on_response(&call, status, &doc);
+        // JSON arrived as JSON: policies get AWS's own text, not a re-serialisation.
+        let text = matches!(parsed, ParsedBody::Json(_)).then_some(&raw[..]);
+        let d = policies.on_response_text(&call, status, &doc, text);
         ctx.rec.policy_us += policy_started.elapsed().as_micros() as u64;
         if !d.deny.is_empty() {
             return Err(Failure::Denied(d.deny));
@@ -648,7 +650,7 @@ impl Gateway {
             raw
         };
         ctx.rec.mask_us = parse_us + mask_started.elapsed().as_micros() as u64;
-        ctx.rec.set_response(audit::redact(&doc).to_string().as_bytes(), self.audit.response_cap);
+        ctx.rec.set_response_doc(&doc, self.audit.response_cap);
         let mut resp = builder.body(full(out)).map_err(|e| Failure::Unparseable(e.to_string()))?;
         if changed {
             // The body changed: checksums of the original would fail the SDK's check.
@@ -798,11 +800,12 @@ impl ParsedBody {
         }
     }
 
-    /// The body as policies see it: JSON, whatever the protocol.
+    /// The body as policies see it: JSON, whatever the protocol. A JSON
+    /// body is moved out, not copied: `serialise` writes the masked view.
     pub fn view(&mut self, query_action: Option<&str>) -> Value {
         match self {
             ParsedBody::Empty => json!({}),
-            ParsedBody::Json(v) => v.clone(),
+            ParsedBody::Json(v) => std::mem::take(v),
             ParsedBody::Xml(d) => d.view(query_action),
         }
     }

@@ -159,11 +159,19 @@ impl Record {
         }
     }
 
-    /// Keep the response body, cut at `cap` bytes.
-    pub fn set_response(&mut self, body: &[u8], cap_bytes: usize) {
-        let text = String::from_utf8_lossy(body);
-        let kept = cap(&text, cap_bytes);
-        self.response_truncated = u8::from(kept.len() < text.len());
+    /// Keep the response body as [`redact`] shows it, cut at `cap_bytes` on
+    /// a character boundary. Only what is kept is written: a large response
+    /// costs its first `cap_bytes`, not a copy of the whole document.
+    pub fn set_response_doc(&mut self, doc: &Value, cap_bytes: usize) {
+        let mut out = CapWriter { buf: Vec::with_capacity(cap_bytes.min(1 << 20) + 1), room: cap_bytes.saturating_add(1) };
+        let complete = serde_json::to_writer(&mut out, &Redacted { v: doc, mode: Mode::Keep(false) }).is_ok();
+        let text = match std::str::from_utf8(&out.buf) {
+            Ok(t) => t,
+            // Cut inside a character by the cap: keep the whole ones before it.
+            Err(e) => std::str::from_utf8(&out.buf[..e.valid_up_to()]).unwrap_or_default(),
+        };
+        let kept = cap(text, cap_bytes);
+        self.response_truncated = u8::from(!complete || kept.len() < text.len());
         self.response = kept.to_string();
     }
 }
@@ -207,37 +215,80 @@ fn parse_traceparent(v: &str) -> Option<&str> {
 /// and booleans survive, every other string is `"***"`, and free-form
 /// containers (environment variables, user data) are redacted whole.
 pub fn redact(v: &Value) -> Value {
-    redact_inner(v, false)
+    serde_json::to_value(Redacted { v, mode: Mode::Keep(false) }).unwrap_or(Value::Null)
 }
 
-fn redact_inner(v: &Value, keep_scalar: bool) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut out = Map::with_capacity(m.len());
-            for (k, v) in m {
-                let lower = k.to_ascii_lowercase();
-                let value = if FREEFORM.contains(&lower.as_str()) {
-                    redact_all(v)
-                } else {
-                    redact_inner(v, is_identifier(k, &lower))
-                };
-                out.insert(k.clone(), value);
+/// How [`Redacted`] shows a value.
+#[derive(Clone, Copy)]
+enum Mode {
+    /// Scalars are hidden unless the flag says they are identifiers;
+    /// objects decide per key.
+    Keep(bool),
+    /// Everything but structure and nulls is hidden (free-form containers).
+    All,
+}
+
+/// A document serialised as [`redact`] shows it, without building the copy.
+struct Redacted<'a> {
+    v: &'a Value,
+    mode: Mode,
+}
+
+impl Serialize for Redacted<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        match (self.v, self.mode) {
+            (Value::Object(m), mode) => {
+                let mut map = s.serialize_map(Some(m.len()))?;
+                for (k, v) in m {
+                    let mode = match mode {
+                        Mode::All => Mode::All,
+                        Mode::Keep(_) => {
+                            let lower = k.to_ascii_lowercase();
+                            if FREEFORM.contains(&lower.as_str()) {
+                                Mode::All
+                            } else {
+                                Mode::Keep(is_identifier(k, &lower))
+                            }
+                        }
+                    };
+                    map.serialize_entry(k, &Redacted { v, mode })?;
+                }
+                map.end()
             }
-            Value::Object(out)
+            (Value::Array(a), mode) => {
+                let mut seq = s.serialize_seq(Some(a.len()))?;
+                for v in a {
+                    seq.serialize_element(&Redacted { v, mode })?;
+                }
+                seq.end()
+            }
+            (Value::Null, _) => s.serialize_unit(),
+            (Value::String(v), Mode::Keep(true)) => s.serialize_str(cap(v, 256)),
+            (Value::String(_), _) | (_, Mode::All) => s.serialize_str("***"),
+            (other, Mode::Keep(_)) => other.serialize(s),
         }
-        Value::Array(a) => Value::Array(a.iter().map(|x| redact_inner(x, keep_scalar)).collect()),
-        Value::String(s) if keep_scalar => Value::String(cap(s, 256).to_string()),
-        Value::String(_) => Value::String("***".into()),
-        other => other.clone(),
     }
 }
 
-fn redact_all(v: &Value) -> Value {
-    match v {
-        Value::Object(m) => Value::Object(m.iter().map(|(k, v)| (k.clone(), redact_all(v))).collect()),
-        Value::Array(a) => Value::Array(a.iter().map(redact_all).collect()),
-        Value::Null => Value::Null,
-        _ => Value::String("***".into()),
+/// A writer that takes `room` bytes, then fails (ending serialisation).
+struct CapWriter {
+    buf: Vec<u8>,
+    room: usize,
+}
+
+impl std::io::Write for CapWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let take = data.len().min(self.room - self.buf.len());
+        self.buf.extend_from_slice(&data[..take]);
+        if take < data.len() {
+            return Err(std::io::Error::other("audit response cap reached"));
+        }
+        Ok(take)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -404,13 +455,26 @@ mod tests {
     }
 
     #[test]
-    fn response_is_capped_on_a_char_boundary() {
+    fn response_is_redacted_and_capped_on_a_char_boundary() {
         let mut r = Record::default();
-        r.set_response("ééééé".as_bytes(), 5);
-        assert_eq!(r.response, "éé");
+        let doc = json!({"Name": "ééééé", "SecretString": "hunter2", "N": 1});
+        r.set_response_doc(&doc, 1000);
+        assert_eq!(r.response, redact(&doc).to_string());
+        assert_eq!(r.response, r#"{"N":1,"Name":"ééééé","SecretString":"***"}"#);
+        assert_eq!(r.response_truncated, 0);
+        // `{"N":1,"Name":"` is 15 bytes and é two: a cap inside an é keeps
+        // the whole ones before it.
+        r.set_response_doc(&doc, 16);
+        assert_eq!((r.response.as_str(), r.response_truncated), (r#"{"N":1,"Name":""#, 1));
+        r.set_response_doc(&doc, 18);
+        assert_eq!((r.response.as_str(), r.response_truncated), (r#"{"N":1,"Name":"é"#, 1));
+        r.set_response_doc(&doc, 19);
+        assert_eq!((r.response.as_str(), r.response_truncated), (r#"{"N":1,"Name":"éé"#, 1));
+        let whole = redact(&doc).to_string();
+        r.set_response_doc(&doc, whole.len());
+        assert_eq!((r.response.as_str(), r.response_truncated), (whole.as_str(), 0));
+        r.set_response_doc(&doc, whole.len() - 1);
         assert_eq!(r.response_truncated, 1);
-        r.set_response(b"{}", 5);
-        assert_eq!((r.response.as_str(), r.response_truncated), ("{}", 0));
     }
 
     #[test]

@@ -311,6 +311,14 @@ impl PolicySet {
 
     /// Run every policy's `on-response` and combine.
     pub fn on_response(&self, call: &CallInput, status: u16, body: &Value) -> ResponseDecision {
+        self.on_response_text(call, status, body, None)
+    }
+
+    /// [`PolicySet::on_response`] given the body's JSON text too, when the
+    /// wire already carried it (JSON protocols): policies then receive those
+    /// bytes instead of a serialisation of `body` — the same document, as
+    /// `body` was parsed from them.
+    pub fn on_response_text(&self, call: &CallInput, status: u16, body: &Value, text: Option<&[u8]>) -> ResponseDecision {
         if self.policies.is_empty() {
             return ResponseDecision { deny: vec![no_policy()], masks: Vec::new() };
         }
@@ -322,7 +330,8 @@ impl PolicySet {
             return ResponseDecision { deny, masks };
         }
         let mut wcall = Self::wit_call(call);
-        let resp = wit::Response { status, body_json: body.to_string() };
+        let body_json = text.and_then(|t| String::from_utf8(t.to_vec()).ok()).unwrap_or_else(|| body.to_string());
+        let resp = wit::Response { status, body_json };
         // The detectors run once, natively, for every policy that asks.
         let findings = scoped.iter().any(|p| p.compiled.uses_scan()).then(|| Arc::new(crate::detect::findings(body)));
         for p in scoped {
