@@ -167,7 +167,10 @@ fn hit(hit: bool, name: &'static str) -> Option<&'static str> {
 /// where the first key id is.
 fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
     let mut key = None;
-    for i in 0..s.len() {
+    let mut i = 0;
+    // Skip, in a tight loop, the bytes no format starts with.
+    while let Some(skip) = s.get(i..).and_then(|rest| rest.iter().position(|b| STARTS[*b as usize])) {
+        i += skip;
         let found = match s[i] {
             b'-' => hit(private_key_at(s, i), "private-key"),
             b'e' => hit(jwt_at(s, i), "jwt"),
@@ -182,9 +185,9 @@ fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
                 "slack-token",
             ),
             b'h' => hit(s[i..].starts_with(b"hooks.slack.com/services/"), "slack-webhook"),
-            b's' => hit(token_at(s, i, b"sk_live_", alnum, 20, usize::MAX), "stripe-key").or_else(|| {
-                hit([&b"sk-proj-"[..], b"sk-ant-", b"sk-"].iter().any(|p| token_at(s, i, p, b64url, 32, usize::MAX)), "ai-api-key")
-            }),
+            b's' => hit(token_at(s, i, b"sk_live_", alnum, 20, usize::MAX), "stripe-key")
+                .or_else(|| hit([&b"sk-proj-"[..], b"sk-ant-", b"sk-"].iter().any(|p| token_at(s, i, p, b64url, 32, usize::MAX)), "ai-api-key"))
+                .or_else(|| hit(aws_secret_assignment_at(s, i), "aws-secret-key")),
             b'r' => hit(token_at(s, i, b"rk_live_", alnum, 20, usize::MAX), "stripe-key"),
             b'A' => {
                 if key.is_none() {
@@ -202,9 +205,22 @@ fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
         if found.is_some() {
             return (found, key);
         }
+        i += 1;
     }
     (None, key)
 }
+
+/// The bytes a detected format can start with (the arms of `detect`).
+static STARTS: [bool; 256] = {
+    let mut t = [false; 256];
+    let firsts = b"-egxhsrAaSnp:=";
+    let mut k = 0;
+    while k < firsts.len() {
+        t[firsts[k] as usize] = true;
+        k += 1;
+    }
+    t
+};
 
 /// Key names under which a high-entropy value is a secret.
 fn key_is_secret_like(key: &str) -> bool {
