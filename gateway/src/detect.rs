@@ -55,6 +55,9 @@ fn b64url(b: u8) -> bool {
 fn word(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b == b'_'
 }
+fn hex(b: u8) -> bool {
+    b.is_ascii_hexdigit()
+}
 fn base32(b: u8) -> bool {
     b.is_ascii_uppercase() || (b'2'..=b'7').contains(&b)
 }
@@ -134,6 +137,17 @@ fn assigned_password_at(s: &[u8], i: usize) -> bool {
     s[j..].iter().take_while(|b| **b != b';' && !b.is_ascii_whitespace()).count() >= 3
 }
 
+/// At an `=`: an Azure connection string's `AccountKey` or `SharedAccessKey`
+/// (any case), followed by a base64 key.
+fn azure_key_at(s: &[u8], i: usize) -> bool {
+    let before = &s[..i];
+    let named = [&b"accountkey"[..], b"sharedaccesskey"].iter().any(|name| {
+        before.len() >= name.len() && before[before.len() - name.len()..].eq_ignore_ascii_case(name)
+    });
+    let b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
+    named && run(s, i + 1, b64) >= 32
+}
+
 /// At a name of the AWS secret key, followed within a few bytes by 40 key characters.
 fn aws_secret_assignment_at(s: &[u8], i: usize) -> bool {
     ["aws_secret_access_key", "secretaccesskey"].iter().any(|k| {
@@ -178,16 +192,23 @@ fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
                 [&b"ghp_"[..], b"gho_", b"ghu_", b"ghs_", b"ghr_"].iter().any(|p| token_at(s, i, p, alnum, 36, 36))
                     || token_at(s, i, b"github_pat_", word, 60, usize::MAX),
                 "github-token",
-            ),
+            )
+            .or_else(|| hit(token_at(s, i, b"glpat-", b64url, 20, usize::MAX), "gitlab-token")),
             b'x' => hit(
                 s[i..].starts_with(b"xox") && s.get(i + 4) == Some(&b'-') && matches!(s.get(i + 3), Some(b'a' | b'b' | b'p' | b'o' | b's' | b'r'))
                     && token_at(s, i, &s[i..i + 5], |b| alnum(b) || b == b'-', 10, usize::MAX),
                 "slack-token",
             ),
-            b'h' => hit(s[i..].starts_with(b"hooks.slack.com/services/"), "slack-webhook"),
+            b'h' => hit(s[i..].starts_with(b"hooks.slack.com/services/"), "slack-webhook")
+                .or_else(|| hit([&b"hvs."[..], b"hvb."].iter().any(|p| token_at(s, i, p, b64url, 24, usize::MAX)), "vault-token"))
+                .or_else(|| hit(token_at(s, i, b"hf_", alnum, 34, 34), "huggingface-token")),
+            b'd' => hit(token_at(s, i, b"dckr_pat_", b64url, 20, usize::MAX), "docker-token").or_else(|| {
+                hit([&b"dop_v1_"[..], b"doo_v1_", b"dor_v1_"].iter().any(|p| token_at(s, i, p, hex, 64, 64)), "digitalocean-token")
+            }),
             b's' => hit(token_at(s, i, b"sk_live_", alnum, 20, usize::MAX), "stripe-key")
                 .or_else(|| hit([&b"sk-proj-"[..], b"sk-ant-", b"sk-"].iter().any(|p| token_at(s, i, p, b64url, 32, usize::MAX)), "ai-api-key"))
-                .or_else(|| hit(aws_secret_assignment_at(s, i), "aws-secret-key")),
+                .or_else(|| hit(aws_secret_assignment_at(s, i), "aws-secret-key"))
+                .or_else(|| hit([&b"shpat_"[..], b"shpca_", b"shppa_", b"shpss_"].iter().any(|p| token_at(s, i, p, hex, 32, 32)), "shopify-token")),
             b'r' => hit(token_at(s, i, b"rk_live_", alnum, 20, usize::MAX), "stripe-key"),
             b'A' => {
                 if key.is_none() {
@@ -199,7 +220,7 @@ fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
             b'n' => hit(token_at(s, i, b"npm_", alnum, 36, 36), "npm-token"),
             b'p' => hit(token_at(s, i, b"pypi-AgE", b64url, 50, usize::MAX), "pypi-token"),
             b':' => hit(url_password_at(s, i), "url-password"),
-            b'=' => hit(assigned_password_at(s, i), "password-assignment"),
+            b'=' => hit(assigned_password_at(s, i), "password-assignment").or_else(|| hit(azure_key_at(s, i), "azure-storage-key")),
             _ => None,
         };
         if found.is_some() {
@@ -213,7 +234,7 @@ fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
 /// The bytes a detected format can start with (the arms of `detect`).
 static STARTS: [bool; 256] = {
     let mut t = [false; 256];
-    let firsts = b"-egxhsrAaSnp:=";
+    let firsts = b"-egxhdsrAaSnp:=";
     let mut k = 0;
     while k < firsts.len() {
         t[firsts[k] as usize] = true;
@@ -429,6 +450,23 @@ mod tests {
     #[test]
     fn key_ids_alone_are_identifiers() {
         assert_eq!(scan("AccessKeyId", "AKIAIOSFODNN7EXAMPLE"), Some((Kind::AccessKeyId, "aws-access-key-id")));
+    }
+
+    #[test]
+    fn each_saas_format_is_named_by_its_detector() {
+        let cases = [
+            ("glpat-xK9pQ2mZ7vR4tW8yB3nC", "gitlab-token"),
+            ("hvs.CAESIJlU9JMYEhOPYv4igdhm9PnZDrab", "vault-token"),
+            ("hf_AbCdEfGhIjKlMnOpQrStUvWxYz01234567", "huggingface-token"),
+            ("dckr_pat_2b3e36beeb386dfdaacb9b46004", "docker-token"),
+            ("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", "shopify-token"),
+            ("dop_v1_1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988", "digitalocean-token"),
+            ("AccountName=x;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq==", "azure-storage-key"),
+            ("secretaccesskey = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-key"),
+        ];
+        for (value, name) in cases {
+            assert_eq!(scan("note", value), Some((Kind::Secret, name)), "{value}");
+        }
     }
 
     #[test]
