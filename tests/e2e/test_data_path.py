@@ -168,14 +168,19 @@ def signed_request(creds, method, url, body, headers, when):
     return req.prepare()
 
 
-def test_tampered_signature_and_replayed_request_are_refused(stack, tmp_path):
-    r = assume(stack, harness.mint(stack["issuer"]))
-    assert r.status_code == 200
+def session_credentials(stack, token):
+    """Veil session credentials for `token`, from the STS call SDKs make."""
     import xml.etree.ElementTree as ET
+    r = assume(stack, token)
+    assert r.status_code == 200, r.text
     ns = {"s": "https://sts.amazonaws.com/doc/2011-06-15/"}
     c = ET.fromstring(r.text).find(".//s:Credentials", ns)
-    creds = botocore.credentials.Credentials(
+    return botocore.credentials.Credentials(
         c.find("s:AccessKeyId", ns).text, c.find("s:SecretAccessKey", ns).text, c.find("s:SessionToken", ns).text)
+
+
+def test_tampered_signature_and_replayed_request_are_refused(stack, tmp_path):
+    creds = session_credentials(stack, harness.mint(stack["issuer"]))
     name = f"created-{time.time_ns()}"
     body = json.dumps({"Name": name, "SecretString": "x"})
     headers = {"X-Amz-Target": "secretsmanager.CreateSecret", "Content-Type": "application/x-amz-json-1.1"}
@@ -205,6 +210,54 @@ def test_tampered_signature_and_replayed_request_are_refused(stack, tmp_path):
     assert not [s for s in sm.list_secrets()["SecretList"] if s["Name"] == name], "no refused call may reach AWS"
     # And a correctly signed one does go through.
     assert send(signed_request(creds, "POST", url, body, headers, now)).status_code == 200
+
+
+def test_clock_skew_within_the_allowance_passes_and_beyond_it_is_refused(stack, tmp_path):
+    # An issuer whose clock runs ahead: a token valid from 20 s from now is
+    # inside the 30 s leeway; one valid from 2 min from now is not.
+    now_s = int(time.time())
+    assert assume(stack, harness.mint(stack["issuer"], iat=now_s + 20, nbf=now_s + 20)).status_code == 200
+    r = assume(stack, harness.mint(stack["issuer"], iat=now_s + 120, nbf=now_s + 120))
+    assert r.status_code == 403 and "<ErrorResponse" in r.text, r.text
+    # An agent whose clock is off: SigV4 allows 5 minutes either way.
+    creds = session_credentials(stack, harness.mint(stack["issuer"]))
+    url = stack["veil"].url + "/"
+    headers = {"X-Amz-Target": "secretsmanager.ListSecrets", "Content-Type": "application/x-amz-json-1.1"}
+    now = datetime.datetime.now(datetime.timezone.utc)
+    for minutes, ok in [(-4, True), (4, True), (-6, False), (6, False)]:
+        req = signed_request(creds, "POST", url, "{}", headers, now + datetime.timedelta(minutes=minutes))
+        r = requests.post(url, data=req.body, headers=dict(req.headers), verify=str(stack["ca"]), timeout=30)
+        if ok:
+            assert r.status_code == 200, f"{minutes} min: {r.text}"
+        else:
+            assert r.status_code == 403 and "clock skew" in r.text, f"{minutes} min: {r.text}"
+
+
+def test_a_signed_header_sent_twice_is_refused_and_not_forwarded(stack, tmp_path):
+    import http.client
+    import ssl
+    from urllib.parse import urlsplit
+    creds = session_credentials(stack, harness.mint(stack["issuer"]))
+    url = stack["veil"].url + "/"
+    name = f"dup-{time.time_ns()}"
+    body = json.dumps({"Name": name, "SecretString": "x"})
+    headers = {"X-Amz-Target": "secretsmanager.CreateSecret", "Content-Type": "application/x-amz-json-1.1"}
+    req = signed_request(creds, "POST", url, body, headers, datetime.datetime.now(datetime.timezone.utc))
+    u = urlsplit(url)
+    conn = http.client.HTTPSConnection(u.hostname, u.port, context=ssl.create_default_context(cafile=str(stack["ca"])), timeout=30)
+    conn.putrequest("POST", "/", skip_host=True, skip_accept_encoding=True)
+    for k, v in req.headers.items():
+        conn.putheader(k, v)
+    # The same signed header again, with another value.
+    conn.putheader("X-Amz-Target", "secretsmanager.DeleteSecret")
+    conn.endheaders(body.encode())
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    assert resp.status in (400, 403), f"{resp.status} {text}"
+    assert "__type" in text, text
+    sm = harness.moto_client(stack["moto"], "secretsmanager")
+    assert not [s for s in sm.list_secrets()["SecretList"] if s["Name"] == name], "a refused call may not reach AWS"
 
 
 def test_bearer_token_clients(stack, tmp_path):
