@@ -360,12 +360,8 @@ impl<'a> Walk<'a> {
                 }
             }
             Value::Object(map) => {
-                let named = ["name", "Name", "Key", "key"].iter().find_map(|k| map.get(*k)).and_then(Value::as_str);
                 for (k, child) in map {
-                    let effective = match (k.as_str(), named) {
-                        ("value" | "Value", Some(n)) => n,
-                        _ => k.as_str(),
-                    };
+                    let effective = judged_under(map, k, key);
                     self.steps.push(Step::Key(k));
                     self.value(child, effective)?;
                     self.steps.pop();
@@ -395,6 +391,30 @@ impl<'a> Walk<'a> {
         }
         path
     }
+}
+
+/// The key a child `k` of `map` (itself under `parent`) is judged under:
+/// - the `…Value` of a name/value pair is judged under its name:
+///   `{"Name": "DB_PASSWORD", "Value": …}`, `{"ParameterKey": "DbPassword",
+///   "ParameterValue": …}`, `{"OutputKey": …, "OutputValue": …}`;
+/// - a DynamoDB attribute value (`{"S": …}`, `{"SS": […]}`) is judged under
+///   the attribute's name: `{"password": {"S": …}}`;
+/// - anything else under its own key.
+fn judged_under<'m>(map: &'m serde_json::Map<String, Value>, k: &'m str, parent: &'m str) -> &'m str {
+    if map.len() == 1 && matches!(k, "S" | "SS") {
+        return parent;
+    }
+    let Some(stem) = k.strip_suffix("Value").or_else(|| k.strip_suffix("value")) else { return k };
+    let mut name = String::with_capacity(stem.len() + 4);
+    for suffix in ["Name", "Key", "name", "key"] {
+        name.clear();
+        name.push_str(stem);
+        name.push_str(suffix);
+        if let Some(n) = map.get(&name).and_then(Value::as_str) {
+            return n;
+        }
+    }
+    k
 }
 
 /// `key` as a quoted selector step.
@@ -450,6 +470,27 @@ mod tests {
     #[test]
     fn key_ids_alone_are_identifiers() {
         assert_eq!(scan("AccessKeyId", "AKIAIOSFODNN7EXAMPLE"), Some((Kind::AccessKeyId, "aws-access-key-id")));
+    }
+
+    #[test]
+    fn values_are_judged_under_the_name_they_belong_to() {
+        let doc = serde_json::json!({
+            "Parameters": [{"ParameterKey": "DbPassword", "ParameterValue": "q8Zr2LmX0vTw7KpN"}, {"ParameterKey": "Env", "ParameterValue": "q8Zr2LmX0vTw7KpN"}],
+            "Outputs": [{"OutputKey": "ApiToken", "OutputValue": "Zx8q2LkP0vRt7mWn4bYc"}],
+            "Item": {"password": {"S": "pQ7vK2mZx9LwR4tB"}, "tokens": {"SS": ["Zx8q2LkP0vRt7mWn4bYc"]}, "note": {"S": "pQ7vK2mZx9LwR4tB"}},
+            "Environment": [{"name": "API_KEY", "value": "Zx8q2LkP0vRt7mWn4bYc"}],
+        });
+        let paths: Vec<String> = findings(&doc).unwrap().into_iter().map(|f| f.path).collect();
+        assert_eq!(
+            paths,
+            vec![
+                r#""Environment"[0]."value""#,
+                r#""Item"."password"."S""#,
+                r#""Item"."tokens"."SS"[0]"#,
+                r#""Outputs"[0]."OutputValue""#,
+                r#""Parameters"[0]."ParameterValue""#,
+            ]
+        );
     }
 
     #[test]
