@@ -55,3 +55,20 @@ def test_detectors_catch_secrets_in_unexpected_places(stack, tmp_path):
         d = s.client("secretsmanager").describe_secret(SecretId=name)
     assert d["Description"] == "***"
     assert d["Name"] == name
+
+
+def test_secrets_in_dynamodb_items_are_masked(stack, tmp_path):
+    # The attribute's name says "password"; its value sits under "S". The
+    # detectors judge it under the attribute's name.
+    ddb = harness.moto_client(stack["moto"], "dynamodb")
+    table = f"users{time.time_ns()}"
+    ddb.create_table(TableName=table, KeySchema=[{"AttributeName": "id", "KeyType": "HASH"}],
+                     AttributeDefinitions=[{"AttributeName": "id", "AttributeType": "S"}], BillingMode="PAY_PER_REQUEST")
+    ddb.put_item(TableName=table, Item={"id": {"S": "u1"}, "password": {"S": "pQ7vK2mZx9LwR4tB"}, "city": {"S": "Lisbon"},
+                                        "notes": {"S": "key -----BEGIN RSA PRIVATE KEY-----\nMIIEow"}})
+    with harness.agent(stack, tmp_path) as s:
+        item = s.client("dynamodb").get_item(TableName=table, Key={"id": {"S": "u1"}})["Item"]
+    assert item["password"]["S"] == "***"
+    assert item["notes"]["S"] == "***"
+    assert item["city"]["S"] == "Lisbon"
+    assert item["id"]["S"] == "u1"
