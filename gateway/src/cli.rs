@@ -578,6 +578,7 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
             let p = LoadedPolicy::new(c, "{}".into()).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!("on-request:  {}", p.on_request);
             println!("on-response: {}", p.on_response);
+            println!("detectors:   {}", if p.compiled.uses_scan() { "used (scan.findings)" } else { "not used" });
             Ok(())
         }
         PolicyCommand::Eval { policies, operation, region, resource, claims, params, response, status, config } => {

@@ -29,18 +29,25 @@ fn stderr(o: &Output) -> String {
 
 #[test]
 fn check_prints_name_version_sha256_and_scope() {
-    for (file, name) in [("risky-actions.wasm", "risky-actions"), ("secrets-by-team.wasm", "secrets-by-team")] {
+    for (file, name, version) in [
+        ("risky-actions.wasm", "risky-actions", "1.0.0"),
+        ("secrets-by-team.wasm", "secrets-by-team", "1.0.0"),
+        ("aws-sensitive.wasm", "aws-sensitive", "1.1.0"),
+    ] {
         let o = veil(&["policy", "check", s(&policy(file))]);
         assert!(o.status.success(), "{}", stderr(&o));
         let out = String::from_utf8(o.stdout).unwrap();
         assert!(out.contains(&format!("name:    {name}")), "{out}");
-        assert!(out.contains("version: 1.0.0"), "{out}");
+        assert!(out.contains(&format!("version: {version}")), "{out}");
         let sha = out.lines().find_map(|l| l.strip_prefix("sha256:  ")).unwrap();
         assert_eq!(sha.len(), 64);
         let scope = |hook: &str| out.lines().find_map(|l| l.strip_prefix(hook)).unwrap().trim().to_string();
+        assert_eq!(scope("detectors:"), if name == "aws-sensitive" { "used (scan.findings)" } else { "not used" }, "{out}");
         if name == "risky-actions" {
             assert!(scope("on-request:").contains("iam:createuser, "), "{out}");
             assert_eq!(scope("on-response:"), "(none)", "{out}");
+        } else if name == "aws-sensitive" {
+            assert_eq!((scope("on-request:").as_str(), scope("on-response:").as_str()), ("(none)", "*"), "{out}");
         } else {
             assert_eq!(scope("on-request:"), "(none)", "{out}");
             assert!(scope("on-response:").starts_with("secretsmanager:getsecretvalue, "), "{out}");

@@ -26,7 +26,7 @@ struct AwsSensitive;
 
 impl Policy for AwsSensitive {
     const NAME: &'static str = "aws-sensitive";
-    const VERSION: &'static str = "1.0.0";
+    const VERSION: &'static str = "1.1.0";
 
     /// Every response; requests need no decision.
     fn scope(_config: &Config) -> Scope {
