@@ -115,6 +115,11 @@ fn url_password_at(s: &[u8], i: usize) -> bool {
     matches!((auth.iter().position(|b| *b == b':'), auth.iter().rposition(|b| *b == b'@')), (Some(c), Some(a)) if c > 0 && a > c + 3)
 }
 
+/// Whether `s` ends with `name`, ASCII case ignored.
+fn ends_with_ignore_case(s: &[u8], name: &[u8]) -> bool {
+    s.len() >= name.len() && s[s.len() - name.len()..].eq_ignore_ascii_case(name)
+}
+
 /// At an `=`: preceded by password/passwd/pwd (any case), followed by a value.
 fn assigned_password_at(s: &[u8], i: usize) -> bool {
     let mut k = i;
@@ -123,9 +128,7 @@ fn assigned_password_at(s: &[u8], i: usize) -> bool {
     }
     let before = &s[..k];
     let named = [&b"password"[..], b"passwd", b"pwd"].iter().any(|name| {
-        before.len() >= name.len()
-            && before[before.len() - name.len()..].eq_ignore_ascii_case(name)
-            && (before.len() == name.len() || !before[before.len() - name.len() - 1].is_ascii_alphabetic())
+        ends_with_ignore_case(before, name) && (before.len() == name.len() || !before[before.len() - name.len() - 1].is_ascii_alphabetic())
     });
     if !named {
         return false;
@@ -141,9 +144,7 @@ fn assigned_password_at(s: &[u8], i: usize) -> bool {
 /// (any case), followed by a base64 key.
 fn azure_key_at(s: &[u8], i: usize) -> bool {
     let before = &s[..i];
-    let named = [&b"accountkey"[..], b"sharedaccesskey"].iter().any(|name| {
-        before.len() >= name.len() && before[before.len() - name.len()..].eq_ignore_ascii_case(name)
-    });
+    let named = [&b"accountkey"[..], b"sharedaccesskey"].iter().any(|name| ends_with_ignore_case(before, name));
     let b64 = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=');
     named && run(s, i + 1, b64) >= 32
 }
