@@ -120,24 +120,68 @@ fn ends_with_ignore_case(s: &[u8], name: &[u8]) -> bool {
     s.len() >= name.len() && s[s.len() - name.len()..].eq_ignore_ascii_case(name)
 }
 
-/// At an `=`: preceded by password/passwd/pwd (any case), followed by a value.
-fn assigned_password_at(s: &[u8], i: usize) -> bool {
+/// At an `=` or `:`: a secret-like name, bare or quoted (`password=…`,
+/// `"client_secret": "…"`, `DB_PASSWORD: …`), assigned a value that
+/// [`named_secret`] judges a secret. The value ends at a closing quote, or
+/// unquoted at whitespace or a separator.
+fn assignment_at(s: &[u8], i: usize) -> bool {
+    if s[i] == b':' && matches!(s.get(i + 1), Some(b':' | b'/')) {
+        return false;
+    }
     let mut k = i;
     while k > 0 && s[k - 1] == b' ' {
         k -= 1;
     }
-    let before = &s[..k];
-    let named = [&b"password"[..], b"passwd", b"pwd"].iter().any(|name| {
-        ends_with_ignore_case(before, name) && (before.len() == name.len() || !before[before.len() - name.len() - 1].is_ascii_alphabetic())
-    });
-    if !named {
+    let closing = k.checked_sub(1).map(|q| s[q]).filter(|q| matches!(q, b'"' | b'\''));
+    if closing.is_some() {
+        k -= 1;
+    } else if s[i] == b':' && !matches!(s.get(i + 1), Some(b' ' | b'\t')) {
+        // YAML wants a blank after the colon; without one this is an ARN or a time.
         return false;
     }
+    let end = k;
+    let name_byte = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.');
+    while k > 0 && end - k < 64 && name_byte(s[k - 1]) {
+        k -= 1;
+    }
+    if k == end || (k > 0 && name_byte(s[k - 1])) {
+        return false;
+    }
+    // ASCII by construction.
+    let name = std::str::from_utf8(&s[k..end]).unwrap_or_default();
     let mut j = i + 1;
     while j < s.len() && s[j] == b' ' {
         j += 1;
     }
-    s[j..].iter().take_while(|b| **b != b';' && !b.is_ascii_whitespace()).count() >= 3
+    let value_at = |j: usize| -> &[u8] {
+        match s.get(j) {
+            Some(q @ (b'"' | b'\'')) => {
+                let rest = &s[j + 1..];
+                &rest[..rest.iter().take(1024).position(|b| b == q).unwrap_or(rest.len().min(1024))]
+            }
+            _ => {
+                let rest = &s[j..];
+                let stop = |b: &u8| b.is_ascii_whitespace() || matches!(b, b';' | b',' | b'&' | b'"' | b'\'' | b'}' | b')' | b']');
+                &rest[..rest.iter().take(1024).position(stop).unwrap_or(rest.len().min(1024))]
+            }
+        }
+    };
+    let mut value = value_at(j);
+    // `Authorization: Bearer <token>`: the credential is the second word.
+    if ["bearer", "basic", "token", "digest"].iter().any(|w| value.eq_ignore_ascii_case(w.as_bytes())) {
+        j += value.len() + 1;
+        value = value_at(j);
+    }
+    // After a colon, an unquoted value is a YAML-style one only when the
+    // line or item ends with it: `Password: must contain a digit` is prose.
+    if s[i] == b':' && !matches!(s.get(j), Some(b'"' | b'\'')) {
+        let after = j + value.len();
+        let next = s[after..].iter().find(|b| **b != b' ' && **b != b'\t');
+        if !matches!(next, None | Some(b'\n' | b'\r' | b',' | b';' | b'}' | b']' | b'"' | b'\'')) {
+            return false;
+        }
+    }
+    std::str::from_utf8(value).is_ok_and(|v| named_secret(name, v).is_some())
 }
 
 /// At an `=`: an Azure connection string's `AccountKey` or `SharedAccessKey`
@@ -220,8 +264,8 @@ fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
             b'a' | b'S' => hit(aws_secret_assignment_at(s, i), "aws-secret-key").or_else(|| hit(s[i] == b'S' && sendgrid_at(s, i), "sendgrid-key")),
             b'n' => hit(token_at(s, i, b"npm_", alnum, 36, 36), "npm-token"),
             b'p' => hit(token_at(s, i, b"pypi-AgE", b64url, 50, usize::MAX), "pypi-token"),
-            b':' => hit(url_password_at(s, i), "url-password"),
-            b'=' => hit(assigned_password_at(s, i), "password-assignment").or_else(|| hit(azure_key_at(s, i), "azure-storage-key")),
+            b':' => hit(url_password_at(s, i), "url-password").or_else(|| hit(assignment_at(s, i), "secret-assignment")),
+            b'=' => hit(azure_key_at(s, i), "azure-storage-key").or_else(|| hit(assignment_at(s, i), "secret-assignment")),
             _ => None,
         };
         if found.is_some() {
@@ -244,27 +288,70 @@ static STARTS: [bool; 256] = {
     t
 };
 
-/// Key names under which a high-entropy value is a secret.
-fn key_is_secret_like(key: &str) -> bool {
-    // Keys are short: lowercase them on the stack.
+/// `f` of `name` lowercased (on the stack: names are short).
+fn with_lowercase<R>(name: &str, f: impl Fn(&str) -> R) -> R {
     let mut buf = [0u8; 64];
-    match buf.get_mut(..key.len()) {
+    match buf.get_mut(..name.len()) {
         Some(lower) => {
-            lower.copy_from_slice(key.as_bytes());
+            lower.copy_from_slice(name.as_bytes());
             lower.make_ascii_lowercase();
-            std::str::from_utf8(lower).is_ok_and(lower_key_is_secret_like)
+            // Lowercasing ASCII bytes keeps UTF-8 valid.
+            f(std::str::from_utf8(lower).unwrap_or_default())
         }
-        None => lower_key_is_secret_like(&key.to_ascii_lowercase()),
+        None => f(&name.to_ascii_lowercase()),
     }
 }
 
-fn lower_key_is_secret_like(k: &str) -> bool {
+/// Parts of names that say what a value is about, not that it is a secret.
+const NOT_SECRET_NAMES: &[&str] = &[
+    "tokentype", "token_type", "secretarn", "secretid", "secretname", "secret_arn", "passwordpolicy", "passwordlastused", "authtype",
+    "authorizer", "authentication_type", "expiration", "expires", "lastchanged", "kmskeyid", "length", "enabled", "required", "nexttoken",
+    "clienttoken", "continuationtoken", "paginationtoken", "idempotency", "sessiontokenexpir",
+];
+
+/// Password names: any value under them is a secret, however short or plain.
+fn lower_is_password_name(k: &str) -> bool {
+    let pwd = k.ends_with("pwd") && (k.len() == 3 || !k.as_bytes()[k.len() - 4].is_ascii_alphabetic());
+    (k.contains("password") || k.contains("passwd") || pwd) && !NOT_SECRET_NAMES.iter().any(|w| k.contains(w))
+}
+
+/// Names under which a high-entropy value is a secret.
+fn lower_is_secret_name(k: &str) -> bool {
     ["secret", "password", "passwd", "pwd", "token", "apikey", "api_key", "api-key", "privatekey", "private_key", "credential", "auth"]
         .iter()
         .any(|w| k.contains(w))
-        && !["tokentype", "token_type", "secretarn", "secretid", "secretname", "passwordpolicy", "passwordlastused", "authtype", "authorizer", "authentication_type", "secret_arn", "expiration", "expires", "lastchanged", "kmskeyid", "length", "enabled", "required", "nexttoken", "clienttoken", "continuationtoken", "paginationtoken", "idempotency", "sessiontokenexpir"]
-            .iter()
-            .any(|w| k.contains(w))
+        && !NOT_SECRET_NAMES.iter().any(|w| k.contains(w))
+}
+
+/// Values that stand for a secret without being one.
+fn is_placeholder(v: &str) -> bool {
+    let first = v.as_bytes().first().copied().unwrap_or(b'*');
+    v.bytes().all(|b| b == first && matches!(b, b'*' | b'x' | b'X' | b'.' | b'-' | b'#'))
+        || v.starts_with("${")
+        || v.starts_with("{{")
+        || v.starts_with('<')
+        || v.starts_with('{')
+        || v.starts_with('[')
+        || ["true", "false", "null", "none", "nil", "yes", "no", "required", "optional", "redacted"].iter().any(|w| v.eq_ignore_ascii_case(w))
+}
+
+/// A value under a name: a secret when the name is a password's and the
+/// value is not a placeholder, or the name is secret-like and the value
+/// has the entropy of a key (and is no ARN or URL). The detector's name.
+fn named_secret(name: &str, value: &str) -> Option<&'static str> {
+    let v = value.trim();
+    if v.len() < 3 || is_placeholder(v) {
+        return None;
+    }
+    with_lowercase(name, |k| {
+        if lower_is_password_name(k) {
+            return Some("password-under-secret-name");
+        }
+        // Hex has at most 4 bits per character, so it gets a lower bar.
+        let bar = if v.bytes().all(|b| b.is_ascii_hexdigit()) { 3.0 } else { 3.5 };
+        (v.len() >= 12 && !v.contains(' ') && lower_is_secret_name(k) && entropy(v) >= bar && !is_arn_or_url(v))
+            .then_some("high-entropy-under-secret-name")
+    })
 }
 
 /// Shannon entropy in bits per character.
@@ -283,7 +370,7 @@ fn entropy(s: &str) -> f64 {
 /// Look at one string value found under `key` (the nearest object key):
 /// what it holds and which detector said so.
 pub fn scan(key: &str, value: &str) -> Option<(Kind, &'static str)> {
-    if value.len() < 8 {
+    if value.len() < 3 {
         return None;
     }
     let (secret, key_id) = detect(value.as_bytes());
@@ -300,11 +387,8 @@ pub fn scan(key: &str, value: &str) -> Option<(Kind, &'static str)> {
             }
         }
     }
-    let trimmed = value.trim();
-    // Hex has at most 4 bits per character, so it gets a lower bar.
-    let bar = || if trimmed.bytes().all(|b| b.is_ascii_hexdigit()) { 3.0 } else { 3.5 };
-    if trimmed.len() >= 12 && !trimmed.contains(' ') && key_is_secret_like(key) && entropy(trimmed) >= bar() && !is_arn_or_url(trimmed) {
-        return Some((Kind::Secret, "high-entropy-under-secret-name"));
+    if let Some(name) = named_secret(key, value) {
+        return Some((Kind::Secret, name));
     }
     if let Some((start, end)) = key_id {
         // A key id alone is an identifier; inside a longer string (a script,
@@ -480,6 +564,7 @@ mod tests {
             "Outputs": [{"OutputKey": "ApiToken", "OutputValue": "Zx8q2LkP0vRt7mWn4bYc"}],
             "Item": {"password": {"S": "pQ7vK2mZx9LwR4tB"}, "tokens": {"SS": ["Zx8q2LkP0vRt7mWn4bYc"]}, "note": {"S": "pQ7vK2mZx9LwR4tB"}},
             "Environment": [{"name": "API_KEY", "value": "Zx8q2LkP0vRt7mWn4bYc"}],
+            "Tags": [{"Key": "db_password", "Value": "letmein"}, {"Key": "owner", "Value": "letmein"}],
         });
         let paths: Vec<String> = findings(&doc).unwrap().into_iter().map(|f| f.path).collect();
         assert_eq!(
@@ -490,6 +575,7 @@ mod tests {
                 r#""Item"."tokens"."SS"[0]"#,
                 r#""Outputs"[0]."OutputValue""#,
                 r#""Parameters"[0]."ParameterValue""#,
+                r#""Tags"[0]."Value""#,
             ]
         );
     }
@@ -505,6 +591,8 @@ mod tests {
             ("dop_v1_1f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a79881f2e3d4c5b6a7988", "digitalocean-token"),
             ("AccountName=x;AccountKey=Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq==", "azure-storage-key"),
             ("secretaccesskey = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-key"),
+            (r#"{"client_secret": "9fK2xQ7vL3mN8pR4tW6yZ1bC5dE0gH2j"}"#, "secret-assignment"),
+            ("db:\n  password: hunter2\n", "secret-assignment"),
         ];
         for (value, name) in cases {
             assert_eq!(scan("note", value), Some((Kind::Secret, name)), "{value}");
