@@ -72,3 +72,30 @@ def test_secrets_in_dynamodb_items_are_masked(stack, tmp_path):
     assert item["notes"]["S"] == "***"
     assert item["city"]["S"] == "Lisbon"
     assert item["id"]["S"] == "u1"
+
+
+def test_secrets_assigned_inside_message_text_are_masked(stack, tmp_path):
+    # A queue message is free text to AWS: a JSON document or a YAML config
+    # in it holds secrets by name. Plain messages are kept.
+    sqs = harness.moto_client(stack["moto"], "sqs")
+    url = sqs.create_queue(QueueName=f"jobs{time.time_ns()}")["QueueUrl"]
+    bodies = ['{"client_id": "etl", "client_secret": "9fK2xQ7vL3mN8pR4tW6yZ1bC5dE0gH2j"}',
+              "db:\n  user: app\n  password: hunter2\n",
+              "nightly export finished: 42 rows, password: must rotate"]
+    for body in bodies:
+        sqs.send_message(QueueUrl=url, MessageBody=body)
+    with harness.agent(stack, tmp_path) as s:
+        client = s.client("sqs")
+        got = client.receive_message(QueueUrl=client.get_queue_url(QueueName=url.rsplit("/", 1)[1])["QueueUrl"],
+                                     MaxNumberOfMessages=10)["Messages"]
+    assert sorted(m["Body"] for m in got) == sorted(["***", "***", bodies[2]])
+
+
+def test_api_key_listing_is_masked_under_its_wire_name(stack, tmp_path):
+    apigw = harness.moto_client(stack["moto"], "apigateway")
+    name = f"partner{time.time_ns()}"
+    key = apigw.create_api_key(name=name, enabled=True)
+    with harness.agent(stack, tmp_path) as s:
+        items = s.client("apigateway").get_api_keys(includeValues=True, nameQuery=name)["items"]
+    assert [(i["name"], i["value"]) for i in items] == [(name, "***")]
+    assert key["value"] != "***"

@@ -1,10 +1,12 @@
 //! `aws-sensitive`: the default masking of every AWS response.
 //!
-//! Three layers, each producing masks over the JSON view of the response:
-//! 1. every output the service models mark `sensitive` (generated from
-//!    botocore by `generate.py` into `generated.rs`);
-//! 2. the secrets the models miss (`curated.rs`, each with its source);
-//! 3. the gateway's detectors for well-known secret formats in any string
+//! Two layers, each producing masks over the JSON view of the response:
+//! 1. the selectors `generate.py` writes into `generated.rs` from botocore's
+//!    models, in each protocol's wire names: every output the models mark
+//!    `sensitive`, the secrets they miss (its curated list, each entry with
+//!    its source) and every environment variable's value; SSM parameter
+//!    values are masked per item, when they are SecureStrings;
+//! 2. the gateway's detectors for well-known secret formats in any string
 //!    (`Response::findings`: the host scans natively, so a large body costs
 //!    no guest time to walk).
 //!
@@ -13,7 +15,6 @@
 //! `{"exceptions": [{"group": "secrets-admin", "services": ["secretsmanager"], "prefix": "prod/payments/"}]}`
 //! — every field but `group` optional; `prefix` matches the call's resource.
 
-mod curated;
 mod generated;
 
 use serde_json::Value;
@@ -26,7 +27,7 @@ struct AwsSensitive;
 
 impl Policy for AwsSensitive {
     const NAME: &'static str = "aws-sensitive";
-    const VERSION: &'static str = "1.1.0";
+    const VERSION: &'static str = "1.2.0";
 
     /// Every response; requests need no decision.
     fn scope(_config: &Config) -> Scope {
@@ -43,11 +44,10 @@ impl Policy for AwsSensitive {
         }
         let (service, action) = (req.service(), req.action());
         let mut masks: Vec<Mask> = Vec::new();
-        match curated::ssm_items(service, action) {
+        match ssm_items(service, action) {
             Some(field) => mask_secure_strings(resp.body(), field, &mut masks),
-            None => masks.extend(generated::model_selectors(service, action).iter().map(|s| Mask::redact(*s))),
+            None => masks.extend(generated::selectors(service, action).iter().map(|(s, style)| Mask { path: s.to_string(), style: *style })),
         }
-        masks.extend(curated::selectors(service, action).iter().map(|(s, style)| Mask { path: s.to_string(), style: *style }));
         masks.extend(resp.findings().iter().map(|f| f.mask()));
         if masks.len() > MAX_OWN_MASKS {
             return ResponseDecision::masks(vec![Mask::redact("**")]);
@@ -75,6 +75,17 @@ fn exception_applies(req: &Request) -> bool {
     })
 }
 
+/// SSM parameter values are secret only when their type is SecureString
+/// (ssm API, Parameter.Type): these operations are masked per item by type
+/// instead of by the model's blanket `sensitive` trait.
+fn ssm_items(service: &str, action: &str) -> Option<&'static str> {
+    match (service, action) {
+        ("ssm", "GetParameter") => Some("Parameter"),
+        ("ssm", "GetParameters" | "GetParametersByPath" | "GetParameterHistory") => Some("Parameters"),
+        _ => None,
+    }
+}
+
 /// SSM values are masked when the parameter is a SecureString.
 fn mask_secure_strings(body: &Value, field: &str, masks: &mut Vec<Mask>) {
     let secure = |p: &Value| p.get("Type").and_then(Value::as_str) != Some("String") && p.get("Type").and_then(Value::as_str) != Some("StringList");
@@ -100,6 +111,6 @@ mod tests {
     #[test]
     fn generated_table_is_not_empty() {
         assert!(generated::OPERATIONS > 1000);
-        assert!(generated::ALL.iter().all(|(s, a)| !generated::model_selectors(s, a).is_empty()));
+        assert!(generated::ALL.iter().all(|(s, a)| !generated::selectors(s, a).is_empty()));
     }
 }
