@@ -217,6 +217,29 @@ fn key_id_at(s: &[u8], i: usize) -> Option<usize> {
     (end - i == 20 && (end == s.len() || !word(s[end]))).then_some(end)
 }
 
+/// An AWS secret access key standing alone: a run of exactly 40 key
+/// characters (`A-Za-z0-9/+`) with upper and lower case and digits and the
+/// entropy of random bytes (random keys: 4.48 bits per character at the
+/// first percentile; paths and names of that length stay near 4.3).
+fn bare_secret_key(s: &[u8]) -> bool {
+    let key_char = |b: u8| b.is_ascii_alphanumeric() || b == b'/' || b == b'+';
+    let mut i = 0;
+    while i + 40 <= s.len() {
+        let n = run(s, i, key_char);
+        if n == 40 && (i == 0 || !matches!(s[i - 1], b'=' | b'-' | b'_' | b'.')) && !matches!(s.get(i + 40), Some(b'=' | b'-' | b'_' | b'.')) {
+            let k = &s[i..i + 40];
+            let classes = [u8::is_ascii_uppercase, u8::is_ascii_lowercase, u8::is_ascii_digit].iter().all(|c| k.iter().any(|b| c(b)));
+            let slashes = k.iter().filter(|b| **b == b'/').count();
+            // ASCII by construction.
+            if classes && slashes < 4 && entropy(std::str::from_utf8(k).unwrap_or_default()) >= 4.45 {
+                return true;
+            }
+        }
+        i += n.max(1);
+    }
+    false
+}
+
 /// `name` when `hit`.
 fn hit(hit: bool, name: &'static str) -> Option<&'static str> {
     hit.then_some(name)
@@ -376,6 +399,9 @@ pub fn scan(key: &str, value: &str) -> Option<(Kind, &'static str)> {
     let (secret, key_id) = detect(value.as_bytes());
     if let Some(name) = secret {
         return Some((Kind::Secret, name));
+    }
+    if value.len() >= 40 && bare_secret_key(value.as_bytes()) {
+        return Some((Kind::Secret, "aws-secret-key-shape"));
     }
     // A long base64 value may be encoded user data or a script: look inside.
     if value.len() >= 24 && value.len() <= 1 << 20 && looks_base64(value) {

@@ -1,5 +1,6 @@
 """aws-sensitive, loaded by default: secrets in responses are masked for
 every caller without an exception, whatever the service or protocol."""
+import json
 import time
 
 import harness
@@ -99,3 +100,16 @@ def test_api_key_listing_is_masked_under_its_wire_name(stack, tmp_path):
         items = s.client("apigateway").get_api_keys(includeValues=True, nameQuery=name)["items"]
     assert [(i["name"], i["value"]) for i in items] == [(name, "***")]
     assert key["value"] != "***"
+
+
+def test_a_bare_secret_key_in_a_stack_output_is_masked(stack, tmp_path):
+    # No name says "secret" here: the value's shape does (query protocol, XML).
+    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+    cfn = harness.moto_client(stack["moto"], "cloudformation")
+    name = f"keys{time.time_ns()}"
+    cfn.create_stack(StackName=name, TemplateBody=json.dumps({
+        "Resources": {"Topic": {"Type": "AWS::SNS::Topic"}},
+        "Outputs": {"Key": {"Value": secret}, "Region": {"Value": "eu-west-1"}}}))
+    with harness.agent(stack, tmp_path) as s:
+        outputs = s.client("cloudformation").describe_stacks(StackName=name)["Stacks"][0]["Outputs"]
+    assert {o["OutputKey"]: o["OutputValue"] for o in outputs} == {"Key": "***", "Region": "eu-west-1"}
