@@ -206,6 +206,19 @@ def test_tampered_signature_and_replayed_request_are_refused(stack, tmp_path):
     resp = requests.post(url, data=moved.body, headers={**dict(moved.headers), "Host": "veil.attacker.example"},
                          verify=str(stack["ca"]), timeout=30)
     assert resp.status_code == 403 and "SignatureDoesNotMatch" in resp.text, resp.text
+    # A session token edited by its holder (to claim another identity or a
+    # later expiry), signed correctly with the session's secret: refused.
+    token = creds.token
+    mid = len(token) // 2
+    forged = botocore.credentials.Credentials(creds.access_key, creds.secret_key,
+                                              token[:mid] + ("A" if token[mid] != "A" else "B") + token[mid + 1:])
+    resp = send(signed_request(forged, "POST", url, body, headers, now))
+    assert resp.status_code == 403, resp.text
+    # Another session's secret key with this session's token: refused.
+    other = session_credentials(stack, harness.mint(stack["issuer"], sub="agent-2"))
+    mixed = botocore.credentials.Credentials(creds.access_key, other.secret_key, creds.token)
+    resp = send(signed_request(mixed, "POST", url, body, headers, now))
+    assert resp.status_code == 403 and "SignatureDoesNotMatch" in resp.text, resp.text
     sm = harness.moto_client(stack["moto"], "secretsmanager")
     assert not [s for s in sm.list_secrets()["SecretList"] if s["Name"] == name], "no refused call may reach AWS"
     # And a correctly signed one does go through.
