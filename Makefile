@@ -15,7 +15,7 @@ COMPONENTIZE_JS := policy-sdk/js/node_modules/.bin/componentize-js
 PY_COMPONENT = componentize-py -d $(WIT) -w scoped-policy componentize -p policy-sdk/python -p $(<D) app -o $@ >/dev/null
 JS_COMPONENT = $(COMPONENTIZE_JS) $< --wit $(WIT) -n scoped-policy -d http fetch-event -o $@ >/dev/null
 
-.PHONY: build policies rust-policies lang-policies demo test deps bench
+.PHONY: build policies rust-policies lang-policies demo test deps bench fuzz
 
 build:
 	$(CARGO) build --release --locked
@@ -66,6 +66,12 @@ $(POLICY_OUT)/fixtures/template-js.wasm: policy-sdk/js/template/policy.js $(JS_S
 	@mkdir -p $(@D)
 	$(JS_COMPONENT)
 
+# Coverage-guided fuzzing (libFuzzer) of every untrusted-input parser:
+# `make test` runs each target FUZZ_SECS; `make fuzz FUZZ_SECS=600` for a real run.
+FUZZ_SECS ?= 10
+fuzz: deps
+	fuzz/run.sh $(FUZZ_SECS)
+
 demo: deps build policies
 	@python3 scripts/demo.py
 
@@ -73,7 +79,8 @@ deps:
 	@bash scripts/deps.sh
 
 test: deps build policies
-	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world --exclude versioned --exclude veil-bench-peers
+	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world --exclude versioned --exclude veil-bench-peers --exclude veil-fuzz
+	fuzz/run.sh $(FUZZ_SECS)
 	cd policy-sdk/python && python3 -m pytest -q -p no:cacheprovider
 	cd policy-sdk/js && node --import ./host-stub.mjs --test
 	cd tests/e2e && python3 -m pytest -q -p no:cacheprovider

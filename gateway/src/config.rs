@@ -443,10 +443,17 @@ fn default_batch_wait() -> u64 {
 impl Config {
     /// Load and validate `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError { file: path.display().to_string(), key: "(file)".into(), reason: format!("cannot read: {e}") })?;
+        Config::from_text(&text, path)
+    }
+
+    /// Parse and validate `text`, the contents of the config file at `path`
+    /// (errors name it; relative paths resolve against its directory).
+    pub fn from_text(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let file = path.display().to_string();
         let err = |key: &str, reason: String| ConfigError { file: file.clone(), key: key.to_string(), reason };
-        let text = std::fs::read_to_string(path).map_err(|e| err("(file)", format!("cannot read: {e}")))?;
-        let mut config: Config = toml::from_str(&text).map_err(|e| {
+        let mut config: Config = toml::from_str(text).map_err(|e| {
             let key = match e.span() {
                 Some(span) => format!("line {}", text[..span.start].lines().count().max(1)),
                 None => "(file)".into(),

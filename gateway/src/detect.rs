@@ -156,26 +156,27 @@ fn assignment_at(s: &[u8], i: usize) -> bool {
     let value_at = |j: usize| -> &[u8] {
         match s.get(j) {
             Some(q @ (b'"' | b'\'')) => {
-                let rest = &s[j + 1..];
+                let rest = s.get(j + 1..).unwrap_or_default();
                 &rest[..rest.iter().take(1024).position(|b| b == q).unwrap_or(rest.len().min(1024))]
             }
             _ => {
-                let rest = &s[j..];
+                let rest = s.get(j..).unwrap_or_default();
                 let stop = |b: &u8| b.is_ascii_whitespace() || matches!(b, b';' | b',' | b'&' | b'"' | b'\'' | b'}' | b')' | b']');
                 &rest[..rest.iter().take(1024).position(stop).unwrap_or(rest.len().min(1024))]
             }
         }
     };
+    let quoted = |j: usize| matches!(s.get(j), Some(b'"' | b'\''));
     let mut value = value_at(j);
     // `Authorization: Bearer <token>`: the credential is the second word.
-    if ["bearer", "basic", "token", "digest"].iter().any(|w| value.eq_ignore_ascii_case(w.as_bytes())) {
-        j += value.len() + 1;
+    if !quoted(j) && ["bearer", "basic", "token", "digest"].iter().any(|w| value.eq_ignore_ascii_case(w.as_bytes())) {
+        j = (j + value.len() + 1).min(s.len());
         value = value_at(j);
     }
     // After a colon, an unquoted value is a YAML-style one only when the
     // line or item ends with it: `Password: must contain a digit` is prose.
-    if s[i] == b':' && !matches!(s.get(j), Some(b'"' | b'\'')) {
-        let after = j + value.len();
+    if s[i] == b':' && !quoted(j) {
+        let after = (j + value.len()).min(s.len());
         let next = s[after..].iter().find(|b| **b != b' ' && **b != b'\t');
         if !matches!(next, None | Some(b'\n' | b'\r' | b',' | b';' | b'}' | b']' | b'"' | b'\'')) {
             return false;
@@ -400,7 +401,9 @@ pub fn scan(key: &str, value: &str) -> Option<(Kind, &'static str)> {
     if let Some(name) = secret {
         return Some((Kind::Secret, name));
     }
-    if value.len() >= 40 && bare_secret_key(value.as_bytes()) {
+    // A pagination token is opaque but must go back as it came.
+    let paging = || with_lowercase(key, |k| ["nexttoken", "continuationtoken", "paginationtoken", "marker", "cursor"].iter().any(|w| k.contains(w)));
+    if value.len() >= 40 && !paging() && bare_secret_key(value.as_bytes()) {
         return Some((Kind::Secret, "aws-secret-key-shape"));
     }
     // A long base64 value may be encoded user data or a script: look inside.
@@ -576,6 +579,14 @@ mod tests {
         let precision = tp as f64 / (tp + fp) as f64;
         println!("detectors: recall {recall:.3} precision {precision:.3} (tp {tp} fp {fp} fn {fn_} tn {tn})");
         assert!(recall >= 1.0 && precision >= 1.0, "recall {recall:.3} precision {precision:.3}\n{}", misses.join("\n"));
+    }
+
+    #[test]
+    fn an_assignment_cut_short_at_the_end_of_a_string_is_no_panic() {
+        // Found by fuzzing: the credential word after `Bearer` lay past the end.
+        for s in ["Authorization: Bearer", "Authorization: Bearer ", "token=basic", "password: '", "password=\""] {
+            let _ = scan("note", s);
+        }
     }
 
     #[test]

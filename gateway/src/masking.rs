@@ -397,6 +397,20 @@ mod tests {
     }
 
     #[test]
+    fn deeply_nested_json_masks_without_overflow() {
+        let mut v = json!("leaf");
+        for _ in 0..2000 {
+            v = json!({ "a": v });
+        }
+        let v = mask(v, &[("**", MaskStyle::Redact)]);
+        let mut leaf = &v;
+        while let Some(inner) = leaf.get("a") {
+            leaf = inner;
+        }
+        assert_eq!(leaf, &json!("***"));
+    }
+
+    #[test]
     fn dotted_fields() {
         let out = mask(
             json!({"Credentials": {"SecretAccessKey": "abc", "AccessKeyId": "AKIA"}}),

@@ -174,12 +174,24 @@ impl Document {
 
 fn element(s: &quick_xml::events::BytesStart<'_>, empty: bool) -> Result<Element, XmlError> {
     let name = std::str::from_utf8(s.name().as_ref()).map_err(err)?.to_string();
+    // Written back as it came, so it must be a name the writer can close.
+    if !is_xml_name(&name) {
+        return Err(err(format!("{name:?} is not an XML element name")));
+    }
     // Check attributes are well formed even though they are kept raw.
     for a in s.attributes() {
         a.map_err(err)?;
     }
     let attrs = String::from_utf8_lossy(s.attributes_raw()).into_owned();
     Ok(Element { name, attrs, children: Vec::new(), empty })
+}
+
+/// An XML `Name`: a letter, `_` or `:`, then letters, digits, `.`, `-`,
+/// `_` or `:` (non-ASCII letters and digits allowed).
+fn is_xml_name(name: &str) -> bool {
+    let ok = |c: char, first: bool| c.is_alphabetic() || c == '_' || c == ':' || (!first && (c.is_numeric() || c == '.' || c == '-'));
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| ok(c, true)) && chars.all(|c| ok(c, false))
 }
 
 fn push_text(parent: &mut Element, s: &str) {
@@ -383,5 +395,10 @@ mod tests {
         let deep = format!("{}{}", "<a>".repeat(200), "</a>".repeat(200));
         assert!(Document::parse(deep.as_bytes()).is_err());
         assert!(Document::parse(b"<a>&#65;&#x42;</a>").is_ok());
+        // Found by fuzzing: `<b//>` reads as an empty element named `b/`,
+        // which could not be written back as XML.
+        assert!(Document::parse(b"<a><b//></a>").is_err());
+        assert!(Document::parse(b"<a><1b/></a>").is_err());
+        assert!(Document::parse("<a:R xmlns:a=\"urn:x\"><Préfix-1.x/></a:R>".as_bytes()).is_ok());
     }
 }
