@@ -41,10 +41,14 @@ pub const MAX_FINDINGS: usize = 100_000;
 /// See [`MAX_FINDINGS`].
 pub const MAX_FINDING_PATH_BYTES: usize = 8 << 20;
 
-/// Why a document could not be scanned.
+/// Why a document's findings cannot be reported; the caller fails closed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the response holds more secrets than can be reported ({MAX_FINDINGS} findings or {MAX_FINDING_PATH_BYTES} bytes of paths)")]
-pub struct TooMany;
+pub enum ScanError {
+    #[error("the response holds more secrets than can be reported ({MAX_FINDINGS} findings or {MAX_FINDING_PATH_BYTES} bytes of paths)")]
+    TooMany,
+    #[error("a secret sits under a key path of {0} bytes, longer than a selector may be ({max})", max = crate::masking::MAX_SELECTOR_LEN)]
+    PathTooLong(usize),
+}
 
 fn alnum(b: u8) -> bool {
     b.is_ascii_alphanumeric()
@@ -431,7 +435,7 @@ pub fn scan(key: &str, value: &str) -> Option<(Kind, &'static str)> {
 /// its selector path. The key a string is judged under is its nearest object
 /// key, except that the `value`/`Value` of an environment-style entry
 /// (`{"name": "DB_PASSWORD", "value": "…"}`) is judged under that name.
-pub fn findings(doc: &Value) -> Result<Vec<Finding>, TooMany> {
+pub fn findings(doc: &Value) -> Result<Vec<Finding>, ScanError> {
     let mut walk = Walk { out: Vec::new(), path_bytes: 0, steps: Vec::new() };
     walk.value(doc, "")?;
     Ok(walk.out)
@@ -451,16 +455,19 @@ struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
-    fn value(&mut self, v: &'a Value, key: &str) -> Result<(), TooMany> {
+    fn value(&mut self, v: &'a Value, key: &str) -> Result<(), ScanError> {
         match v {
             Value::String(s) => {
                 if let Some((kind, detector)) = scan(key, s) {
                     // The whole document is a string: nothing to select.
                     if !self.steps.is_empty() {
                         let path = self.path();
+                        if path.len() > crate::masking::MAX_SELECTOR_LEN {
+                            return Err(ScanError::PathTooLong(path.len()));
+                        }
                         self.path_bytes += path.len();
                         if self.out.len() >= MAX_FINDINGS || self.path_bytes > MAX_FINDING_PATH_BYTES {
-                            return Err(TooMany);
+                            return Err(ScanError::TooMany);
                         }
                         self.out.push(Finding { path, kind, detector });
                     }
@@ -664,10 +671,13 @@ mod tests {
     #[test]
     fn too_many_findings_is_an_error_not_an_unbounded_list() {
         let many = Value::Array(vec![Value::String("-----BEGIN PRIVATE KEY-----".into()); MAX_FINDINGS + 1]);
-        assert_eq!(findings(&many), Err(TooMany));
-        // Long keys repeated deep make paths, not findings, the limit.
-        let key = "k".repeat(100_000);
-        let doc = serde_json::json!({ key: vec!["-----BEGIN PRIVATE KEY-----"; 100] });
-        assert_eq!(findings(&doc), Err(TooMany));
+        assert_eq!(findings(&many), Err(ScanError::TooMany));
+        // Many long paths make their bytes, not their number, the limit.
+        let key = "k".repeat(1000);
+        let doc = serde_json::json!({ key: vec!["-----BEGIN PRIVATE KEY-----"; 10_000] });
+        assert_eq!(findings(&doc), Err(ScanError::TooMany));
+        // A path no selector can name (found by fuzzing): an error, not a mask that fails later.
+        let doc = serde_json::json!({ "k".repeat(2000): "-----BEGIN PRIVATE KEY-----" });
+        assert_eq!(findings(&doc), Err(ScanError::PathTooLong(2002)));
     }
 }

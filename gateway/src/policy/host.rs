@@ -44,7 +44,7 @@ use crate::detect;
 
 /// What the detectors found in the response a hook call is deciding: set
 /// for `on-response` calls of policies that import `scan`.
-pub type Findings = Arc<Result<Vec<detect::Finding>, detect::TooMany>>;
+pub type Findings = Arc<Result<Vec<detect::Finding>, detect::ScanError>>;
 
 /// Limits applied to every hook call.
 #[derive(Debug, Clone, Copy)]
