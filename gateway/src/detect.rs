@@ -153,6 +153,11 @@ fn assignment_at(s: &[u8], i: usize) -> bool {
     }
     // ASCII by construction.
     let name = std::str::from_utf8(&s[k..end]).unwrap_or_default();
+    // The name decides first: the value is read only under a secret-like one,
+    // so text dense with `=` and `:` costs a look back each, not a scan ahead.
+    if !with_lowercase(name, lower_is_secret_name) {
+        return false;
+    }
     let mut j = i + 1;
     while j < s.len() && s[j] == b' ' {
         j += 1;
@@ -594,6 +599,14 @@ mod tests {
         for s in ["Authorization: Bearer", "Authorization: Bearer ", "token=basic", "password: '", "password=\""] {
             let _ = scan("note", s);
         }
+    }
+
+    #[test]
+    fn an_assignment_after_many_harmless_ones_is_found() {
+        // Harmless names cost a look back each, and do not hide what follows.
+        let dense = format!("{}password=hunter2", "a=".repeat(100_000));
+        assert_eq!(scan("note", &dense), Some((Kind::Secret, "secret-assignment")));
+        assert_eq!(scan("note", &"a=".repeat(100_000)), None);
     }
 
     #[test]
