@@ -43,7 +43,7 @@ fn call_of(operation: &str) -> CallInput {
 
 fn bench(c: &mut Criterion) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies");
-    let host = Host::new(Limits::default()).unwrap();
+    let host = Host::new(Limits::default(), None).unwrap();
     let call = call_of("secretsmanager:GetSecretValue");
     let create_user = call_of("iam:CreateUser");
     let body = secret_4k();

@@ -25,7 +25,7 @@ use crate::masking::{self, HashKey};
 use crate::pipeline::Gateway;
 use crate::sts::SessionKeys;
 use crate::upstream::Upstream;
-use crate::policy::{self, CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet, Verdict};
+use crate::policy::{self, cache, CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet, Verdict};
 
 /// Veil: a policy gateway between AI agents and the AWS API.
 #[derive(Parser, Debug)]
@@ -252,12 +252,16 @@ fn serve(path: &Path) -> Result<()> {
         let verifier = Verifier::new(&cfg.identity).await.with_context(|| format!("{}: identity.issuers", path.display()))?;
         let sessions = SessionKeys::new(secret(&cfg, cfg.sts.session_key_file.as_deref(), "VEIL_SESSION_KEY", "sts.session_key_file")?);
         let hash_key = HashKey::new(secret(&cfg, cfg.masking.hash_key_file.as_deref(), "VEIL_HASH_KEY", "masking.hash_key_file")?);
-        let host = Host::new(Limits {
-            deadline: cfg.policy_deadline(),
-            deadline_per_mib: cfg.policy_deadline_per_mib(),
-            memory_bytes: cfg.policies.memory_mib << 20,
-            ..Limits::default()
-        })?;
+        let cache = cfg.policy_cache_dir().map(|d| cache::open(&d)).transpose().with_context(|| format!("{}: policies.cache_dir", path.display()))?;
+        let host = Host::new(
+            Limits {
+                deadline: cfg.policy_deadline(),
+                deadline_per_mib: cfg.policy_deadline_per_mib(),
+                memory_bytes: cfg.policies.memory_mib << 20,
+                ..Limits::default()
+            },
+            cache,
+        )?;
         let policy_dir = cfg.resolve(&cfg.policies.dir);
         // Watch before the first load, so that no change made while starting
         // is missed: events queue until the reload task runs.
@@ -270,7 +274,7 @@ fn serve(path: &Path) -> Result<()> {
             Err(r) => bail!("{}: policies: {}: {}", path.display(), r.file, r.reason),
         };
         for p in policies.policies() {
-            tracing::info!(name = %p.compiled.name, version = %p.compiled.version, sha256 = %p.compiled.sha256, "policy loaded");
+            tracing::info!(name = %p.compiled.name, version = %p.compiled.version, sha256 = %p.compiled.sha256, cached = p.compiled.from_cache, "policy loaded");
         }
         let upstream = Upstream::new(&cfg.upstream).await.with_context(|| format!("{}: upstream", path.display()))?;
         let audit = Audit::open(&cfg).with_context(|| format!("{}: audit.spool_dir", path.display()))?;
@@ -561,13 +565,20 @@ fn parse_time(s: &str, now: u32, flag: &str) -> Result<u32> {
     u32::try_from(t.unix_timestamp()).with_context(|| format!("{flag} {s:?}: out of range"))
 }
 
+/// The policy host of the `veil policy` commands, compiling through the
+/// user's cache directory when it can be used (a warning when not).
+fn tool_host() -> Result<Host> {
+    let cache = cache::user_dir().and_then(|d| cache::open(&d).map_err(|e| tracing::warn!("compiled-policy cache not used: {e}")).ok());
+    Host::new(Limits::default(), cache)
+}
+
 fn run_policy(cmd: PolicyCommand) -> Result<()> {
     match cmd {
         PolicyCommand::Reload(a) => admin_call(&a, "VEIL_ADMIN_TOKEN", http::Method::POST, "/v1/policies/reload", None),
         PolicyCommand::Status(a) => admin_call(&a, "VEIL_ADMIN_TOKEN", http::Method::GET, "/v1/policies", None),
         PolicyCommand::Test { policy, cases } => conformance(&policy, &cases),
         PolicyCommand::Check { file } => {
-            let host = Host::new(Limits::default())?;
+            let host = tool_host()?;
             let c = host.load(&file)?;
             println!("ok: {}", file.display());
             println!("name:    {}", c.name);
@@ -591,7 +602,7 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
             let configs = read_json_object(config.as_deref(), "--config")?;
             let response = response.as_deref().map(|p| read_json(p, "--response")).transpose()?;
 
-            let host = Host::new(Limits::default())?;
+            let host = tool_host()?;
             let set = load_set(&host, &policies, &configs)?;
             let identity = Identity {
                 issuer: claims.get("iss").and_then(Value::as_str).unwrap_or("https://issuer.example").to_string(),
@@ -659,7 +670,7 @@ fn default_status() -> u16 {
 
 /// `veil policy test`: run a policy against every case in a directory.
 fn conformance(policy: &Path, dir: &Path) -> Result<()> {
-    let host = Host::new(Limits::default())?;
+    let host = tool_host()?;
     let compiled = host.load(policy)?;
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("{}", dir.display()))?

@@ -240,6 +240,9 @@ pub struct PoliciesConfig {
     /// Trusted ed25519 public keys (32 bytes each, base64).
     #[serde(default)]
     pub signing_keys: Vec<String>,
+    /// Compiled policies kept between runs; empty: compile at every start.
+    #[serde(default = "default_cache_dir")]
+    pub cache_dir: PathBuf,
 }
 
 fn default_deadline() -> u64 {
@@ -380,6 +383,9 @@ impl Default for AuditConfig {
     }
 }
 
+fn default_cache_dir() -> PathBuf {
+    PathBuf::from("veil-cache")
+}
 fn default_spool_dir() -> PathBuf {
     PathBuf::from("veil-spool")
 }
@@ -463,6 +469,11 @@ impl Config {
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
         config.validate().map_err(|(key, reason)| err(&key, reason))?;
         Ok(config)
+    }
+
+    /// Where compiled policies are cached, if anywhere.
+    pub fn policy_cache_dir(&self) -> Option<PathBuf> {
+        (!self.policies.cache_dir.as_os_str().is_empty()).then(|| self.resolve(&self.policies.cache_dir))
     }
 
     /// Resolve a path from the config against the config file's directory.

@@ -16,7 +16,7 @@ fn policy_path(rel: &str) -> PathBuf {
 }
 
 fn host() -> Host {
-    Host::new(Limits::default()).expect("engine")
+    Host::new(Limits::default(), None).expect("engine")
 }
 
 fn load(host: &Host, rel: &str, config: Value) -> Arc<LoadedPolicy> {

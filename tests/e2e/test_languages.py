@@ -3,6 +3,7 @@ from the AWS CLI against the emulator, with the host's limits and fail-closed
 behaviour applying to them as to any component."""
 import json
 import shutil
+import subprocess
 import time
 
 import pytest
@@ -60,3 +61,34 @@ def test_python_policy_denies_and_holds_risky_calls(polyglot, tmp_path):
     out = cli(polyglot, tmp_path, "iam", "list-users")
     assert out.returncode == 0, out.stderr
 
+
+
+def test_a_restart_loads_the_compiled_policies_from_the_cache(polyglot, tmp_path):
+    """The first start compiled both components into its `policies.cache_dir`;
+    a second gateway using that cache loads them without compiling and
+    decides the same way."""
+    first = [l for l in polyglot["veil"].proc.output().splitlines() if "policy loaded" in l]
+    assert len(first) == 2 and all("cached=false" in l for l in first), first
+    cache = polyglot["dir"] / "veil-cache"
+    assert (cache.stat().st_mode & 0o777) == 0o700
+    cfg, ca = harness.veil_config(tmp_path, polyglot["issuer"], polyglot["moto"], policies_dir=polyglot["dir"] / "policies",
+                                  policy_config=f'cache_dir = "{cache}"\n' + CONFIG)
+    second = harness.Veil(cfg)
+    try:
+        loaded = [l for l in second.proc.output().splitlines() if "policy loaded" in l]
+        assert len(loaded) == 2 and all("cached=true" in l for l in loaded), loaded
+        stack = {**polyglot, "veil": second, "ca": ca}
+        out = cli(stack, tmp_path, "cloudtrail", "stop-logging", "--name", "trail")
+        assert out.returncode != 0 and "cloudtrail:StopLogging is forbidden by risky-actions" in out.stderr, out.stderr
+    finally:
+        second.stop()
+
+
+def test_a_cache_directory_others_can_write_is_refused(polyglot, tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o777)
+    shared.chmod(0o777)
+    cfg, _ = harness.veil_config(tmp_path, polyglot["issuer"], polyglot["moto"], policy_config=f'cache_dir = "{shared}"\n')
+    r = subprocess.run([str(harness.VEIL), "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 1
+    assert "policies.cache_dir" in r.stderr and "writable by group or others" in r.stderr, r.stderr

@@ -197,7 +197,7 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let dir = PathBuf::from(args.get(1).map(String::as_str).unwrap_or("target/policies"));
     let iterations: usize = args.get(2).and_then(|s| s.parse().ok()).unwrap_or(2000);
-    let host = Host::new(Limits::default()).expect("engine");
+    let host = Host::new(Limits::default(), None).expect("engine");
     let mut rego = Rego::new();
     let cedar = Cedar::new();
     let veils: Vec<(&str, Veil)> =

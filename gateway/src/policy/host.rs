@@ -161,6 +161,8 @@ pub struct Host {
     engine: Engine,
     linker: Arc<Linker<HostState>>,
     limits: Limits,
+    /// The compiled-component cache the engine uses, for its hit count.
+    cache: Option<wasmtime::Cache>,
     /// Background work: refilling ready pools.
     jobs: std::sync::mpsc::Sender<Job>,
 }
@@ -185,8 +187,9 @@ struct Inner {
 impl Host {
     /// Create the engine (pooling allocator, epoch interruption) and start
     /// its epoch ticker. The ticker thread holds only a weak reference and
-    /// ends when the last engine clone is dropped.
-    pub fn new(limits: Limits) -> anyhow::Result<Host> {
+    /// ends when the last engine clone is dropped. `cache`: where compiled
+    /// components are kept between runs (see [`super::cache`]).
+    pub fn new(limits: Limits, cache: Option<wasmtime::Cache>) -> anyhow::Result<Host> {
         let mut pool = PoolingAllocationConfig::default();
         // Slots for concurrent calls plus the ready pools of many policies.
         let n = limits.max_concurrent.max(1) + 512;
@@ -215,7 +218,8 @@ impl Host {
             // large pool does not reserve terabytes of address space.
             .memory_reservation(limits.memory_bytes as u64)
             .memory_guard_size(64 << 10)
-            .max_wasm_stack(1 << 20);
+            .max_wasm_stack(1 << 20)
+            .cache(cache.clone());
         let engine = Engine::new(&config)?;
         let weak = engine.weak();
         std::thread::Builder::new().name("veil-epoch".into()).spawn(move || loop {
@@ -236,7 +240,7 @@ impl Host {
                 job();
             }
         })?;
-        Ok(Host { engine, linker: Arc::new(linker), limits, jobs })
+        Ok(Host { engine, linker: Arc::new(linker), limits, cache, jobs })
     }
 
     /// The limits applied to every call.
@@ -265,10 +269,14 @@ impl Host {
                 reason: "this is a core WebAssembly module; policies must be components (build for wasm32-wasip2, or wrap with `wasm-tools component new`)".into(),
             });
         }
+        let hits = self.cache.as_ref().map(wasmtime::Cache::cache_hits);
         let component = Component::from_binary(&self.engine, bytes).map_err(|e| LoadError::NotAComponent {
             path: path.into(),
             reason: format!("{e:#}"),
         })?;
+        // Loads are not concurrent (one reload task; the CLI loads in turn),
+        // so a hit counted meanwhile is this component's.
+        let from_cache = hits.is_some() && hits != self.cache.as_ref().map(wasmtime::Cache::cache_hits);
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld {
             path: path.into(),
             reason: format!("{e:#}"),
@@ -286,6 +294,7 @@ impl Host {
             version: String::new(),
             sha256,
             path: path.into(),
+            from_cache,
         };
         let info = compiled
             .with_instance(self.limits.deadline, |p, s, _| p.call_info(s))
@@ -392,6 +401,8 @@ pub struct Compiled {
     pub sha256: String,
     /// Where it was loaded from.
     pub path: PathBuf,
+    /// Whether its compiled code came from the cache rather than Cranelift.
+    pub from_cache: bool,
 }
 
 impl Compiled {

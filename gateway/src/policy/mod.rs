@@ -6,6 +6,7 @@
 //! too many masks → deny naming the policy and the cause. Verdicts combine as
 //! deny > approval-required > allow; masks are the union.
 
+pub mod cache;
 pub mod host;
 pub mod reload;
 
