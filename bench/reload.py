@@ -8,7 +8,6 @@ The components are the `versioned` test fixture (two versions) padded with
 a custom section to the target size. Usage: python3 bench/reload.py
 (after `make build policies`)."""
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -37,12 +36,14 @@ def leb(n):
             return bytes(out)
 
 
-def padded(src, size, dst):
-    """`src` plus a custom section, `size` bytes in all (components allow custom sections anywhere)."""
+def padded(src, size, dst, salt=0):
+    """`src` plus a custom section, `size` bytes in all (components allow
+    custom sections anywhere); a distinct `salt` makes distinct bytes, which
+    the compiled-policy cache has not seen."""
     data = Path(src).read_bytes()
     name = b"veil-bench-padding"
     body_len = max(0, size - len(data) - 1 - 5 - 1 - len(name))
-    payload = leb(len(name)) + name + b"\0" * body_len
+    payload = leb(len(name)) + name + salt.to_bytes(8, "little") + b"\0" * (body_len - 8)
     Path(dst).write_bytes(data + b"\x00" + leb(len(payload)) + payload)
 
 
@@ -83,13 +84,12 @@ def main():
                 steady = [l for _, l in latencies]
                 rows, during = [], []
                 for label, size in (("100 KB", 100 << 10), ("2 MB", 2 << 20)):
-                    for v in (1, 2):
-                        padded(FIXTURES / f"versioned-{v}.wasm", size, d / f"v{v}.wasm")
                     times = []
                     for i in range(SWAPS):
+                        # New bytes every time: a compile, not a cache hit.
                         v = 2 if i % 2 == 0 else 1
                         tmp = pdir / ".versioned.wasm.tmp"
-                        shutil.copy(d / f"v{v}.wasm", tmp)
+                        padded(FIXTURES / f"versioned-{v}.wasm", size, tmp, salt=time.time_ns())
                         start = time.perf_counter()
                         os.rename(tmp, pdir / "versioned.wasm")
                         while version() != f"{v}.0.0":
@@ -103,6 +103,8 @@ def main():
                 t.join()
         finally:
             veil.stop()
+            if os.environ.get("VEIL_LOG_OUT"):
+                print(veil.proc.output())
             issuer_proc.stop()
             moto_proc.stop()
     print("| component | rename → active p50 | p95 | max |")
@@ -114,7 +116,6 @@ def main():
     print("|---|---:|---:|---:|")
     print(f"| steady | {len(steady)} | {pct(steady, 0.5):.0f} µs | {pct(steady, 0.99):.0f} µs |")
     print(f"| during reloads | {len(during)} | {pct(during, 0.5):.0f} µs | {pct(during, 0.99):.0f} µs |")
-    print("\n(rename → active includes the 30 ms debounce that lets copies settle.)")
 
 
 if __name__ == "__main__":

@@ -262,6 +262,7 @@ fn serve(path: &Path) -> Result<()> {
             },
             cache,
         )?;
+        reload::use_low_priority_compile_threads();
         let policy_dir = cfg.resolve(&cfg.policies.dir);
         // Watch before the first load, so that no change made while starting
         // is missed: events queue until the reload task runs.
@@ -362,40 +363,47 @@ fn serve(path: &Path) -> Result<()> {
 }
 
 /// What makes the gateway reload its policies: changes in the policy
-/// directory or to the config file (debounced), and SIGHUP. Kubernetes
-/// ConfigMaps swap a `..data` symlink: that shows up as a change in the
-/// watched directory too. Set up synchronously, before the first load and
-/// before the gateway says it is listening, so that neither a file change
-/// nor a SIGHUP during start-up is lost (an early SIGHUP would otherwise
-/// terminate the process).
+/// directory or to the config file, and SIGHUP. Kubernetes ConfigMaps swap a
+/// `..data` symlink: that shows up as a change in the watched directory too.
+/// Set up synchronously, before the first load and before the gateway says
+/// it is listening, so that neither a file change nor a SIGHUP during
+/// start-up is lost (an early SIGHUP would otherwise terminate the process).
+///
+/// A change is *settled* when the event says the file is whole: a rename
+/// into place, a writer closing it, a removal. Settled changes reload at
+/// once (after a 2 ms window that gathers a burst); writes still in
+/// progress wait for 30 ms of quiet or their closing event. Hidden files
+/// (`.name`, a deploy's temporary copy) and editors' `name~` backups are
+/// not policies and trigger nothing.
 struct PolicyWatch {
-    changes: tokio::sync::mpsc::UnboundedReceiver<()>,
+    /// One message per relevant event: whether it is settled.
+    changes: tokio::sync::mpsc::UnboundedReceiver<bool>,
     hup: tokio::signal::unix::Signal,
     _watcher: Option<notify::RecommendedWatcher>,
 }
 
 impl PolicyWatch {
     fn start(dir: &Path, config: &Path, watch_files: bool) -> Result<PolicyWatch> {
-        use notify::{event::AccessKind, event::AccessMode, EventKind, RecursiveMode, Watcher};
+        use notify::{event::AccessKind, event::AccessMode, event::ModifyKind, EventKind, RecursiveMode, Watcher};
         use tokio::signal::unix::{signal, SignalKind};
         let hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-        let (tx, changes) = tokio::sync::mpsc::unbounded_channel::<()>();
+        let (tx, changes) = tokio::sync::mpsc::unbounded_channel::<bool>();
         let config_name = config.file_name().map(|n| n.to_os_string());
         let policy_dir = dir.to_path_buf();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             let Ok(ev) = res else { return };
-            let relevant_kind = match ev.kind {
-                EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
-                EventKind::Access(_) => false,
-                _ => true,
+            let settled = match ev.kind {
+                EventKind::Access(AccessKind::Close(AccessMode::Write)) | EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => true,
+                EventKind::Access(_) => return,
+                _ => false,
             };
-            let relevant_path = ev.paths.iter().any(|p| {
-                p.parent() == Some(policy_dir.as_path())
-                    || p.starts_with(&policy_dir)
-                    || p.file_name().map(|n| Some(n.to_os_string()) == config_name || n == "..data").unwrap_or(false)
+            let relevant = ev.paths.iter().any(|p| {
+                let Some(name) = p.file_name() else { return false };
+                let in_dir = p.parent() == Some(policy_dir.as_path()) && policy::is_policy_dir_entry(name);
+                in_dir || Some(name.to_os_string()) == config_name || name == "..data"
             });
-            if relevant_kind && relevant_path {
-                let _ = tx.send(());
+            if relevant {
+                let _ = tx.send(settled);
             }
         });
         let watcher = match watcher {
@@ -420,15 +428,21 @@ impl PolicyWatch {
         Ok(PolicyWatch { changes, hup, _watcher: watcher })
     }
 
-    /// Reload on every (debounced) change or SIGHUP, for as long as the gateway runs.
+    /// Reload on every change (once it is settled, see above) or SIGHUP,
+    /// for as long as the gateway runs.
     async fn run(mut self, gateway: Arc<Gateway>) {
         loop {
-            let trigger = tokio::select! {
-                Some(()) = self.changes.recv() => "file-change",
-                Some(()) = self.hup.recv() => "sighup",
+            let (trigger, mut settled) = tokio::select! {
+                Some(settled) = self.changes.recv() => ("file-change", settled),
+                Some(()) = self.hup.recv() => ("sighup", true),
             };
-            // Debounce: let a copy or an editor's save settle.
-            while let Ok(Some(())) = tokio::time::timeout(Duration::from_millis(30), self.changes.recv()).await {}
+            loop {
+                let window = Duration::from_millis(if settled { 2 } else { 30 });
+                match tokio::time::timeout(window, self.changes.recv()).await {
+                    Ok(Some(s)) => settled = s,
+                    _ => break,
+                }
+            }
             let _ = gateway.reload_policies(trigger).await;
         }
     }

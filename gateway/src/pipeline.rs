@@ -31,7 +31,7 @@ use crate::config::Config;
 use crate::identity::{IdentityError, Verifier};
 use crate::masking::{self, HashKey};
 use crate::metrics::{CallLabels, Metrics, PolicyLabels, ReloadLabels};
-use crate::policy::reload::{Loader, Outcome, Rejection};
+use crate::policy::reload::{self, Loader, Outcome, Rejection};
 use crate::policy::{CallInput, Identity, Operation, PolicySet, Reason, Verdict};
 use crate::sigv4::{self, SigError};
 use crate::sts::{self, Session, SessionError, SessionKeys};
@@ -247,8 +247,9 @@ impl Gateway {
         let _one_at_a_time = self.reload_lock.lock().await;
         let current = self.policies.load_full();
         let loader = self.loader.clone();
-        let built = tokio::task::spawn_blocking(move || loader.build(&current)).await.unwrap_or_else(|e| {
-            Err(Rejection { file: self.loader.dir().display().to_string(), reason: format!("reload panicked: {e}"), at_ms: 0 })
+        let started = Instant::now();
+        let built = reload::build_in_background(move || loader.build(&current)).await.unwrap_or_else(|e| {
+            Err(Rejection { file: self.loader.dir().display().to_string(), reason: e, at_ms: 0 })
         });
         let mut rec = Record::new("reload", &self.audit.instance);
         rec.action = trigger.to_string();
@@ -257,7 +258,7 @@ impl Gateway {
             Ok(Outcome::Loaded(set)) => {
                 let refs = set.references();
                 for r in &refs {
-                    tracing::info!(name = %r.name, version = %r.version, sha256 = %r.sha256, trigger, "policy active");
+                    tracing::info!(name = %r.name, version = %r.version, sha256 = %r.sha256, trigger, build_ms = started.elapsed().as_millis() as u64, "policy active");
                 }
                 rec.verdict = "loaded".into();
                 rec.set_policies(refs);

@@ -155,6 +155,26 @@ def test_bad_files_are_rejected_and_the_last_good_set_serves(tmp_path, issuer, m
         veil.stop()
 
 
+def test_a_file_written_in_pieces_in_place_loads_once_whole(tmp_path, issuer, moto):
+    """A copy straight onto the policy's name, in pieces with pauses: the
+    half-written file never becomes active (it may be rejected on the way),
+    the last good version serves meanwhile, and the closing write loads it."""
+    veil, cfg, ca, pdir = start(tmp_path, issuer, moto)
+    try:
+        data = (FIXTURES / "versioned-2.wasm").read_bytes()
+        seen = set()
+        with open(pdir / "versioned.wasm", "wb") as f:
+            for i in range(0, len(data), len(data) // 8):
+                f.write(data[i:i + len(data) // 8])
+                f.flush()
+                time.sleep(0.05)
+                seen.add(version_of(status(veil, ca)))
+        assert seen == {"1.0.0"}, seen
+        assert wait_for(lambda: version_of(status(veil, ca)) == "2.0.0"), status(veil, ca)
+    finally:
+        veil.stop()
+
+
 def test_delete_and_config_change_apply(tmp_path, issuer, moto):
     veil, cfg, ca, pdir = start(tmp_path, issuer, moto)
     try:

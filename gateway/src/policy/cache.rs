@@ -1,7 +1,9 @@
-//! Where compiled policies are kept between runs: wasmtime's compilation
+//! Where compiled policies are kept: between runs, wasmtime's compilation
 //! cache (keyed by the component's bytes and the engine's settings and
 //! version), so a restart or a reload of an unchanged file skips Cranelift —
-//! 10–20 s of CPU for a Python or JavaScript component.
+//! 10–20 s of CPU for a Python or JavaScript component; within a run,
+//! Cranelift's per-function results ([`FunctionCache`]), so a changed policy
+//! compiles only the functions that changed.
 //!
 //! Invariant: the cache holds native code the gateway will run, so it is
 //! trusted like the binary. The directory is created private (0700) and is
@@ -48,6 +50,43 @@ pub fn open(dir: &Path) -> Result<wasmtime::Cache, CacheError> {
     wasmtime::Cache::new(config).map_err(|e| CacheError::Wasmtime { path: dir, reason: format!("{e:#}") })
 }
 
+/// Cranelift's per-function results, in memory, up to [`FUNCTION_CACHE_BYTES`]
+/// (then it starts afresh). A new version of a policy mostly recompiles
+/// functions this process has compiled before — its SDK, serde, the
+/// standard library — which then cost a lookup instead of code generation:
+/// what makes a reload fast. Keys are Cranelift's hashes of the function's
+/// IR and settings, so a hit is the same code.
+#[derive(Debug, Default)]
+pub struct FunctionCache {
+    entries: std::sync::Mutex<(std::collections::HashMap<Vec<u8>, Vec<u8>>, usize)>,
+}
+
+/// Most bytes of compiled functions kept in memory.
+pub const FUNCTION_CACHE_BYTES: usize = 64 << 20;
+
+impl wasmtime::CacheStore for FunctionCache {
+    fn get(&self, key: &[u8]) -> Option<std::borrow::Cow<'_, [u8]>> {
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        entries.0.get(key).map(|v| std::borrow::Cow::Owned(v.clone()))
+    }
+
+    fn insert(&self, key: &[u8], value: Vec<u8>) -> bool {
+        let size = key.len() + value.len();
+        if size > FUNCTION_CACHE_BYTES {
+            return false;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.1 + size > FUNCTION_CACHE_BYTES {
+            *entries = Default::default();
+        }
+        entries.1 += size;
+        if let Some(old) = entries.0.insert(key.to_vec(), value) {
+            entries.1 -= key.len() + old.len();
+        }
+        true
+    }
+}
+
 /// The per-user cache directory of the `veil policy` commands:
 /// `$XDG_CACHE_HOME/veil`, else `~/.cache/veil`.
 pub fn user_dir() -> Option<PathBuf> {
@@ -58,6 +97,20 @@ pub fn user_dir() -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_function_cache_stays_within_its_bound() {
+        use wasmtime::CacheStore;
+        let c = FunctionCache::default();
+        assert!(c.insert(b"k1", vec![1; 10]));
+        assert_eq!(c.get(b"k1").as_deref(), Some(&[1u8; 10][..]));
+        assert!(c.insert(b"k1", vec![2; 20]));
+        assert_eq!(c.entries.lock().unwrap().1, 22);
+        assert!(!c.insert(b"huge", vec![0; FUNCTION_CACHE_BYTES]));
+        assert!(c.insert(b"big", vec![0; FUNCTION_CACHE_BYTES - 10]));
+        assert!(c.get(b"k1").is_none(), "full: started afresh");
+        assert!(c.entries.lock().unwrap().1 <= FUNCTION_CACHE_BYTES);
+    }
 
     #[test]
     fn a_new_directory_is_private_and_accepted() {

@@ -220,6 +220,7 @@ impl Host {
             .memory_guard_size(64 << 10)
             .max_wasm_stack(1 << 20)
             .cache(cache.clone());
+        config.enable_incremental_compilation(Arc::new(super::cache::FunctionCache::default()))?;
         let engine = Engine::new(&config)?;
         let weak = engine.weak();
         std::thread::Builder::new().name("veil-epoch".into()).spawn(move || loop {

@@ -381,6 +381,14 @@ fn convert_masks(masks: Vec<wit::Mask>) -> Result<Vec<Mask>, String> {
         .collect()
 }
 
+/// Whether a directory entry's name can be a policy or its signature: not a
+/// hidden file (a deploy's temporary copy, a ConfigMap's internals) nor an
+/// editor's `name~` backup.
+pub fn is_policy_dir_entry(name: &std::ffi::OsStr) -> bool {
+    let name = name.as_encoded_bytes();
+    !name.starts_with(b".") && !name.ends_with(b"~")
+}
+
 /// The policy files of a directory: `*.wasm`, sorted by name, skipping hidden
 /// files and editors' temporary files. A file path is returned as is.
 pub fn policy_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -390,10 +398,7 @@ pub fn policy_files(path: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     let mut files: Vec<PathBuf> = std::fs::read_dir(path)?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            let name = p.file_name().and_then(|n| n.to_str()).unwrap_or("");
-            !name.starts_with('.') && !name.ends_with('~') && p.extension().is_some_and(|e| e == "wasm") && p.is_file()
-        })
+        .filter(|p| p.file_name().is_some_and(is_policy_dir_entry) && p.extension().is_some_and(|e| e == "wasm") && p.is_file())
         .collect();
     files.sort();
     Ok(files)

@@ -23,6 +23,42 @@ use super::host::MAX_POLICY_FILE;
 use super::{policy_files, CallInput, HookScope, Host, Identity, LoadedPolicy, Operation, PolicySet};
 use crate::config::Config;
 
+/// Lower the calling thread's CPU priority (nice 10; Linux's nice is per
+/// thread), so that compiling a new policy set yields to calls being served
+/// (a compile takes every core it is given). Best effort.
+pub fn lower_thread_priority() {
+    if let Err(e) = rustix::process::setpriority_process(None, 10) {
+        tracing::debug!(error = %e, "cannot lower the priority of a compile thread");
+    }
+}
+
+/// Compile on low-priority threads: wasmtime compiles a component's
+/// functions in parallel on rayon's global pool, whose threads this makes
+/// `veil-compile-N` at lowered priority. Call before the first compile.
+pub fn use_low_priority_compile_threads() {
+    let built = rayon::ThreadPoolBuilder::new()
+        .thread_name(|i| format!("veil-compile-{i}"))
+        .start_handler(|_| lower_thread_priority())
+        .build_global();
+    if let Err(e) = built {
+        tracing::debug!(error = %e, "rayon's global pool was already set up");
+    }
+}
+
+/// Run a reload's build on a thread of its own at lowered priority; `Err`
+/// when it panicked.
+pub async fn build_in_background<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, String> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("veil-reload".into())
+        .spawn(move || {
+            lower_thread_priority();
+            let _ = tx.send(f());
+        })
+        .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+    rx.await.map_err(|_| "the reload thread panicked".to_string())
+}
+
 /// Why a reload was refused.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Rejection {
