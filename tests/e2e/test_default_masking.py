@@ -1,5 +1,6 @@
 """aws-sensitive, loaded by default: secrets in responses are masked for
 every caller without an exception, whatever the service or protocol."""
+import hashlib
 import json
 import time
 
@@ -90,6 +91,47 @@ def test_secrets_assigned_inside_message_text_are_masked(stack, tmp_path):
         got = client.receive_message(QueueUrl=client.get_queue_url(QueueName=url.rsplit("/", 1)[1])["QueueUrl"],
                                      MaxNumberOfMessages=10)["Messages"]
     assert sorted(m["Body"] for m in got) == sorted(["***", "***", bodies[2]])
+
+
+def sqs_attributes_md5(attrs):
+    """MD5OfMessageAttributes as the SQS documentation specifies it."""
+    def field(b):
+        return len(b).to_bytes(4, "big") + b
+    out = b""
+    for name in sorted(attrs):
+        a = attrs[name]
+        out += field(name.encode()) + field(a["DataType"].encode())
+        out += b"\x01" + field(a["StringValue"].encode()) if "StringValue" in a else b"\x02" + field(a["BinaryValue"])
+    return hashlib.md5(out).hexdigest()
+
+
+def test_masked_queue_messages_carry_digests_of_what_the_agent_gets(stack, tmp_path):
+    # SDKs that check MD5OfBody / MD5OfMessageAttributes (Java, JS v3, Go)
+    # would refuse a masked message whose digests are AWS's originals.
+    sqs = harness.moto_client(stack["moto"], "sqs")
+    url = sqs.create_queue(QueueName=f"digests{time.time_ns()}")["QueueUrl"]
+    attrs = {"dsn": {"DataType": "String", "StringValue": "postgres://app:hunter2@db.internal:5432/app"},
+             "blob": {"DataType": "Binary", "BinaryValue": b"\x00\x01\x02"},
+             "team": {"DataType": "String.team", "StringValue": "search"}}
+    sent = {"masked": sqs.send_message(QueueUrl=url, MessageBody="db:\n  password: hunter2\n", MessageAttributes=attrs),
+            "plain": sqs.send_message(QueueUrl=url, MessageBody="nightly export finished",
+                                      MessageAttributes={"team": attrs["team"]})}
+    with harness.agent(stack, tmp_path) as s:
+        client = s.client("sqs")
+        got = client.receive_message(QueueUrl=client.get_queue_url(QueueName=url.rsplit("/", 1)[1])["QueueUrl"],
+                                     MaxNumberOfMessages=10, MessageAttributeNames=["All"])["Messages"]
+    by_body = {m["Body"]: m for m in got}
+    masked, plain = by_body["***"], by_body["nightly export finished"]
+    assert masked["MessageAttributes"]["dsn"]["StringValue"] == "***"
+    assert masked["MessageAttributes"]["team"]["StringValue"] == "search"
+    for m in (masked, plain):
+        assert m["MD5OfBody"] == hashlib.md5(m["Body"].encode()).hexdigest()
+        assert m["MD5OfMessageAttributes"] == sqs_attributes_md5(m["MessageAttributes"])
+    # The unmasked message keeps AWS's digests; the masked one's changed.
+    assert plain["MD5OfBody"] == sent["plain"]["MD5OfMessageBody"]
+    assert plain["MD5OfMessageAttributes"] == sent["plain"]["MD5OfMessageAttributes"]
+    assert masked["MD5OfBody"] != sent["masked"]["MD5OfMessageBody"]
+    assert masked["MD5OfMessageAttributes"] != sent["masked"]["MD5OfMessageAttributes"]
 
 
 def test_api_key_listing_is_masked_under_its_wire_name(stack, tmp_path):

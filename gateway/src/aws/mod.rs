@@ -6,6 +6,7 @@
 //! service models by `models/generate.py`; it is parsed once, on first use.
 
 pub mod error;
+pub mod sqs;
 pub mod xml;
 
 use std::collections::HashMap;
