@@ -3,6 +3,9 @@
 //! response (`ParsedBody::parse` → `view` → `masking::apply` → `serialise`).
 //! JSON (Secrets Manager ListSecrets-shaped, awsJson) and XML (IAM
 //! ListAccessKeys-shaped, query protocol) at 4 KB, 200 KB and 1 MB.
+//! Then the secret detectors alone (`detect::findings` over a parsed
+//! document), which the gateway runs once per response for policies that
+//! import `scan`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use veil_gateway::aws::Protocol;
@@ -70,6 +73,17 @@ fn bench(c: &mut Criterion) {
                 })
             });
         }
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("detectors");
+    for (label, size) in [("4KB", 4 << 10), ("200KB", 200 << 10), ("1MB", 1 << 20)] {
+        let raw = json_body(size);
+        let doc: serde_json::Value = serde_json::from_slice(&raw).expect("parses");
+        g.throughput(Throughput::Bytes(raw.len() as u64));
+        g.bench_with_input(BenchmarkId::new("json", label), &doc, |b, doc| {
+            b.iter(|| assert!(!veil_gateway::detect::findings(doc).expect("scans").is_empty()))
+        });
     }
     g.finish();
 }

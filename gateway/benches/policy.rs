@@ -43,7 +43,9 @@ fn call_of(operation: &str) -> CallInput {
 
 fn bench(c: &mut Criterion) {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies");
-    let host = Host::new(Limits::default(), None).unwrap();
+    // The per-user compiled-policy cache spares re-runs compiling Python and JS.
+    let cache = veil_gateway::policy::cache::user_dir().and_then(|d| veil_gateway::policy::cache::open(&d).ok());
+    let host = Host::new(Limits::default(), cache).unwrap();
     let call = call_of("secretsmanager:GetSecretValue");
     let create_user = call_of("iam:CreateUser");
     let body = secret_4k();

@@ -67,12 +67,12 @@ fn base32(b: u8) -> bool {
 }
 
 /// Length of the run of `class` bytes starting at `i`.
-fn run(s: &[u8], i: usize, class: fn(u8) -> bool) -> usize {
+fn run(s: &[u8], i: usize, class: impl Fn(u8) -> bool) -> usize {
     s[i.min(s.len())..].iter().take_while(|b| class(**b)).count()
 }
 
 /// At `i`: `lit` then `min..=max` bytes of `class`, starting a word.
-fn token_at(s: &[u8], i: usize, lit: &[u8], class: fn(u8) -> bool, min: usize, max: usize) -> bool {
+fn token_at(s: &[u8], i: usize, lit: &[u8], class: impl Fn(u8) -> bool, min: usize, max: usize) -> bool {
     if !s[i..].starts_with(lit) || (i > 0 && word(s[i - 1])) {
         return false;
     }
@@ -155,7 +155,8 @@ fn assignment_at(s: &[u8], i: usize) -> bool {
     let name = std::str::from_utf8(&s[k..end]).unwrap_or_default();
     // The name decides first: the value is read only under a secret-like one,
     // so text dense with `=` and `:` costs a look back each, not a scan ahead.
-    if !with_lowercase(name, lower_is_secret_name) {
+    let name = Name::of(name);
+    if !name.secret {
         return false;
     }
     let mut j = i + 1;
@@ -232,7 +233,18 @@ fn key_id_at(s: &[u8], i: usize) -> Option<usize> {
 /// entropy of random bytes (random keys: 4.48 bits per character at the
 /// first percentile; paths and names of that length stay near 4.3).
 fn bare_secret_key(s: &[u8]) -> bool {
-    let key_char = |b: u8| b.is_ascii_alphanumeric() || b == b'/' || b == b'+';
+    // A table: runs of key characters are long in base64 and hex data.
+    static KEY_CHARS: [bool; 256] = {
+        let mut t = [false; 256];
+        let mut b = 0;
+        while b < 256 {
+            let c = b as u8;
+            t[b] = c.is_ascii_alphanumeric() || c == b'/' || c == b'+';
+            b += 1;
+        }
+        t
+    };
+    let key_char = |b: u8| KEY_CHARS[b as usize];
     let mut i = 0;
     while i + 40 <= s.len() {
         let n = run(s, i, key_char);
@@ -240,8 +252,7 @@ fn bare_secret_key(s: &[u8]) -> bool {
             let k = &s[i..i + 40];
             let classes = [u8::is_ascii_uppercase, u8::is_ascii_lowercase, u8::is_ascii_digit].iter().all(|c| k.iter().any(|b| c(b)));
             let slashes = k.iter().filter(|b| **b == b'/').count();
-            // ASCII by construction.
-            if classes && slashes < 4 && entropy(std::str::from_utf8(k).unwrap_or_default()) >= 4.45 {
+            if classes && slashes < 4 && entropy(k) >= 4.45 {
                 return true;
             }
         }
@@ -260,9 +271,9 @@ fn hit(hit: bool, name: &'static str) -> Option<&'static str> {
 fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
     let mut key = None;
     let mut i = 0;
-    // Skip, in a tight loop, the bytes no format starts with.
-    while let Some(skip) = s.get(i..).and_then(|rest| rest.iter().position(|b| STARTS[*b as usize])) {
-        i += skip;
+    // Skip, in a tight loop, the positions no format starts at.
+    while let Some(at) = next_start(s, i) {
+        i = at;
         let found = match s[i] {
             b'-' => hit(private_key_at(s, i), "private-key"),
             b'e' => hit(jwt_at(s, i), "jwt"),
@@ -309,14 +320,57 @@ fn detect(s: &[u8]) -> (Option<&'static str>, Option<(usize, usize)>) {
     (None, key)
 }
 
-/// The bytes a detected format can start with (the arms of `detect`).
-static STARTS: [bool; 256] = {
-    let mut t = [false; 256];
-    let firsts = b"-egxhdsrAaSnp:=";
+/// The first position from `i` where a format of `detect` can start, judged
+/// by its first two bytes (the last byte of `s` is paired with 0).
+fn next_start(s: &[u8], i: usize) -> Option<usize> {
+    let starts = |a: u8, b: u8| {
+        let pair = (a as usize) << 8 | b as usize;
+        STARTS[pair >> 6] & (1 << (pair & 63)) != 0
+    };
+    let rest = s.get(i..)?;
+    match rest.iter().zip(&rest[1.min(rest.len())..]).position(|(a, b)| starts(*a, *b)) {
+        Some(k) => Some(i + k),
+        None => rest.last().filter(|last| starts(**last, 0)).map(|_| s.len() - 1),
+    }
+}
+
+/// The byte pairs a detected format can start with (the arms of `detect`),
+/// as a bitset indexed by `first << 8 | second`. `:` and `=` start an
+/// assignment whatever follows.
+static STARTS: [u64; 1024] = {
+    let mut t = [0u64; 1024];
+    let pairs: &[(u8, &[u8])] = &[
+        (b'-', b"-"),         // -----BEGIN
+        (b'e', b"y"),         // eyJ (JWT)
+        (b'g', b"hil"),       // ghp_ gho_ ghu_ ghs_ ghr_, github_pat_, glpat-
+        (b'x', b"o"),         // xox?-
+        (b'h', b"ovf"),       // hooks.slack.com, hvs. hvb., hf_
+        (b'd', b"co"),        // dckr_pat_, dop_ doo_ dor_
+        (b's', b"keEh"),      // sk_live_ sk-, secretaccesskey (any case), shpat_ …
+        (b'r', b"k"),         // rk_live_
+        (b'A', b"KSBCRIWw"),  // AKIA ASIA ABIA ACCA AROA AIDA, AIza, AWS_SECRET_ACCESS_KEY
+        (b'a', b"wW"),        // aws_secret_access_key
+        (b'S', b"eEG"),       // SecretAccessKey, SG.
+        (b'n', b"p"),         // npm_
+        (b'p', b"y"),         // pypi-
+    ];
     let mut k = 0;
-    while k < firsts.len() {
-        t[firsts[k] as usize] = true;
+    while k < pairs.len() {
+        let (first, seconds) = pairs[k];
+        let mut j = 0;
+        while j < seconds.len() {
+            let pair = (first as usize) << 8 | seconds[j] as usize;
+            t[pair >> 6] |= 1 << (pair & 63);
+            j += 1;
+        }
         k += 1;
+    }
+    // Every pair starting `:` or `=`: four whole words each.
+    let mut w = 0;
+    while w < 4 {
+        t[((b':' as usize) << 2) + w] = u64::MAX;
+        t[((b'=' as usize) << 2) + w] = u64::MAX;
+        w += 1;
     }
     t
 };
@@ -371,27 +425,59 @@ fn is_placeholder(v: &str) -> bool {
 /// A value under a name: a secret when the name is a password's and the
 /// value is not a placeholder, or the name is secret-like and the value
 /// has the entropy of a key (and is no ARN or URL). The detector's name.
-fn named_secret(name: &str, value: &str) -> Option<&'static str> {
+fn named_secret(name: Name, value: &str) -> Option<&'static str> {
+    if !name.secret {
+        return None;
+    }
     let v = value.trim();
     if v.len() < 3 || is_placeholder(v) {
         return None;
     }
-    with_lowercase(name, |k| {
-        if lower_is_password_name(k) {
-            return Some("password-under-secret-name");
-        }
-        // Hex has at most 4 bits per character, so it gets a lower bar.
-        let bar = if v.bytes().all(|b| b.is_ascii_hexdigit()) { 3.0 } else { 3.5 };
-        (v.len() >= 12 && !v.contains(' ') && lower_is_secret_name(k) && entropy(v) >= bar && !is_arn_or_url(v))
-            .then_some("high-entropy-under-secret-name")
-    })
+    if name.password {
+        return Some("password-under-secret-name");
+    }
+    if v.len() < 12 || v.contains(' ') || is_arn_or_url(v) {
+        return None;
+    }
+    // Judged on the first KiB: random bytes show it as well as the whole,
+    // and a long value costs no more than that.
+    let sample = &v.as_bytes()[..v.len().min(1024)];
+    // Hex has at most 4 bits per character, so it gets a lower bar.
+    let bar = if sample.iter().all(u8::is_ascii_hexdigit) { 3.0 } else { 3.5 };
+    (entropy(sample) >= bar).then_some("high-entropy-under-secret-name")
+}
+
+/// What a name says about the values under it. Judged once per distinct
+/// name in a walk: listings repeat the same few names thousands of times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Name {
+    /// Any value is a secret (`password`, `DB_PWD` …).
+    password: bool,
+    /// A high-entropy value is a secret (`token`, `api_key` …; password names too).
+    secret: bool,
+    /// A pagination token: opaque, and must go back as it came.
+    paging: bool,
+}
+
+impl Name {
+    /// Classify `name` (ASCII case ignored).
+    fn of(name: &str) -> Name {
+        with_lowercase(name, |k| {
+            let password = lower_is_password_name(k);
+            Name {
+                password,
+                secret: password || lower_is_secret_name(k),
+                paging: ["nexttoken", "continuationtoken", "paginationtoken", "marker", "cursor"].iter().any(|w| k.contains(w)),
+            }
+        })
+    }
 }
 
 /// Shannon entropy in bits per character.
-fn entropy(s: &str) -> f64 {
+fn entropy(s: &[u8]) -> f64 {
     let mut counts = [0u32; 256];
-    for b in s.bytes() {
-        counts[b as usize] += 1;
+    for b in s {
+        counts[*b as usize] += 1;
     }
     let n = s.len() as f64;
     counts.iter().filter(|c| **c > 0).map(|c| {
@@ -406,13 +492,17 @@ pub fn scan(key: &str, value: &str) -> Option<(Kind, &'static str)> {
     if value.len() < 3 {
         return None;
     }
+    scan_under(Name::of(key), value)
+}
+
+/// [`scan`] with the key already classified.
+fn scan_under(key: Name, value: &str) -> Option<(Kind, &'static str)> {
     let (secret, key_id) = detect(value.as_bytes());
     if let Some(name) = secret {
         return Some((Kind::Secret, name));
     }
     // A pagination token is opaque but must go back as it came.
-    let paging = || with_lowercase(key, |k| ["nexttoken", "continuationtoken", "paginationtoken", "marker", "cursor"].iter().any(|w| k.contains(w)));
-    if value.len() >= 40 && !paging() && bare_secret_key(value.as_bytes()) {
+    if value.len() >= 40 && !key.paging && bare_secret_key(value.as_bytes()) {
         return Some((Kind::Secret, "aws-secret-key-shape"));
     }
     // A long base64 value may be encoded user data or a script: look inside.
@@ -441,7 +531,7 @@ pub fn scan(key: &str, value: &str) -> Option<(Kind, &'static str)> {
 /// key, except that the `value`/`Value` of an environment-style entry
 /// (`{"name": "DB_PASSWORD", "value": "…"}`) is judged under that name.
 pub fn findings(doc: &Value) -> Result<Vec<Finding>, ScanError> {
-    let mut walk = Walk { out: Vec::new(), path_bytes: 0, steps: Vec::new() };
+    let mut walk = Walk { out: Vec::new(), path_bytes: 0, steps: Vec::new(), names: Default::default() };
     walk.value(doc, "")?;
     Ok(walk.out)
 }
@@ -457,13 +547,15 @@ struct Walk<'a> {
     path_bytes: usize,
     /// Where the walk is; written out as a path only at a finding.
     steps: Vec<Step<'a>>,
+    /// Names already classified (a fast hash: the keys are the document's own).
+    names: foldhash::HashMap<&'a str, Name>,
 }
 
 impl<'a> Walk<'a> {
-    fn value(&mut self, v: &'a Value, key: &str) -> Result<(), ScanError> {
+    fn value(&mut self, v: &'a Value, key: &'a str) -> Result<(), ScanError> {
         match v {
-            Value::String(s) => {
-                if let Some((kind, detector)) = scan(key, s) {
+            Value::String(s) if s.len() >= 3 => {
+                if let Some((kind, detector)) = scan_under(self.name(key), s) {
                     // The whole document is a string: nothing to select.
                     if !self.steps.is_empty() {
                         let path = self.path();
@@ -496,6 +588,18 @@ impl<'a> Walk<'a> {
             _ => {}
         }
         Ok(())
+    }
+
+    /// `key` classified, once per distinct name (up to a bound).
+    fn name(&mut self, key: &'a str) -> Name {
+        if let Some(n) = self.names.get(key) {
+            return *n;
+        }
+        let n = Name::of(key);
+        if self.names.len() < 4096 {
+            self.names.insert(key, n);
+        }
+        n
     }
 
     /// The current position in the selector language.
@@ -650,9 +754,31 @@ mod tests {
             ("secretaccesskey = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-key"),
             (r#"{"client_secret": "9fK2xQ7vL3mN8pR4tW6yZ1bC5dE0gH2j"}"#, "secret-assignment"),
             ("db:\n  password: hunter2\n", "secret-assignment"),
+            // One of each format that starts with other byte pairs (the
+            // prefilter of `next_start` must let every one through).
+            ("token ghp_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "github-token"),
+            ("github_pat_11ABCDEFG0123456789_abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUV", "github-token"),
+            ("xoxb-1234567890-abcdefghij", "slack-token"),
+            ("https://hooks.slack.com/services/T000/B000/XXXX", "slack-webhook"),
+            ("sk_live_4eC39HqLyjWDarjtT1zdp7dc", "stripe-key"),
+            ("rk_live_4eC39HqLyjWDarjtT1zdp7dc", "stripe-key"),
+            ("sk-ant-api03-AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "ai-api-key"),
+            ("AIzaSyA1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q", "google-api-key"),
+            ("SG.abcdefghijklmnopqrstuv.abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ", "sendgrid-key"),
+            ("npm_AbCdEfGhIjKlMnOpQrStUvWxYz0123456789", "npm-token"),
+            ("pypi-AgEIcHlwaS5vcmcCJDAwMDAwMDAwLTAwMDAtMDAwMC0wMDAwLTAwMDAwMDAwMDAwMAACKl", "pypi-token"),
+            ("-----BEGIN OPENSSH PRIVATE KEY-----", "private-key"),
+            ("eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJhZ2VudCJ9.c2lnbmF0dXJlLWJ5dGVz", "jwt"),
+            ("export AWS_SECRET_ACCESS_KEY=wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-key"),
+            ("aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-key"),
+            ("SecretAccessKey: wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY", "aws-secret-key"),
+            ("postgres://app:hunter2pass@db:5432/app", "url-password"),
         ];
         for (value, name) in cases {
             assert_eq!(scan("note", value), Some((Kind::Secret, name)), "{value}");
+        }
+        for id in ["AKIAIOSFODNN7EXAMPLE", "ASIAIOSFODNN7EXAMPLE", "AROAIOSFODNN7EXAMPLE", "AIDAIOSFODNN7EXAMPLE", "ABIAIOSFODNN7EXAMPLE", "ACCAIOSFODNN7EXAMPLE"] {
+            assert_eq!(scan("note", id), Some((Kind::AccessKeyId, "aws-access-key-id")), "{id}");
         }
     }
 
