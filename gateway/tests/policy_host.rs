@@ -362,3 +362,25 @@ fn the_detectors_are_not_available_outside_on_response() {
     let e = LoadedPolicy::new(h.load(&policy_path("fixtures/hostile.wasm")).unwrap(), json!({"scope": "scan"}).to_string()).err().unwrap();
     assert!(e.contains("only available in on-response"), "{e}");
 }
+
+#[test]
+fn calls_in_a_tight_loop_from_many_threads_never_exhaust_the_instance_pool() {
+    // Used instances are freed by the background thread up to a bound, then
+    // inline: far more calls than pool slots, as fast as they come, all decide.
+    let h = Host::new(Limits { max_concurrent: 8, ..Limits::default() }, None).expect("engine");
+    let set = Arc::new(PolicySet::new(vec![load(&h, "risky-actions.wasm", json!({}))]));
+    let threads: Vec<_> = (0..4)
+        .map(|_| {
+            let set = set.clone();
+            std::thread::spawn(move || {
+                for _ in 0..1500 {
+                    let d = set.on_request(&call("iam:CreateUser", json!({}), json!({"UserName": "x"})));
+                    assert_eq!(d.verdict, Verdict::ApprovalRequired, "{:?}", d.reasons);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("no call failed");
+    }
+}

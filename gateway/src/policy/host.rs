@@ -10,7 +10,8 @@
 //! Instantiation is kept off the request path: each policy keeps a few
 //! ready, never-used instances, refilled by a background thread. When the
 //! pool is empty a call instantiates inline, so the pool affects speed,
-//! never behaviour.
+//! never behaviour. Freeing a used instance (resetting its memory) happens
+//! on the same thread, up to a bound past which calls free their own.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -152,6 +153,11 @@ impl WasiView for HostState {
 
 type Job = Box<dyn FnOnce() + Send>;
 
+/// Most used stores waiting for the background thread to free them. Past
+/// this a call frees its own store inline, so used pool slots cannot pile
+/// up faster than they are freed.
+const MAX_PENDING_RELEASES: usize = 32;
+
 /// Ready instances kept per policy.
 const READY_PER_POLICY: usize = 4;
 
@@ -163,8 +169,10 @@ pub struct Host {
     limits: Limits,
     /// The compiled-component cache the engine uses, for its hit count.
     cache: Option<wasmtime::Cache>,
-    /// Background work: refilling ready pools.
+    /// Background work: refilling ready pools, freeing used stores.
     jobs: std::sync::mpsc::Sender<Job>,
+    /// Used stores handed to the background thread and not yet freed.
+    pending_releases: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// A ready, never-used instance in its own store.
@@ -241,7 +249,7 @@ impl Host {
                 job();
             }
         })?;
-        Ok(Host { engine, linker: Arc::new(linker), limits, cache, jobs })
+        Ok(Host { engine, linker: Arc::new(linker), limits, cache, jobs, pending_releases: Default::default() })
     }
 
     /// The limits applied to every call.
@@ -349,6 +357,27 @@ impl Host {
         (deadline.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64
     }
 
+    /// Free a used store (its instance's pool slot is reset: the dirty
+    /// pages of its memory rewritten) on the background thread, off the
+    /// request path; inline when too many are already waiting. Nothing
+    /// reuses the slot before it is reset, so no state crosses callers.
+    fn release(&self, store: Store<HostState>) {
+        use std::sync::atomic::Ordering;
+        if self.pending_releases.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_RELEASES {
+            self.pending_releases.fetch_sub(1, Ordering::AcqRel);
+            return drop(store);
+        }
+        let pending = self.pending_releases.clone();
+        let job: Job = Box::new(move || {
+            drop(store);
+            pending.fetch_sub(1, Ordering::AcqRel);
+        });
+        // The background thread is gone only while the host is torn down.
+        if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
+            job();
+        }
+    }
+
     fn instantiate(&self, pre: &PolicyPre<HostState>) -> Result<Ready, HookError> {
         let mut store = self.new_store();
         store.set_epoch_deadline(Self::ticks(self.limits.deadline));
@@ -422,10 +451,9 @@ impl Compiled {
         // The deadline counts from now, not from when the instance was made.
         store.set_epoch_deadline(Host::ticks(deadline));
         let started = Instant::now();
-        // The store (and its pool slot) is released here, inline: deferring
-        // the drop to a background thread lets used slots pile up faster
-        // than they are freed under load, exhausting the pool.
-        f(&policy, &mut store, &instance).map_err(|e| classify_trap(e, deadline, self.host.limits.memory_bytes, started))
+        let result = f(&policy, &mut store, &instance).map_err(|e| classify_trap(e, deadline, self.host.limits.memory_bytes, started));
+        self.host.release(store);
+        result
     }
 
     /// Instantiate a fresh instance inline and drop it: what a call costs
