@@ -456,10 +456,11 @@ impl Compiled {
         result
     }
 
-    /// Instantiate a fresh instance inline and drop it: what a call costs
-    /// when the ready pool is empty (benchmarks report it separately).
-    pub fn instantiate_inline(&self) -> Result<(), HookError> {
-        self.host.instantiate(&self.inner.pre).map(drop)
+    /// Instantiate a fresh instance inline: what the background thread pays
+    /// per call, and a call when the ready pool is empty (benchmarks time it;
+    /// dropping the result frees the instance).
+    pub fn instantiate_inline(&self) -> Result<impl Drop, HookError> {
+        self.host.instantiate(&self.inner.pre).map(|r| r.store)
     }
 
     /// Top up the ready pool inline, now (benchmarks use it to time a hook
