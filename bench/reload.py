@@ -120,8 +120,6 @@ def main():
         finally:
             stop.set()
             veil.stop()
-            if os.environ.get("VEIL_LOG_OUT"):
-                print(veil.proc.output())
             issuer_proc.stop()
             moto_proc.stop()
 

@@ -26,7 +26,7 @@ use crate::config::Config;
 /// Lower the calling thread's CPU priority (nice 10; Linux's nice is per
 /// thread), so that compiling a new policy set yields to calls being served
 /// (a compile takes every core it is given). Best effort.
-pub fn lower_thread_priority() {
+fn lower_thread_priority() {
     if let Err(e) = rustix::process::setpriority_process(None, 10) {
         tracing::debug!(error = %e, "cannot lower the priority of a compile thread");
     }
