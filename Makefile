@@ -90,5 +90,5 @@ test: deps build policies
 bench: deps build policies
 	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null; }
 	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
-	$(CARGO) build --release --locked --example bench_upstream --example audit_bench
+	$(CARGO) build --release --locked --example bench_upstream --example audit_bench --example policy_decisions
 	python3 bench/run.py
