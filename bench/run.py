@@ -106,16 +106,17 @@ def peers():
     on the same calls, one after the other; rows merged per call."""
     run(["cargo", "build", "--release", "--locked", "-p", "veil-bench-peers"])
     iterations = "300" if QUICK else "2000"
-    rows, printed = [], []
+    rows = []
     for args in ([ROOT / "target/release/examples/policy_decisions", ROOT / "target/policies", iterations],
                  [ROOT / "target/release/veil-bench-peers", iterations]):
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
-            printed += run(args, env={"BENCH_JSON": f.name}).strip().splitlines()
+            run(args, env={"BENCH_JSON": f.name})
             rows += json.loads(Path(f.name).read_text())
-    # Group the printed rows by call, each call's engines together.
     calls = list(dict.fromkeys(r["call"] for r in rows))
-    printed.sort(key=lambda line: next(i for i, c in enumerate(calls) if line.startswith(f"| {c} |")))
-    text = "| call | engine | p50 µs | p99 µs | decision |\n|---|---|---:|---:|---|\n" + "\n".join(printed)
+    # Each call's engines together (a stable sort keeps Veil's rows first).
+    rows.sort(key=lambda r: calls.index(r["call"]))
+    text = table(["call", "engine", "p50 µs", "p99 µs", "decision"],
+                 [[r["call"], r["engine"], f"{r['p50_us']:.1f}", f"{r['p99_us']:.1f}", r["decision"]] for r in rows])
     engines = list(dict.fromkeys(r["engine"] for r in rows))
     fig, axes = plt.subplots(1, len(calls), figsize=(4 * len(calls), 4), sharey=True)
     for ax, call in zip(axes, calls):

@@ -81,5 +81,5 @@ fn main() {
             out.push(row(&call, name, &samples));
         }
     }
-    write_json(&out);
+    write_json(out);
 }

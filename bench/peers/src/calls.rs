@@ -12,8 +12,8 @@
 //! checked against the decision written here, so every engine is seen to
 //! agree.
 //!
-//! Both binaries print Markdown table
-//! rows and, with `BENCH_JSON=<file>`, write the rows as JSON.
+//! Both binaries print Markdown table rows and, with `BENCH_JSON=<file>`,
+//! write the rows as JSON.
 
 use std::time::Instant;
 
@@ -67,18 +67,18 @@ pub fn time(call: &Call, iterations: usize, decide: &mut dyn FnMut() -> Decision
     samples
 }
 
-/// Print one engine's row for `call` and return it as JSON text.
-pub fn row(call: &Call, engine: &str, sorted: &[f64]) -> String {
+/// Print one engine's row for `call` and return it for `BENCH_JSON`.
+pub fn row(call: &Call, engine: &str, sorted: &[f64]) -> serde_json::Value {
     let pct = |q: f64| sorted[((sorted.len() - 1) as f64 * q).round() as usize];
     let (p50, p99) = (pct(0.5), pct(0.99));
     let decision = format!("{}{}", call.want.verdict, if call.want.mask { " + mask" } else { "" });
     println!("| {} | {engine} | {p50:.1} | {p99:.1} | {decision} |", call.label);
-    format!(r#"{{"call":{:?},"engine":{engine:?},"p50_us":{p50},"p99_us":{p99}}}"#, call.label)
+    serde_json::json!({"call": call.label, "engine": engine, "p50_us": p50, "p99_us": p99, "decision": decision})
 }
 
 /// Write the rows to `BENCH_JSON` when set.
-pub fn write_json(rows: &[String]) {
+pub fn write_json(rows: Vec<serde_json::Value>) {
     if let Ok(path) = std::env::var("BENCH_JSON") {
-        std::fs::write(&path, format!("[{}]", rows.join(","))).expect("write BENCH_JSON");
+        std::fs::write(&path, serde_json::Value::Array(rows).to_string()).expect("write BENCH_JSON");
     }
 }

@@ -120,5 +120,5 @@ fn main() {
         let samples = time(&call, iterations, &mut || cedar.decide(&call), &|| ());
         out.push(row(&call, "cedar-policy", &samples));
     }
-    write_json(&out);
+    write_json(out);
 }
