@@ -374,7 +374,9 @@ impl Approvals {
     pub fn entry(&self, issuer: &str, subject: &str, operation: &str, region: &str, resource: &str, fingerprint: String, params: Value, reasons: Vec<String>) -> Entry {
         let now = now_ms();
         Entry {
-            id: format!("apr-{}", &uuid::Uuid::now_v7().simple().to_string()[..20]),
+            // The whole UUIDv7: its counter bits (past the first 20 hex digits) keep
+            // two requests within one millisecond apart.
+            id: format!("apr-{}", uuid::Uuid::now_v7().simple()),
             fingerprint,
             issuer: issuer.into(),
             subject: subject.into(),
@@ -450,6 +452,15 @@ mod tests {
 
     fn decision(who: &str, approve: bool) -> Decision {
         Decision { reviewer: who.into(), issuer: "iss".into(), approve, reason: "ok".into(), at_ms: now_ms() }
+    }
+
+    #[test]
+    fn ids_are_unique_within_a_millisecond() {
+        let d = tempfile::tempdir().unwrap();
+        let a = approvals(d.path(), 1);
+        let ids: std::collections::HashSet<String> =
+            (0..1000).map(|_| a.entry("iss", "agent", "iam:CreateUser", "us-east-1", "", String::new(), json!({}), Vec::new()).id).collect();
+        assert_eq!(ids.len(), 1000);
     }
 
     #[tokio::test]
