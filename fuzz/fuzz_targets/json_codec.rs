@@ -17,7 +17,7 @@ fuzz_target!(|data: &[u8]| {
                 Err(e) => panic!("finding path {:?} is not a selector: {e}", f.path),
             })
             .collect();
-        masking::apply(&mut view, &masks, &HashKey::new(b"k".to_vec()));
+        masking::apply(&mut view, &masks, &[], &HashKey::new(b"k".to_vec()));
     }
     let out = body.serialise(None, &view);
     if !out.is_empty() {

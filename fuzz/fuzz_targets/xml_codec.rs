@@ -14,7 +14,7 @@ fuzz_target!(|data: &[u8]| {
     let mut view = doc.view(action);
     let _ = veil_gateway::detect::findings(&view);
     let masks = [Mask { selector: Selector::parse("**").unwrap(), style: MaskStyle::Redact }];
-    masking::apply(&mut view, &masks, &HashKey::new(b"k".to_vec()));
+    masking::apply(&mut view, &masks, &[], &HashKey::new(b"k".to_vec()));
     doc.write_back(action, &view);
     let out = doc.to_bytes();
     if let Err(e) = Document::parse(&out) {

@@ -85,7 +85,7 @@ fn bench(c: &mut Criterion) {
                     let d = set.on_response_text(&call, 200, &body, Some(&wire));
                     assert!(d.deny.is_empty() && d.masks.len() == 2, "{lang}: unexpected decision");
                     let mut doc = body.clone();
-                    masking::apply(&mut doc, &d.masks, &key);
+                    masking::apply(&mut doc, &d.masks, &[], &key);
                     doc
                 },
                 BatchSize::PerIteration,
@@ -126,7 +126,7 @@ fn bench(c: &mut Criterion) {
                     let mut view = parsed.view(None);
                     let d = sensitive_set.on_response_text(&call, 200, &view, Some(raw));
                     assert!(d.deny.is_empty(), "{:?}", d.deny);
-                    assert!(masking::apply(&mut view, &d.masks, &key) > 0);
+                    assert!(masking::apply(&mut view, &d.masks, &[], &key) > 0);
                     parsed.serialise(None, &view)
                 },
                 BatchSize::PerIteration,

@@ -21,6 +21,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::identity::Verifier;
 use crate::listener;
+use crate::aws;
 use crate::masking::{self, HashKey};
 use crate::pipeline::Gateway;
 use crate::sts::SessionKeys;
@@ -830,7 +831,7 @@ fn evaluate(set: &PolicySet, call: &CallInput, status: u16, response: Option<Val
     if let (Some(mut doc), false) = (response, verdict == Verdict::Deny) {
         let resp = set.on_response(call, status, &doc);
         if resp.deny.is_empty() {
-            masking::apply(&mut doc, &resp.masks, key);
+            masking::apply(&mut doc, &resp.masks, aws::blob_outputs(&call.operation.service, &call.operation.action), key);
             body = doc;
         } else {
             verdict = Verdict::Deny;

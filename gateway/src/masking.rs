@@ -23,11 +23,14 @@
 //! each selected value is masked exactly once, with the strongest style asked
 //! for (redact > hash > partial), and a value inside a masked value is not
 //! masked again; masking never changes the document's shape, so SDKs still
-//! parse the result.
+//! parse the result: numbers become `0`, booleans `false`, and a blob (base64
+//! text on the wire) the base64 of its marker.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
+use base64::engine::general_purpose::STANDARD as BASE64;
+use base64::Engine as _;
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -311,8 +314,11 @@ pub struct Mask {
     pub style: MaskStyle,
 }
 
-/// Apply `masks` to `doc`; returns how many values were masked.
-pub fn apply(doc: &mut Value, masks: &[Mask], key: &HashKey) -> usize {
+/// Apply `masks` to `doc`; returns how many values were masked. `blobs`
+/// select the values that are base64 text on the wire (the operation's blob
+/// outputs, [`crate::aws::blob_outputs`]): a masked one is written as the
+/// base64 of its marker, so an SDK that decodes it still parses the response.
+pub fn apply(doc: &mut Value, masks: &[Mask], blobs: &[Selector], key: &HashKey) -> usize {
     let mut targets: BTreeMap<Vec<PathElem>, MaskStyle> = BTreeMap::new();
     let mut found = Vec::new();
     for mask in masks {
@@ -337,6 +343,19 @@ pub fn apply(doc: &mut Value, masks: &[Mask], key: &HashKey) -> usize {
             count += 1;
         }
         masked.push(path);
+    }
+    if count > 0 {
+        for sel in blobs {
+            found.clear();
+            select(doc, &sel.steps, &mut Vec::new(), &mut found);
+            for path in &found {
+                if masked.iter().any(|m| path.starts_with(m)) {
+                    if let Some(Value::String(s)) = get_mut(doc, path) {
+                        *s = BASE64.encode(s.as_bytes());
+                    }
+                }
+            }
+        }
     }
     count
 }
@@ -392,7 +411,7 @@ mod tests {
             .map(|(s, style)| Mask { selector: Selector::parse(s).unwrap(), style: *style })
             .collect();
         let mut doc = doc;
-        apply(&mut doc, &masks, &key());
+        apply(&mut doc, &masks, &[], &key());
         doc
     }
 
@@ -475,6 +494,25 @@ mod tests {
             &[("s", MaskStyle::Redact)],
         );
         assert_eq!(out, json!({"s": {"n": 0, "b": false, "z": null, "l": ["***", 0]}}));
+    }
+
+    #[test]
+    fn masked_blobs_stay_base64() {
+        let blobs = [Selector::parse("Plaintext").unwrap(), Selector::parse("Items[*].Data").unwrap()];
+        let masks = [
+            Mask { selector: Selector::parse("Plaintext").unwrap(), style: MaskStyle::Redact },
+            Mask { selector: Selector::parse("Items").unwrap(), style: MaskStyle::Hash },
+        ];
+        let mut doc = json!({"Plaintext": "AQ==", "KeyId": "k", "Items": [{"Data": "c2VjcmV0", "Name": "n"}], "Other": "AQ=="});
+        assert_eq!(apply(&mut doc, &masks, &blobs, &key()), 2);
+        // base64("***"); a hashed blob is the base64 of its hash text.
+        assert_eq!(doc["Plaintext"], "Kioq");
+        let hashed = BASE64.decode(doc["Items"][0]["Data"].as_str().unwrap()).unwrap();
+        assert_eq!(String::from_utf8(hashed).unwrap(), mask_str("c2VjcmV0", MaskStyle::Hash, &key()));
+        assert!(doc["Items"][0]["Name"].as_str().unwrap().starts_with("hmac-sha256:"));
+        // A blob no mask selects is untouched.
+        assert_eq!(doc["Other"], "AQ==");
+        assert_eq!(doc["KeyId"], "k");
     }
 
     #[test]

@@ -90,7 +90,7 @@ fn secrets_by_team_masks_what_the_caller_does_not_own() {
         let d = set.on_response(&c, 200, body);
         assert!(d.deny.is_empty(), "{d:?}");
         let mut out = body.clone();
-        masking::apply(&mut out, &d.masks, &key);
+        masking::apply(&mut out, &d.masks, &[], &key);
         out
     };
     let owner = run(json!(["payments"]), "secretsmanager:GetSecretValue", json!({"SecretId": "prod/payments/db"}), &secret);
@@ -294,7 +294,7 @@ fn policies_combine_most_restrictive_first_and_masks_union() {
     let c = call("ssm:GetParameter", json!({}), json!({"Name": "/x"}));
     let d = set.on_response(&c, 200, &body);
     let mut out = body.clone();
-    masking::apply(&mut out, &d.masks, &HashKey::new(b"k".to_vec()));
+    masking::apply(&mut out, &d.masks, &[], &HashKey::new(b"k".to_vec()));
     // redact (secrets-by-team) beats hash (hostile) on the same value.
     assert_eq!(out["Parameter"]["Value"], "***");
     assert_eq!(out["Parameter"]["Id"], "***1234");
@@ -337,7 +337,7 @@ fn the_gateways_detectors_serve_policies_in_every_language() {
         let d = set.on_response(&call("resourcegroupstaggingapi:GetResources", json!({}), json!({})), 200, &body);
         assert!(d.deny.is_empty(), "{policy}: {:?}", d.deny);
         let mut out = body.clone();
-        masking::apply(&mut out, &d.masks, &key);
+        masking::apply(&mut out, &d.masks, &[], &key);
         assert_eq!(out["Tags"][0]["Value"], "***", "{policy}: {out}");
         assert_eq!(out["Notes"]["ops"]["bootstrap"], "***", "{policy}: {out}");
         let owner = out["Owner"].as_str().unwrap();

@@ -1,14 +1,8 @@
 #!/usr/bin/env python3
 """Generate src/generated.rs: for every AWS operation, the selectors of
 every output value that holds a secret, in Veil's selector language over the
-JSON view the gateway gives policies, with the protocol's wire names:
-
-  json / rest-json   JSON keys (locationName when set), lists `[*]`, maps `.*`
-  query              inside <{Operation}Result>; lists `.member[*]` (or the
-                     list's locationName), flattened lists `[*]`, maps
-                     `.entry[*].value`
-  ec2                inside the root; lists `.item[*]`
-  rest-xml           inside the root element (or the payload's element)
+JSON view the gateway gives policies, with the protocol's wire names (the
+walk is scripts/botocore_wire.py, shared with the gateway's operation table).
 
 A value holds a secret when
   1. its shape carries botocore's `sensitive` trait (directly or through
@@ -32,6 +26,9 @@ import sys
 
 import botocore
 from botocore.loaders import Loader
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from botocore_wire import Walker  # noqa: E402
 
 # (service, shape, member path below the shape in model names, mask style, source).
 # Path steps: a member, `[*]` every list element, `*` every map value, or a
@@ -70,40 +67,30 @@ ENVIRONMENT_MEMBERS = {"environment", "environmentvariables"}
 # policy masks these per item (src/lib.rs), not by the model's blanket trait.
 PER_ITEM = {("ssm", op) for op in ("GetParameter", "GetParameters", "GetParametersByPath", "GetParameterHistory")}
 
-STRONGER = {"hash": 0, "redact": 1}
+class SensitiveWalker(Walker):
+    """Reports secrets: values the models mark `sensitive`, CURATED entries
+    and environment-variable values."""
 
-MAX_DEPTH = 14
-PLAIN = re.compile(r'^[^.\[\]"*\s]+$')
+    RANK = {"hash": 0, "redact": 1}
 
-
-def step(name):
-    return name if PLAIN.match(name) else '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def join(path, part):
-    return f"{path}.{part}" if path else part
-
-
-class Walker:
     def __init__(self, service, model):
-        self.shapes = model["shapes"]
-        meta = model["metadata"]
-        self.protocol = meta.get("protocol")
-        if "protocols" in meta and self.protocol not in meta["protocols"]:
-            self.protocol = meta["protocols"][0]
-        self.xml = self.protocol in ("query", "ec2", "rest-xml")
-        self.anchors = {}
+        anchors = {}
+        shapes = model["shapes"]
         for svc, shape, path, style, _source in CURATED:
             if svc == service:
-                if shape not in self.shapes:
+                if shape not in shapes:
                     sys.exit(f"generate.py: curated {svc} {shape}.{path}: no shape {shape}")
-                self.anchors.setdefault(shape, []).append((tuple(re.findall(r"\[\*\]|[^.\[\]]+", path)), style, (svc, shape, path)))
-        self.reached = set()
-        self.redundant = set()
+                anchors.setdefault(shape, []).append((tuple(re.findall(r"\[\*\]|[^.\[\]]+", path)), style, (svc, shape, path)))
+        super().__init__(model, anchors)
 
-    def environment(self, shape_name):
-        """Pending steps to the values of an environment-variable member of this shape."""
-        shape = self.shapes[shape_name]
+    def marks(self, shape, ref):
+        return "redact" if shape.get("sensitive") or ref.get("sensitive") else None
+
+    def extra(self, member, mref):
+        """Pending steps to the values of an environment-variable member."""
+        if member.lower() not in ENVIRONMENT_MEMBERS:
+            return []
+        shape = self.shapes[mref["shape"]]
         if shape["type"] == "map":
             return [(("*",), "redact", None)]
         if shape["type"] == "list":
@@ -114,85 +101,6 @@ class Walker:
             return [(("Variables", "*"), "redact", None)]
         return []
 
-    def add(self, out, path, style):
-        if STRONGER[style] >= STRONGER.get(out.get(path), -1):
-            out[path] = style
-
-    def walk(self, shape_name, path, out, stack, ref=None, pending=()):
-        shape = self.shapes[shape_name]
-        pending = list(pending) + self.anchors.get(shape_name, [])
-        if shape.get("sensitive") or (ref or {}).get("sensitive"):
-            if path:
-                self.add(out, path, "redact")
-            self.redundant.update(origin for steps, _, origin in pending if not steps and origin)
-            return
-        done = [(style, origin) for steps, style, origin in pending if not steps]
-        if done and path:
-            for style, origin in done:
-                self.add(out, path, style)
-                if origin:
-                    self.reached.add(origin)
-            return
-        if shape_name in stack or len(stack) > MAX_DEPTH:
-            return
-        stack = stack + [shape_name]
-        below = lambda first: [(steps[1:], style, origin) for steps, style, origin in pending if steps and steps[0] == first]
-        t = shape["type"]
-        if t == "structure":
-            for member, mref in shape.get("members", {}).items():
-                if mref.get("location") in ("header", "headers", "statusCode", "uri", "querystring"):
-                    continue
-                name = mref.get("locationName", member)
-                if self.protocol == "ec2" and "queryName" in mref:
-                    name = mref.get("locationName", mref["queryName"])
-                sub = below(member)
-                if member.lower() in ENVIRONMENT_MEMBERS:
-                    sub += self.environment(mref["shape"])
-                self.walk(mref["shape"], join(path, step(name)), out, stack, mref, sub)
-        elif t == "list":
-            mref = shape["member"]
-            sub = below("[*]")
-            if not self.xml:
-                self.walk(mref["shape"], path + "[*]", out, stack, mref, sub)
-            elif shape.get("flattened") or (ref or {}).get("flattened"):
-                self.walk(mref["shape"], path + "[*]", out, stack, mref, sub)
-            else:
-                wrapper = mref.get("locationName", "item" if self.protocol == "ec2" else "member")
-                self.walk(mref["shape"], join(path, step(wrapper)) + "[*]", out, stack, mref, sub)
-        elif t == "map":
-            vref = shape["value"]
-            for steps, style, origin in pending:
-                if steps and steps[0] != "*":
-                    # A map's key by name: its value, when it is the last step.
-                    if self.xml or len(steps) != 1:
-                        sys.exit(f"generate.py: curated {origin}: a map key must be the last step, on a JSON protocol")
-                    self.add(out, join(path, step(steps[0])), style)
-                    self.reached.add(origin)
-            if not self.xml:
-                self.walk(vref["shape"], join(path, "*"), out, stack, vref, below("*"))
-            else:
-                value = vref.get("locationName", "value")
-                base = path + "[*]" if shape.get("flattened") else join(path, "entry") + "[*]"
-                self.walk(vref["shape"], join(base, step(value)), out, stack, vref, below("*"))
-
-    def operation(self, op):
-        out = {}
-        oref = op.get("output")
-        if not oref:
-            return out
-        shape = self.shapes[oref["shape"]]
-        payload = shape.get("payload")
-        if payload:
-            pref = shape["members"][payload]
-            target = self.shapes[pref["shape"]]
-            if target["type"] == "structure":
-                self.walk(pref["shape"], "", out, [], pref)
-            elif target.get("sensitive") or pref.get("sensitive"):
-                out["**"] = "redact"  # a sensitive non-structure payload: mask it all
-        else:
-            self.walk(oref["shape"], "", out, [], oref)
-        return out
-
 
 def main():
     loader = Loader()
@@ -202,7 +110,7 @@ def main():
     for name in sorted(loader.list_available_services("service-2")):
         model = loader.load_service_model(name, "service-2")
         signing = model["metadata"].get("signingName") or model["metadata"]["endpointPrefix"]
-        w = Walker(name, model)
+        w = SensitiveWalker(name, model)
         for op_name, op in model["operations"].items():
             if (signing, op_name) in PER_ITEM:
                 continue

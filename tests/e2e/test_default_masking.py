@@ -155,3 +155,22 @@ def test_a_bare_secret_key_in_a_stack_output_is_masked(stack, tmp_path):
     with harness.agent(stack, tmp_path) as s:
         outputs = s.client("cloudformation").describe_stacks(StackName=name)["Stacks"][0]["Outputs"]
     assert {o["OutputKey"]: o["OutputValue"] for o in outputs} == {"Key": "***", "Region": "eu-west-1"}
+
+
+def test_masked_blobs_stay_base64_for_the_sdk(stack, tmp_path):
+    # KMS Plaintext and SecretBinary are blobs: base64 text on the wire, which
+    # SDKs decode. A masked one must still decode: to the marker's bytes.
+    kms = harness.moto_client(stack["moto"], "kms")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    blob = kms.encrypt(KeyId=key, Plaintext=b"\x00\x01db-password")["CiphertextBlob"]
+    sm = harness.moto_client(stack["moto"], "secretsmanager")
+    name = f"search/cert-{time.time_ns()}"
+    sm.create_secret(Name=name, SecretBinary=b"\x00-----BEGIN PRIVATE KEY-----")
+    with harness.agent(stack, tmp_path, groups=["search"]) as s:
+        k = s.client("kms")
+        assert k.decrypt(CiphertextBlob=blob)["Plaintext"] == b"***"
+        data_key = k.generate_data_key(KeyId=key, KeySpec="AES_256")
+        assert s.client("secretsmanager").get_secret_value(SecretId=name)["SecretBinary"] == b"***"
+    assert data_key["Plaintext"] == b"***"
+    # The ciphertext beside it is no secret: untouched, it still decrypts.
+    assert len(kms.decrypt(CiphertextBlob=data_key["CiphertextBlob"])["Plaintext"]) == 32

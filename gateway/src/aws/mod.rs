@@ -15,6 +15,8 @@ use std::sync::OnceLock;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use crate::masking::Selector;
+
 /// AWS wire protocols.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 pub enum Protocol {
@@ -68,6 +70,19 @@ pub struct Model {
     ops: Vec<RestOp>,
     #[serde(default)]
     streaming: Vec<String>,
+    /// Per operation, the selectors of its blob outputs (base64 on the wire).
+    #[serde(default, deserialize_with = "selectors")]
+    blobs: HashMap<String, Vec<Selector>>,
+}
+
+fn selectors<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<String, Vec<Selector>>, D::Error> {
+    let raw: HashMap<String, Vec<String>> = Deserialize::deserialize(d)?;
+    raw.into_iter()
+        .map(|(op, texts)| {
+            let parsed = texts.iter().map(|t| Selector::parse(t)).collect::<Result<_, _>>().map_err(serde::de::Error::custom)?;
+            Ok((op, parsed))
+        })
+        .collect()
 }
 
 /// A REST operation: name, method, URI template, required request headers.
@@ -86,6 +101,16 @@ fn table() -> &'static Table {
     TABLE.get_or_init(|| {
         serde_json::from_str(include_str!("models/services.json")).expect("services.json is valid (generated)")
     })
+}
+
+/// The selectors of `service:action`'s blob outputs (base64 text on the
+/// wire), for [`crate::masking::apply`].
+pub fn blob_outputs(service: &str, action: &str) -> &'static [Selector] {
+    table()
+        .services
+        .get(service)
+        .and_then(|models| models.iter().find_map(|m| m.blobs.get(action)))
+        .map_or(&[], Vec::as_slice)
 }
 
 /// The protocol of a service's main model, for shaping errors before the
@@ -321,6 +346,19 @@ mod tests {
 
     fn view<'a>(service: &'a str, method: &'a str, path: &'a str, query: &'a str, body: Option<&'a [u8]>) -> RequestView<'a> {
         RequestView { service, method, path, query, target: None, content_type: Some("application/x-www-form-urlencoded"), body, headers: &NO_HEADERS }
+    }
+
+    #[test]
+    fn blob_outputs_come_from_the_models() {
+        let kms: Vec<&str> = blob_outputs("kms", "Decrypt").iter().map(Selector::as_str).collect();
+        assert!(kms.contains(&"Plaintext"), "{kms:?}");
+        let secrets: Vec<&str> = blob_outputs("secretsmanager", "GetSecretValue").iter().map(Selector::as_str).collect();
+        assert_eq!(secrets, ["SecretBinary"]);
+        // XML protocols name list members on the wire.
+        let iam: Vec<&str> = blob_outputs("iam", "ListVirtualMFADevices").iter().map(Selector::as_str).collect();
+        assert!(iam.contains(&"VirtualMFADevices.member[*].Base32StringSeed"), "{iam:?}");
+        assert!(blob_outputs("sts", "GetCallerIdentity").is_empty());
+        assert!(blob_outputs("nope", "Decrypt").is_empty());
     }
 
     #[test]

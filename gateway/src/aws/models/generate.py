@@ -10,6 +10,8 @@ For every service, keyed by its SigV4 signing name, one entry per model:
   target       X-Amz-Target prefix (json protocol)
   ops          rest protocols: [name, method, requestUri, [required headers]?]
   streaming    operations whose response body is a stream (passed through unparsed)
+  blobs        {operation: [selectors]}: output values of type blob (base64 text
+               on the wire), in wire names, so a mask keeps them base64
 """
 import json
 import os
@@ -17,6 +19,18 @@ import sys
 
 import botocore
 from botocore.loaders import Loader
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "..", "..", "scripts"))
+from botocore_wire import Walker  # noqa: E402
+
+class BlobWalker(Walker):
+    """Reports blob values: base64 text in JSON and XML bodies."""
+
+    RANK = {"blob": 0}
+
+    def marks(self, shape, ref):
+        return "blob" if shape["type"] == "blob" else None
+
 
 GLOBAL = {"iam", "route53", "cloudfront", "organizations", "globalaccelerator", "shield", "waf", "networkmanager"}
 
@@ -36,7 +50,8 @@ def main():
             entry["global"] = True
         if protocol == "json" or "targetPrefix" in meta:
             entry["target"] = meta.get("targetPrefix", "")
-        ops, streaming = [], []
+        ops, streaming, blobs = [], [], {}
+        walker = BlobWalker(model)
         for op_name, op in sorted(model["operations"].items()):
             http = op.get("http", {})
             if protocol in ("rest-json", "rest-xml"):
@@ -63,10 +78,16 @@ def main():
                         streaming.append(op_name)
                     elif shape["members"][payload].get("eventstream") or target.get("eventstream"):
                         streaming.append(op_name)
+            if op_name not in streaming:
+                paths = sorted(walker.operation(op))
+                if paths:
+                    blobs[op_name] = paths
         if ops:
             entry["ops"] = ops
         if streaming:
             entry["streaming"] = streaming
+        if blobs:
+            entry["blobs"] = blobs
         out.setdefault(signing, []).append(entry)
     dest = os.path.join(os.path.dirname(os.path.abspath(__file__)), "services.json")
     with open(dest, "w") as f:
