@@ -48,6 +48,9 @@ pub const REGION_HEADER: &str = "x-veil-region";
 pub const ROLE_HEADER: &str = "x-veil-role";
 /// Largest STS form body accepted.
 const MAX_STS_BODY: usize = 64 * 1024;
+/// Streamed response bodies up to this size are read and shown to policies
+/// (see `check_stream`); larger ones pass unparsed.
+const SHOWN_STREAM_BYTES: usize = 1 << 20;
 
 /// Why a call was refused; rendered by [`Failure::to_aws`].
 #[derive(Debug, thiserror::Error)]
@@ -603,8 +606,21 @@ impl Gateway {
             }
         }
         if classified.model.streams_output(&classified.action) && rparts.status.is_success() {
-            // Streamed bodies pass unparsed; policies still see the call and may deny it.
             ctx.rec.upstream_us = upstream_started.elapsed().as_micros() as u64;
+            let length = rparts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|l| l.parse::<u64>().ok());
+            // A small stream of bytes (an S3 object, a function's result) is
+            // read whole and shown to policies, as text under its member's
+            // name, so the detectors see a secret in it; larger ones and
+            // streams of events pass unparsed.
+            if let (Some(member), Some(n)) = (classified.model.stream_member(&classified.action), length) {
+                if n <= SHOWN_STREAM_BYTES as u64 {
+                    let raw = tokio::time::timeout(self.upstream.timeout(), read_body(rbody, SHOWN_STREAM_BYTES, "response"))
+                        .await
+                        .map_err(|_| Failure::Upstream(UpstreamError::Timeout(self.upstream.timeout())))??;
+                    return self.check_stream(ctx, &call, &policies, status, builder, member, raw);
+                }
+            }
+            // Streamed bodies pass unparsed; policies still see the call and may deny it.
             let d = policies.on_response(&call, status, &json!({}));
             if !d.deny.is_empty() {
                 return Err(Failure::Denied(d.deny));
@@ -658,10 +674,53 @@ impl Gateway {
         ctx.rec.set_response_doc(&doc, self.audit.response_cap);
         let mut resp = builder.body(full(out)).map_err(|e| Failure::Unparseable(e.to_string()))?;
         if changed {
-            // The body changed: checksums of the original would fail the SDK's check.
-            for h in ["x-amz-crc32", "content-md5"] {
-                resp.headers_mut().remove(h);
+            drop_body_checksums(resp.headers_mut());
+        }
+        Ok(resp)
+    }
+
+    /// Decide and mask a streamed body read whole: policies see
+    /// `{member: text}` when it is UTF-8 (`{}` otherwise, and it passes
+    /// as it came unless denied); a masked text is what the caller gets.
+    #[allow(clippy::too_many_arguments)]
+    fn check_stream(
+        &self,
+        ctx: &mut Ctx,
+        call: &CallInput,
+        policies: &PolicySet,
+        status: u16,
+        mut builder: http::response::Builder,
+        member: &str,
+        raw: Bytes,
+    ) -> Result<Response<RespBody>, Failure> {
+        let policy_started = Instant::now();
+        let mut doc = match std::str::from_utf8(&raw) {
+            Ok(text) => json!({ member: text }),
+            Err(_) => json!({}),
+        };
+        let d = policies.on_response(call, status, &doc);
+        ctx.rec.policy_us += policy_started.elapsed().as_micros() as u64;
+        if !d.deny.is_empty() {
+            return Err(Failure::Denied(d.deny));
+        }
+        let mask_started = Instant::now();
+        let masked = masking::apply(&mut doc, &d.masks, &[], &self.hash_key);
+        ctx.rec.masked_fields = masked as u32;
+        let out = match doc.get(member) {
+            Some(Value::String(text)) if masked > 0 => {
+                builder = builder.header("x-veil-masked", HeaderValue::from_static("true"));
+                Bytes::from(text.clone().into_bytes())
             }
+            _ => raw,
+        };
+        ctx.rec.mask_us = mask_started.elapsed().as_micros() as u64;
+        ctx.rec.set_response_doc(&doc, self.audit.response_cap);
+        let mut resp = builder
+            .header(http::header::CONTENT_LENGTH, out.len())
+            .body(full(out))
+            .map_err(|e| Failure::Unparseable(e.to_string()))?;
+        if masked > 0 {
+            drop_body_checksums(resp.headers_mut());
         }
         Ok(resp)
     }
@@ -768,6 +827,19 @@ impl Gateway {
 }
 
 /// A complete in-memory response body.
+/// Remove the checksums of a body Veil changed: the original's would fail
+/// the SDK's check (JSON protocols' CRC32, S3's flexible checksums, MD5).
+fn drop_body_checksums(headers: &mut http::HeaderMap) {
+    let names: Vec<http::HeaderName> = headers
+        .keys()
+        .filter(|k| matches!(k.as_str(), "x-amz-crc32" | "content-md5") || k.as_str().starts_with("x-amz-checksum-"))
+        .cloned()
+        .collect();
+    for name in names {
+        headers.remove(name);
+    }
+}
+
 fn full(b: Bytes) -> RespBody {
     Full::new(b).map_err(|never| match never {}).boxed()
 }

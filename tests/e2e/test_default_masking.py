@@ -174,3 +174,25 @@ def test_masked_blobs_stay_base64_for_the_sdk(stack, tmp_path):
     assert data_key["Plaintext"] == b"***"
     # The ciphertext beside it is no secret: untouched, it still decrypts.
     assert len(kms.decrypt(CiphertextBlob=data_key["CiphertextBlob"])["Plaintext"]) == 32
+
+
+def test_secrets_in_small_s3_objects_are_masked(stack, tmp_path):
+    # An object is bytes to S3; a small text one is shown to the policies,
+    # so a config file with a key in it reaches the agent masked. Binary and
+    # plain objects arrive byte for byte, checksums and all.
+    bucket = f"cfg{time.time_ns()}"
+    s3 = harness.moto_client(stack["moto"], "s3")
+    s3.create_bucket(Bucket=bucket)
+    leaky = "[default]\naws_access_key_id = AKIAIOSFODNN7EXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY\n"
+    plain = "region = eu-west-1\noutput = json\n"
+    binary = bytes(range(256)) * 16
+    for key, body in (("leaky.ini", leaky.encode()), ("plain.ini", plain.encode()), ("blob.bin", binary)):
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ChecksumAlgorithm="CRC32")
+    with harness.agent(stack, tmp_path) as s:
+        agent = s.client("s3")
+        got = agent.get_object(Bucket=bucket, Key="leaky.ini", ChecksumMode="ENABLED")
+        assert got["Body"].read() == b"***"
+        assert got["ResponseMetadata"]["HTTPHeaders"].get("x-veil-masked") == "true"
+        kept = agent.get_object(Bucket=bucket, Key="plain.ini", ChecksumMode="ENABLED")
+        assert kept["Body"].read() == plain.encode() and kept.get("ChecksumCRC32")
+        assert agent.get_object(Bucket=bucket, Key="blob.bin")["Body"].read() == binary

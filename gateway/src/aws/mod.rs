@@ -68,8 +68,10 @@ pub struct Model {
     pub target: Option<String>,
     #[serde(default)]
     ops: Vec<RestOp>,
+    /// Operations whose response body is a stream: the payload member of a
+    /// byte stream, `None` for a stream of events.
     #[serde(default)]
-    streaming: Vec<String>,
+    streaming: HashMap<String, Option<String>>,
     /// Per operation, the selectors of its blob outputs (base64 on the wire).
     #[serde(default, deserialize_with = "selectors")]
     blobs: HashMap<String, Vec<Selector>>,
@@ -92,7 +94,14 @@ struct RestOp(String, String, String, #[serde(default)] Vec<String>);
 impl Model {
     /// Whether `action`'s response body is a stream.
     pub fn streams_output(&self, action: &str) -> bool {
-        self.streaming.iter().any(|s| s == action)
+        self.streaming.contains_key(action)
+    }
+
+    /// The output member that names `action`'s streamed bytes (S3
+    /// GetObject's `Body`, Lambda Invoke's `Payload`); `None` for an
+    /// operation that does not stream bytes.
+    pub fn stream_member(&self, action: &str) -> Option<&str> {
+        self.streaming.get(action).and_then(Option::as_deref)
     }
 }
 
@@ -359,6 +368,16 @@ mod tests {
         assert!(iam.contains(&"VirtualMFADevices.member[*].Base32StringSeed"), "{iam:?}");
         assert!(blob_outputs("sts", "GetCallerIdentity").is_empty());
         assert!(blob_outputs("nope", "Decrypt").is_empty());
+    }
+
+    #[test]
+    fn streamed_outputs_name_their_member() {
+        let s3 = &table().services["s3"][0];
+        assert_eq!(s3.stream_member("GetObject"), Some("Body"));
+        assert!(s3.streams_output("SelectObjectContent") && s3.stream_member("SelectObjectContent").is_none(), "events are never shown");
+        assert!(!s3.streams_output("ListObjectsV2"));
+        let lambda = &table().services["lambda"][0];
+        assert_eq!(lambda.stream_member("Invoke"), Some("Payload"));
     }
 
     #[test]

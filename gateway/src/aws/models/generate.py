@@ -9,7 +9,10 @@ For every service, keyed by its SigV4 signing name, one entry per model:
   global       true when the service has one global endpoint (iam, route53 …)
   target       X-Amz-Target prefix (json protocol)
   ops          rest protocols: [name, method, requestUri, [required headers]?]
-  streaming    operations whose response body is a stream (passed through unparsed)
+  streaming    {operation: payload member}: response bodies that are a stream
+               of bytes (passed through unparsed, or shown to policies as text
+               under the member's name when small), or null for a stream of
+               events (always passed through)
   blobs        {operation: [selectors]}: output values of type blob (base64 text
                on the wire), in wire names, so a mask keeps them base64
 """
@@ -50,7 +53,7 @@ def main():
             entry["global"] = True
         if protocol == "json" or "targetPrefix" in meta:
             entry["target"] = meta.get("targetPrefix", "")
-        ops, streaming, blobs = [], [], {}
+        ops, streaming, blobs = [], {}, {}
         walker = BlobWalker(model)
         for op_name, op in sorted(model["operations"].items()):
             http = op.get("http", {})
@@ -74,10 +77,10 @@ def main():
                 payload = shape.get("payload")
                 if payload:
                     target = shapes[shape["members"][payload]["shape"]]
-                    if target.get("streaming") or target.get("type") == "blob" or target.get("eventstream"):
-                        streaming.append(op_name)
-                    elif shape["members"][payload].get("eventstream") or target.get("eventstream"):
-                        streaming.append(op_name)
+                    if target.get("eventstream") or shape["members"][payload].get("eventstream"):
+                        streaming[op_name] = None
+                    elif target.get("streaming") or target.get("type") == "blob":
+                        streaming[op_name] = payload
             if op_name not in streaming:
                 paths = sorted(walker.operation(op))
                 if paths:
