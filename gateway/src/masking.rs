@@ -26,7 +26,7 @@
 //! parse the result: numbers become `0`, booleans `false`, and a blob (base64
 //! text on the wire) the base64 of its marker.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -344,16 +344,17 @@ pub fn apply(doc: &mut Value, masks: &[Mask], blobs: &[Selector], key: &HashKey)
         }
         masked.push(path);
     }
-    if count > 0 {
+    if count > 0 && !blobs.is_empty() {
+        // A set: two selectors reaching one blob must not encode it twice.
+        let mut masked_blobs = BTreeSet::new();
         for sel in blobs {
             found.clear();
             select(doc, &sel.steps, &mut Vec::new(), &mut found);
-            for path in &found {
-                if masked.iter().any(|m| path.starts_with(m)) {
-                    if let Some(Value::String(s)) = get_mut(doc, path) {
-                        *s = BASE64.encode(s.as_bytes());
-                    }
-                }
+            masked_blobs.extend(found.drain(..).filter(|path| masked.iter().any(|m| path.starts_with(m))));
+        }
+        for path in &masked_blobs {
+            if let Some(Value::String(s)) = get_mut(doc, path) {
+                *s = BASE64.encode(s.as_bytes());
             }
         }
     }
@@ -498,7 +499,8 @@ mod tests {
 
     #[test]
     fn masked_blobs_stay_base64() {
-        let blobs = [Selector::parse("Plaintext").unwrap(), Selector::parse("Items[*].Data").unwrap()];
+        // `Plaintext[*]` reaches the same value as `Plaintext`: encoded once.
+        let blobs = [Selector::parse("Plaintext").unwrap(), Selector::parse("Plaintext[*]").unwrap(), Selector::parse("Items[*].Data").unwrap()];
         let masks = [
             Mask { selector: Selector::parse("Plaintext").unwrap(), style: MaskStyle::Redact },
             Mask { selector: Selector::parse("Items").unwrap(), style: MaskStyle::Hash },

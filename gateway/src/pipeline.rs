@@ -706,15 +706,18 @@ impl Gateway {
         let mask_started = Instant::now();
         let masked = masking::apply(&mut doc, &d.masks, &[], &self.hash_key);
         ctx.rec.masked_fields = masked as u32;
-        let out = match doc.get(member) {
-            Some(Value::String(text)) if masked > 0 => {
-                builder = builder.header("x-veil-masked", HeaderValue::from_static("true"));
-                Bytes::from(text.clone().into_bytes())
+        ctx.rec.set_response_doc(&doc, self.audit.response_cap);
+        let out = if masked == 0 {
+            raw
+        } else {
+            builder = builder.header("x-veil-masked", HeaderValue::from_static("true"));
+            match doc.get_mut(member).map(Value::take) {
+                Some(Value::String(text)) => Bytes::from(text.into_bytes()),
+                // A mask on a body shown as `{}` (not text) withholds it whole.
+                _ => Bytes::from_static(masking::REDACTED.as_bytes()),
             }
-            _ => raw,
         };
         ctx.rec.mask_us = mask_started.elapsed().as_micros() as u64;
-        ctx.rec.set_response_doc(&doc, self.audit.response_cap);
         let mut resp = builder
             .header(http::header::CONTENT_LENGTH, out.len())
             .body(full(out))
