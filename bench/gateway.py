@@ -147,8 +147,12 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         try:
             up_port, issuer = start_backends(procs)
-            veil = start_veil(d, "durable", issuer, up_port, procs)
-            fast = start_veil(d, "not-durable", issuer, up_port, procs, "[audit]\nrequire_durable = false\n")
+            # Nothing ships the spool here, and a run writes a few GB of
+            # records (the 200 KB listing's are 64 KB each): room for all of
+            # them, or the default 1 GiB cap refuses calls midway.
+            spool = "max_spool_bytes = 17179869184\n"
+            veil = start_veil(d, "durable", issuer, up_port, procs, "[audit]\n" + spool)
+            fast = start_veil(d, "not-durable", issuer, up_port, procs, "[audit]\nrequire_durable = false\n" + spool)
             nginx_proc, nginx_url = nginx(up_port, d)
             procs.append(nginx_proc)
             creds = session_credentials(veil, issuer)

@@ -34,9 +34,11 @@ def run(args, env=None, **kw):
     print("+", " ".join(str(a) for a in args), flush=True)
     e = dict(os.environ)
     e.update(env or {})
-    out = subprocess.run([str(a) for a in args], cwd=ROOT, env=e, check=True, capture_output=True, text=True, **kw).stdout
-    print(out, flush=True)
-    return out
+    done = subprocess.run([str(a) for a in args], cwd=ROOT, env=e, capture_output=True, text=True, **kw)
+    if done.returncode != 0:
+        sys.exit(f"bench: {args[-1]} failed (exit {done.returncode}):\n{done.stdout[-3000:]}{done.stderr[-3000:]}")
+    print(done.stdout, flush=True)
+    return done.stdout
 
 
 def machine():
