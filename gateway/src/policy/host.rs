@@ -357,18 +357,32 @@ impl Host {
     /// pages of its memory rewritten) on the background thread, off the
     /// request path; inline when too many are already waiting. Nothing
     /// reuses the slot before it is reset, so no state crosses callers.
-    fn release(&self, store: Store<HostState>) {
+    /// `then` runs after it, on the same thread (one wake-up for both).
+    fn release(&self, store: Store<HostState>, then: Option<Job>) {
         use std::sync::atomic::Ordering;
-        if self.pending_releases.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_RELEASES {
+        let job: Job = if self.pending_releases.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_RELEASES {
             self.pending_releases.fetch_sub(1, Ordering::AcqRel);
-            return drop(store);
-        }
-        let pending = self.pending_releases.clone();
-        let job: Job = Box::new(move || {
             drop(store);
-            pending.fetch_sub(1, Ordering::AcqRel);
-        });
-        // The background thread is gone only while the host is torn down.
+            match then {
+                Some(then) => then,
+                None => return,
+            }
+        } else {
+            let pending = self.pending_releases.clone();
+            Box::new(move || {
+                drop(store);
+                pending.fetch_sub(1, Ordering::AcqRel);
+                if let Some(then) = then {
+                    then();
+                }
+            })
+        };
+        self.send(job);
+    }
+
+    /// Run `job` on the background thread (inline while the host is torn
+    /// down and the thread is gone).
+    fn send(&self, job: Job) {
         if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
             job();
         }
@@ -443,12 +457,11 @@ impl Compiled {
             Some(r) => r,
             None => self.host.instantiate(&self.inner.pre)?,
         };
-        self.refill();
         // The deadline counts from now, not from when the instance was made.
         store.set_epoch_deadline(Host::ticks(deadline));
         let started = Instant::now();
         let result = f(&policy, &mut store, &instance).map_err(|e| classify_trap(e, deadline, self.host.limits.memory_bytes, started));
-        self.host.release(store);
+        self.release_and_refill(store);
         result
     }
 
@@ -465,20 +478,33 @@ impl Compiled {
         top_up(&self.host, &self.inner)
     }
 
-    /// Ask the background thread to top up the ready pool (once at a time).
+    /// Free a used store and top up the ready pool, in one job for the
+    /// background thread (one wake-up per call, not two).
+    fn release_and_refill(&self, store: Store<HostState>) {
+        self.host.release(store, self.refill_job());
+    }
+
+    /// Ask the background thread to top up the ready pool.
     fn refill(&self) {
+        if let Some(job) = self.refill_job() {
+            self.host.send(job);
+        }
+    }
+
+    /// The job that tops up the ready pool; `None` while one is under way.
+    fn refill_job(&self) -> Option<Job> {
         use std::sync::atomic::Ordering;
         if self.inner.refilling.swap(true, Ordering::AcqRel) {
-            return;
+            return None;
         }
         let inner = self.inner.clone();
         let host = self.host.clone();
-        let _ = self.host.jobs.send(Box::new(move || {
+        Some(Box::new(move || {
             if let Err(e) = top_up(&host, &inner) {
                 tracing::debug!(error = %e, "could not pre-instantiate a policy");
             }
             inner.refilling.store(false, Ordering::Release);
-        }));
+        }))
     }
 
     /// Run `on-request` on a fresh instance.
