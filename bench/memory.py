@@ -58,7 +58,7 @@ def polyglot_policies(pdir):
 
 
 def measure(d, name, build):
-    """(policies loaded, idle, peak, after MiB, req/s) of a gateway on the set `build` writes."""
+    """A row (policies loaded, RSS idle / peak / after in MiB, req/s) for a gateway on the set `build` writes."""
     procs = []
     pdir = Path(d) / f"{name}-policies"
     pdir.mkdir()

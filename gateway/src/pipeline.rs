@@ -654,7 +654,7 @@ impl Gateway {
         let mask_started = Instant::now();
         let mut doc = doc;
         let digested = (aws::sqs::has_digests(&call.operation.service, &call.operation.action) && !d.masks.is_empty()).then(|| doc.clone());
-        let masked = masking::apply(&mut doc, &d.masks, aws::blob_outputs(&call.operation.service, &call.operation.action), &self.hash_key);
+        let masked = masking::apply(&mut doc, &d.masks, classified.model.blob_outputs(&classified.action), &self.hash_key);
         ctx.rec.masked_fields = masked as u32;
         let changed = masked > 0;
         if let (Some(original), true) = (&digested, changed) {

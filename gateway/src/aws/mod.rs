@@ -103,6 +103,12 @@ impl Model {
     pub fn stream_member(&self, action: &str) -> Option<&str> {
         self.streaming.get(action).and_then(Option::as_deref)
     }
+
+    /// The selectors of `action`'s blob outputs (base64 text on the wire),
+    /// for [`crate::masking::apply`].
+    pub fn blob_outputs(&self, action: &str) -> &[Selector] {
+        self.blobs.get(action).map_or(&[], Vec::as_slice)
+    }
 }
 
 fn table() -> &'static Table {
@@ -112,14 +118,14 @@ fn table() -> &'static Table {
     })
 }
 
-/// The selectors of `service:action`'s blob outputs (base64 text on the
-/// wire), for [`crate::masking::apply`].
+/// [`Model::blob_outputs`] of the model of `service` that has them, for a
+/// caller that knows the operation only by name (`veil policy eval`).
 pub fn blob_outputs(service: &str, action: &str) -> &'static [Selector] {
     table()
         .services
         .get(service)
-        .and_then(|models| models.iter().find_map(|m| m.blobs.get(action)))
-        .map_or(&[], Vec::as_slice)
+        .and_then(|models| models.iter().find(|m| m.blobs.contains_key(action)))
+        .map_or(&[], |m| m.blob_outputs(action))
 }
 
 /// The protocol of a service's main model, for shaping errors before the

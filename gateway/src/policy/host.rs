@@ -461,7 +461,9 @@ impl Compiled {
         store.set_epoch_deadline(Host::ticks(deadline));
         let started = Instant::now();
         let result = f(&policy, &mut store, &instance).map_err(|e| classify_trap(e, deadline, self.host.limits.memory_bytes, started));
-        self.release_and_refill(store);
+        // One background job frees the store and tops up the pool: one
+        // wake-up per call, not two.
+        self.host.release(store, self.refill_job());
         result
     }
 
@@ -476,12 +478,6 @@ impl Compiled {
     /// that finds an instance waiting, as it does below saturation).
     pub fn fill_ready(&self) -> Result<(), HookError> {
         top_up(&self.host, &self.inner)
-    }
-
-    /// Free a used store and top up the ready pool, in one job for the
-    /// background thread (one wake-up per call, not two).
-    fn release_and_refill(&self, store: Store<HostState>) {
-        self.host.release(store, self.refill_job());
     }
 
     /// Ask the background thread to top up the ready pool.
