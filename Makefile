@@ -79,7 +79,7 @@ deps:
 	@bash scripts/deps.sh
 
 test: deps build policies
-	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world --exclude versioned --exclude veil-bench-peers --exclude veil-fuzz
+	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world --exclude versioned --exclude veil-bench-peers --exclude veil-fuzz -- --test-threads=1
 	fuzz/run.sh $(FUZZ_SECS)
 	cd policy-sdk/python && python3 -m pytest -q -p no:cacheprovider
 	cd policy-sdk/js && node --import ./host-stub.mjs --test
