@@ -11,7 +11,10 @@
 //! ready, never-used instances, refilled by a background thread. When the
 //! pool is empty a call instantiates inline, so the pool affects speed,
 //! never behaviour. Freeing a used instance (resetting its memory) happens
-//! on the same thread, up to a bound past which calls free their own.
+//! on the same thread, up to a bound past which calls free their own. Waking
+//! that thread costs a call more than the work it hands over, so calls
+//! gather their jobs and wake it only when a pool runs low or a batch is
+//! full; the epoch ticker sends what is left within a tick.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -161,6 +164,57 @@ const MAX_PENDING_RELEASES: usize = 32;
 /// Ready instances kept per policy.
 const READY_PER_POLICY: usize = 4;
 
+/// A call that leaves fewer ready instances than this wakes the background
+/// thread at once, so the next calls still find one.
+const REFILL_BELOW: usize = 2;
+
+/// Most jobs gathered before a call wakes the background thread.
+const MAX_GATHERED: usize = 8;
+
+/// The background thread's queue, and the jobs gathered for its next
+/// wake-up (sent by a call with a full batch or a low pool, else by the
+/// epoch ticker within a tick).
+struct Background {
+    jobs: std::sync::mpsc::Sender<Job>,
+    gathered: std::sync::Mutex<Vec<Job>>,
+}
+
+impl Background {
+    /// Run `job` on the background thread now (inline when the thread is
+    /// gone, as the host is torn down).
+    fn send(&self, job: Job) {
+        if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
+            job();
+        }
+    }
+
+    /// Run `job` on the background thread with the next batch; `urgent`
+    /// sends the batch now.
+    fn gather(&self, job: Job, urgent: bool) {
+        let batch = {
+            let mut gathered = self.gathered.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            gathered.push(job);
+            if !urgent && gathered.len() < MAX_GATHERED {
+                return;
+            }
+            std::mem::take(&mut *gathered)
+        };
+        self.send_batch(batch);
+    }
+
+    /// Send whatever has been gathered.
+    fn flush(&self) {
+        let batch = std::mem::take(&mut *self.gathered.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        if !batch.is_empty() {
+            self.send_batch(batch);
+        }
+    }
+
+    fn send_batch(&self, batch: Vec<Job>) {
+        self.send(Box::new(move || batch.into_iter().for_each(|job| job())));
+    }
+}
+
 /// Components larger than this run on the copying engine (see [`Runtimes`]).
 const COPY_IMAGE_ABOVE: usize = 4 << 20;
 
@@ -172,7 +226,7 @@ pub struct Host {
     /// The compiled-component cache the engine uses, for its hit count.
     cache: Option<wasmtime::Cache>,
     /// Background work: refilling ready pools, freeing used stores.
-    jobs: std::sync::mpsc::Sender<Job>,
+    background: Arc<Background>,
     /// Used stores handed to the background thread and not yet freed.
     pending_releases: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -227,24 +281,26 @@ impl Host {
     /// between runs (see [`super::cache`]).
     pub fn new(limits: Limits, cache: Option<wasmtime::Cache>) -> anyhow::Result<Host> {
         let runtimes = Arc::new(Runtimes { cow: Runtime::new(limits, &cache, true)?, copy: Runtime::new(limits, &cache, false)? });
-        let weak = Arc::downgrade(&runtimes);
-        std::thread::Builder::new().name("veil-epoch".into()).spawn(move || loop {
-            std::thread::sleep(EPOCH_TICK);
-            match weak.upgrade() {
-                Some(r) => {
-                    r.cow.engine.increment_epoch();
-                    r.copy.engine.increment_epoch();
-                }
-                None => break,
-            }
-        })?;
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         std::thread::Builder::new().name("veil-policy-pool".into()).spawn(move || {
             while let Ok(job) = rx.recv() {
                 job();
             }
         })?;
-        Ok(Host { runtimes, limits, cache, jobs, pending_releases: Default::default() })
+        let background = Arc::new(Background { jobs, gathered: Default::default() });
+        let (weak, weak_background) = (Arc::downgrade(&runtimes), Arc::downgrade(&background));
+        std::thread::Builder::new().name("veil-epoch".into()).spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match (weak.upgrade(), weak_background.upgrade()) {
+                (Some(r), Some(background)) => {
+                    r.cow.engine.increment_epoch();
+                    r.copy.engine.increment_epoch();
+                    background.flush();
+                }
+                _ => break,
+            }
+        })?;
+        Ok(Host { runtimes, limits, cache, background, pending_releases: Default::default() })
     }
 
     /// The limits applied to every call.
@@ -357,8 +413,9 @@ impl Host {
     /// pages of its memory rewritten) on the background thread, off the
     /// request path; inline when too many are already waiting. Nothing
     /// reuses the slot before it is reset, so no state crosses callers.
-    /// `then` runs after it, on the same thread (one wake-up for both).
-    fn release(&self, store: Store<HostState>, then: Option<Job>) {
+    /// `then` runs after it, on the same thread. Both wait for the next
+    /// batch unless `urgent`.
+    fn release(&self, store: Store<HostState>, then: Option<Job>, urgent: bool) {
         use std::sync::atomic::Ordering;
         let job: Job = if self.pending_releases.fetch_add(1, Ordering::AcqRel) >= MAX_PENDING_RELEASES {
             self.pending_releases.fetch_sub(1, Ordering::AcqRel);
@@ -377,15 +434,7 @@ impl Host {
                 }
             })
         };
-        self.send(job);
-    }
-
-    /// Run `job` on the background thread (inline while the host is torn
-    /// down and the thread is gone).
-    fn send(&self, job: Job) {
-        if let Err(std::sync::mpsc::SendError(job)) = self.jobs.send(job) {
-            job();
-        }
+        self.background.gather(job, urgent);
     }
 
     fn instantiate(&self, pre: &PolicyPre<HostState>) -> Result<Ready, HookError> {
@@ -452,7 +501,10 @@ impl Compiled {
         deadline: Duration,
         f: impl FnOnce(&bindings::Policy, &mut Store<HostState>, &Instance) -> wasmtime::Result<R>,
     ) -> Result<R, HookError> {
-        let ready = self.inner.ready.lock().ok().and_then(|mut r| r.pop());
+        let (ready, left) = match self.inner.ready.lock() {
+            Ok(mut r) => (r.pop(), r.len()),
+            Err(_) => (None, 0),
+        };
         let Ready { mut store, instance, policy } = match ready {
             Some(r) => r,
             None => self.host.instantiate(&self.inner.pre)?,
@@ -461,9 +513,9 @@ impl Compiled {
         store.set_epoch_deadline(Host::ticks(deadline));
         let started = Instant::now();
         let result = f(&policy, &mut store, &instance).map_err(|e| classify_trap(e, deadline, self.host.limits.memory_bytes, started));
-        // One background job frees the store and tops up the pool: one
-        // wake-up per call, not two.
-        self.host.release(store, self.refill_job());
+        // One background job frees the store and tops up the pool; it
+        // waits for the next batch unless the pool runs low.
+        self.host.release(store, self.refill_job(), left < REFILL_BELOW);
         result
     }
 
@@ -483,7 +535,7 @@ impl Compiled {
     /// Ask the background thread to top up the ready pool.
     fn refill(&self) {
         if let Some(job) = self.refill_job() {
-            self.host.send(job);
+            self.host.background.send(job);
         }
     }
 
@@ -613,5 +665,56 @@ fn classify_trap(e: wasmtime::Error, deadline: Duration, memory_bytes: usize, st
                 HookError::Trap(truncate(&text, 512).to_string())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::mpsc;
+
+    /// A background queue without a thread: what was sent is read from `rx`.
+    fn queue() -> (Background, mpsc::Receiver<Job>) {
+        let (jobs, rx) = mpsc::channel();
+        (Background { jobs, gathered: Default::default() }, rx)
+    }
+
+    fn sent(rx: &mpsc::Receiver<Job>) -> usize {
+        rx.try_iter().map(|batch| batch()).count()
+    }
+
+    #[test]
+    fn gathered_jobs_go_in_one_batch_when_full_urgent_or_flushed() {
+        let (background, rx) = queue();
+        let ran = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let job = |n: usize| -> Job {
+            let ran = ran.clone();
+            Box::new(move || ran.lock().unwrap().push(n))
+        };
+        for n in 0..MAX_GATHERED - 1 {
+            background.gather(job(n), false);
+        }
+        assert_eq!(sent(&rx), 0, "a partial batch waits");
+        background.gather(job(MAX_GATHERED - 1), false);
+        assert_eq!(sent(&rx), 1, "a full batch is one wake-up");
+        assert_eq!(*ran.lock().unwrap(), (0..MAX_GATHERED).collect::<Vec<_>>(), "in order");
+        background.gather(job(100), false);
+        background.gather(job(101), true);
+        assert_eq!(sent(&rx), 1, "an urgent job sends the batch");
+        background.flush();
+        assert_eq!(sent(&rx), 0, "nothing left to flush");
+        background.gather(job(102), false);
+        background.flush();
+        assert_eq!(sent(&rx), 1);
+        assert_eq!(ran.lock().unwrap()[MAX_GATHERED..], [100, 101, 102]);
+    }
+
+    #[test]
+    fn the_ticker_sends_what_calls_left_gathered() {
+        let host = Host::new(Limits::default(), None).unwrap();
+        let (tx, rx) = mpsc::channel();
+        host.background.gather(Box::new(move || tx.send(()).unwrap()), false);
+        // Liveness, not speed: the ticker flushes within a tick.
+        rx.recv_timeout(Duration::from_secs(10)).expect("a gathered job runs without further calls");
     }
 }
