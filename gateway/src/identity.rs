@@ -122,13 +122,7 @@ impl Verifier {
             }
             other => other.map_err(claims_error)?,
         }
-        let now = unix_now();
-        let leeway = self.leeway.as_secs() as i64;
-        if let Some(nbf) = claims.get("nbf").and_then(Value::as_i64) {
-            if nbf > now + leeway {
-                return Err(IdentityError::Expired(format!("not valid before {nbf} (now {now})")));
-            }
-        }
+        not_yet_valid(&claims, unix_now(), self.leeway.as_secs() as i64)?;
         let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
         Ok(Identity { issuer: iss.to_string(), subject: sub, claims })
     }
@@ -178,6 +172,17 @@ fn claims_error(e: ClaimsVerificationError) -> IdentityError {
     }
 }
 
+/// `nbf` (a NumericDate: integer or not) later than `now` plus the leeway;
+/// an `nbf` that is not a number makes the token malformed.
+fn not_yet_valid(claims: &Value, now: i64, leeway: i64) -> Result<(), IdentityError> {
+    let Some(nbf) = claims.get("nbf") else { return Ok(()) };
+    let nbf = nbf.as_f64().ok_or_else(|| IdentityError::Malformed("nbf is not a number".into()))?;
+    if nbf > (now + leeway) as f64 {
+        return Err(IdentityError::Expired(format!("not valid before {nbf} (now {now})")));
+    }
+    Ok(())
+}
+
 fn unix_now() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
@@ -210,6 +215,19 @@ mod tests {
 
     fn b64(v: &Value) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    }
+
+    #[test]
+    fn nbf_is_checked_whatever_its_number_form() {
+        let now = 1_700_000_000;
+        let check = |nbf: Value| not_yet_valid(&serde_json::json!({ "nbf": nbf }), now, 60);
+        assert!(check(serde_json::json!(now + 60)).is_ok());
+        assert!(check(serde_json::json!(now - 5)).is_ok());
+        assert!(matches!(check(serde_json::json!(now + 61)), Err(IdentityError::Expired(_))));
+        assert!(matches!(check(serde_json::json!((now + 3600) as f64 + 0.5)), Err(IdentityError::Expired(_))));
+        assert!(matches!(check(serde_json::json!(9.9e99)), Err(IdentityError::Expired(_))));
+        assert!(matches!(check(serde_json::json!("tomorrow")), Err(IdentityError::Malformed(_))));
+        assert!(not_yet_valid(&serde_json::json!({}), now, 60).is_ok());
     }
 
     #[test]
