@@ -15,7 +15,7 @@ COMPONENTIZE_JS := policy-sdk/js/node_modules/.bin/componentize-js
 PY_COMPONENT = componentize-py -d $(WIT) -w scoped-policy componentize -p policy-sdk/python -p $(<D) app -o $@ >/dev/null
 JS_COMPONENT = $(COMPONENTIZE_JS) $< --wit $(WIT) -n scoped-policy -d http fetch-event -o $@ >/dev/null
 
-.PHONY: build policies rust-policies lang-policies demo test deps bench fuzz
+.PHONY: build policies rust-policies lang-policies demo test deps bench-deps bench fuzz
 
 build:
 	$(CARGO) build --release --locked
@@ -38,7 +38,8 @@ rust-policies:
 
 # The Python and JS ports, rebuilt only when their sources change: each
 # build runs the language's interpreter to snapshot it (10-20 s).
-lang-policies: $(foreach p,$(LANG_POLICIES),$(POLICY_OUT)/python/$(p).wasm $(POLICY_OUT)/js/$(p).wasm) \
+LANG_POLICY_FILES := $(foreach p,$(LANG_POLICIES),$(POLICY_OUT)/python/$(p).wasm $(POLICY_OUT)/js/$(p).wasm)
+lang-policies: $(LANG_POLICY_FILES) \
 	$(foreach f,hostile template,$(POLICY_OUT)/fixtures/$(f)-python.wasm $(POLICY_OUT)/fixtures/$(f)-js.wasm)
 
 $(POLICY_OUT)/python/%.wasm: policies/python/%/app.py $(PY_SDK) $(WIT)
@@ -78,6 +79,9 @@ demo: deps build policies
 deps:
 	@bash scripts/deps.sh
 
+bench-deps:
+	@bash scripts/deps.sh bench
+
 test: deps build policies
 	$(CARGO) test --release --locked --workspace --exclude risky-actions --exclude secrets-by-team --exclude hostile --exclude other-world --exclude versioned --exclude veil-bench-peers --exclude veil-fuzz -- --test-threads=1
 	fuzz/run.sh $(FUZZ_SECS)
@@ -87,8 +91,7 @@ test: deps build policies
 
 # Benchmarks (not part of `make test`): every part side by side in one run,
 # written to bench/results.md and bench/results/*.png (see bench/run.py).
-bench: deps build policies
-	@command -v wrk >/dev/null && command -v nginx >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk nginx-light >/dev/null; }
-	@python3 -c 'import matplotlib' 2>/dev/null || python3 -m pip install --quiet --disable-pip-version-check -r bench/requirements.txt
+# The bench needs neither the browser nor the host tests' language fixtures.
+bench: bench-deps build rust-policies $(LANG_POLICY_FILES)
 	$(CARGO) build --release --locked --example bench_upstream --example audit_bench --example policy_decisions
 	python3 bench/run.py

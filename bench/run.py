@@ -17,6 +17,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import matplotlib
@@ -27,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
 QUICK = os.environ.get("QUICK") == "1"
-MEASURE = "1" if QUICK else "3"
+MEASURE = "1" if QUICK else "2"
 
 
 def run(args, env=None, **kw):
@@ -173,7 +174,7 @@ def masking():
 
 def gateway():
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        env = {"BENCH_JSON": f.name, "DURATION": "2" if QUICK else "5", "REPEATS": "1" if QUICK else "3"}
+        env = {"BENCH_JSON": f.name, "DURATION": "2" if QUICK else "3", "REPEATS": "1" if QUICK else "3"}
         out = run([sys.executable, ROOT / "bench/gateway.py"], env=env)
         rows = json.loads(Path(f.name).read_text())
     small = [r for r in rows if r["op"].startswith("4 KB")]
@@ -235,9 +236,16 @@ def main():
         ("Memory", memory),
     ]
     parts = ["# Veil benchmark results", "", "Written by `make bench` (bench/run.py); rerun to update.", "", machine(), ""]
+    started = time.monotonic()
+    took = []
     for title, fn in sections:
         print(f"== {title}", flush=True)
+        part_started = time.monotonic()
         parts += [f"## {title}", "", fn(), ""]
+        took.append(f"{title.split(':')[0].lower()} {time.monotonic() - part_started:.0f} s")
+    # bench/run.py's own time (builds of the bench programs included; the
+    # gateway's build and the policies are make's, before it).
+    parts[4] += f"\n- this script ran {(time.monotonic() - started) / 60:.1f} min: " + ", ".join(took)
     (ROOT / "bench" / "results.md").write_text("\n".join(parts))
     print(f"wrote {ROOT / 'bench' / 'results.md'}")
 

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine; idempotent and
 # quiet on success. Output of each step is kept in a log shown on failure.
+# `deps.sh bench`: what `make bench` needs instead (no browser; wrk, nginx
+# and the plotting library).
 set -euo pipefail
+mode=${1:-test}
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 step() {
@@ -13,18 +16,27 @@ step() {
 }
 
 # Debian: ClickHouse (the audit store the tests ship to) and Chromium (the
-# reviewer page's browser test).
-if [ ! -x /usr/sbin/clickhouse-server ] || [ ! -x /usr/bin/chromium ]; then
+# reviewer page's browser test); for the bench, wrk and nginx instead of Chromium.
+if [ "$mode" = bench ]; then
+  debs=(clickhouse-server:/usr/sbin/clickhouse-server wrk:/usr/bin/wrk nginx-light:/usr/sbin/nginx)
+else
+  debs=(clickhouse-server:/usr/sbin/clickhouse-server chromium:/usr/bin/chromium)
+fi
+missing=()
+for d in "${debs[@]}"; do [ -x "${d#*:}" ] || missing+=("${d%%:*}"); done
+if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   step apt-get update -q
-  step apt-get install -y -q --no-install-recommends clickhouse-server chromium
+  step apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
 rustup target list --installed | grep -qx wasm32-wasip2 || step rustup target add wasm32-wasip2
 
 # Python: the AWS emulator (moto), real AWS clients (boto3, AWS CLI), pytest;
 # componentize-py, which builds Python policies.
-for req in tests/requirements.txt policy-sdk/python/requirements.txt; do
+reqs=(tests/requirements.txt policy-sdk/python/requirements.txt)
+if [ "$mode" = bench ]; then reqs+=(bench/requirements.txt); fi
+for req in "${reqs[@]}"; do
   python3 - "$req" <<'PY' 2>/dev/null || step python3 -m pip install --quiet --disable-pip-version-check -r "$req"
 import importlib.metadata as m, sys
 want = dict(l.strip().split("==") for l in open(sys.argv[1]) if "==" in l and not l.startswith("#"))
