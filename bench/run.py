@@ -235,18 +235,20 @@ def main():
                                          env={"SWAPS": "5" if QUICK else "20"})),
         ("Memory", memory),
     ]
-    parts = ["# Veil benchmark results", "", "Written by `make bench` (bench/run.py); rerun to update.", "", machine(), ""]
+    facts = machine()
     started = time.monotonic()
     took = []
+    body = []
     for title, fn in sections:
         print(f"== {title}", flush=True)
         part_started = time.monotonic()
-        parts += [f"## {title}", "", fn(), ""]
+        body += [f"## {title}", "", fn(), ""]
         took.append(f"{title.split(':')[0].lower()} {time.monotonic() - part_started:.0f} s")
     # bench/run.py's own time (builds of the bench programs included; the
     # gateway's build and the policies are make's, before it).
-    parts[4] += f"\n- this script ran {(time.monotonic() - started) / 60:.1f} min: " + ", ".join(took)
-    (ROOT / "bench" / "results.md").write_text("\n".join(parts))
+    facts += f"\n- this script ran {(time.monotonic() - started) / 60:.1f} min: " + ", ".join(took)
+    head = ["# Veil benchmark results", "", "Written by `make bench` (bench/run.py); rerun to update.", "", facts, ""]
+    (ROOT / "bench" / "results.md").write_text("\n".join(head + body))
     print(f"wrote {ROOT / 'bench' / 'results.md'}")
 
 
