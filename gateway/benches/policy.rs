@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use serde_json::{json, Value};
-use veil_gateway::masking::{self, HashKey};
+use veil_gateway::masking::HashKey;
 use veil_gateway::aws::Protocol;
 use veil_gateway::pipeline::ParsedBody;
 use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet};
@@ -49,10 +49,11 @@ fn bench(c: &mut Criterion) {
     let host = Host::new(Limits::default(), cache).unwrap();
     let call = call_of("secretsmanager:GetSecretValue");
     let create_user = call_of("iam:CreateUser");
-    let body = secret_4k();
-    // A JSON response reaches policies as AWS's own text, as in the gateway.
-    let wire = body.to_string().into_bytes();
+    // A JSON response reaches policies as AWS's own text, read in place, as in the gateway.
+    let wire = bytes::Bytes::from(secret_4k().to_string());
     assert!(wire.len() >= 3900);
+    let parse = || ParsedBody::parse(Protocol::Json, &wire, None).expect("parses");
+    let body = parse();
     let key = HashKey::new(b"bench".to_vec());
 
     // The same policies on the same cases in each language `make policies`
@@ -77,16 +78,15 @@ fn bench(c: &mut Criterion) {
         g.bench_function("on-request", |b| {
             b.iter_batched(|| risky.compiled.fill_ready().unwrap(), |_| risky_set.on_request(&create_user), BatchSize::PerIteration)
         });
-        g.bench_function("on-response 4KB", |b| b.iter_batched(ready, |_| set.on_response_text(&call, 200, &body, Some(&wire)), BatchSize::PerIteration));
+        g.bench_function("on-response 4KB", |b| b.iter_batched(ready, |_| body.decide(&set, &call, 200), BatchSize::PerIteration));
         g.bench_function("on-response 4KB + mask", |b| {
             b.iter_batched(
-                ready,
-                |_| {
-                    let d = set.on_response_text(&call, 200, &body, Some(&wire));
+                || (ready(), parse()),
+                |(_, mut body)| {
+                    let d = body.decide(&set, &call, 200);
                     assert!(d.deny.is_empty() && d.masks.len() == 2, "{lang}: unexpected decision");
-                    let mut doc = body.clone();
-                    masking::apply(&mut doc, &d.masks, &[], &key);
-                    doc
+                    body.mask(&d.masks, &[], &key);
+                    body
                 },
                 BatchSize::PerIteration,
             )
@@ -103,16 +103,16 @@ fn bench(c: &mut Criterion) {
         b.iter_batched(|| (), |()| sensitive.compiled.instantiate_inline().unwrap(), BatchSize::NumIterations(100))
     });
     g.bench_function("aws-sensitive on-response 4KB", |b| {
-        b.iter_batched(ready, |_| sensitive_set.on_response_text(&call, 200, &body, Some(&wire)), BatchSize::PerIteration)
+        b.iter_batched(ready, |_| body.decide(&sensitive_set, &call, 200), BatchSize::PerIteration)
     });
     g.finish();
 
     // Raw bytes in, masked bytes out, as the gateway handles a JSON response.
     let mut g = c.benchmark_group("default-masking");
     let cases = [
-        ("secretsmanager:GetSecretValue 4KB", body.to_string().into_bytes()),
-        ("secretsmanager:ListSecrets 1MB", list_secrets(1 << 20)),
-        ("ssm:GetParametersByPath 1MB", parameters_by_path(2000)),
+        ("secretsmanager:GetSecretValue 4KB", wire.clone()),
+        ("secretsmanager:ListSecrets 1MB", list_secrets(1 << 20).into()),
+        ("ssm:GetParametersByPath 1MB", parameters_by_path(2000).into()),
     ];
     for (name, raw) in &cases {
         let op = name.split(' ').next().unwrap();
@@ -122,12 +122,11 @@ fn bench(c: &mut Criterion) {
             b.iter_batched(
                 ready,
                 |_| {
-                    let mut parsed = ParsedBody::parse(Protocol::Json, raw).expect("parses");
-                    let mut view = parsed.view(None);
-                    let d = sensitive_set.on_response_text(&call, 200, &view, Some(raw));
+                    let mut parsed = ParsedBody::parse(Protocol::Json, raw, None).expect("parses");
+                    let d = parsed.decide(&sensitive_set, &call, 200);
                     assert!(d.deny.is_empty(), "{:?}", d.deny);
-                    assert!(masking::apply(&mut view, &d.masks, &[], &key) > 0);
-                    parsed.serialise(None, &view)
+                    assert!(parsed.mask(&d.masks, &[], &key) > 0);
+                    parsed.to_bytes()
                 },
                 BatchSize::PerIteration,
             )

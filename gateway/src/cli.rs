@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
+use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -22,7 +23,7 @@ use crate::metrics::Metrics;
 use crate::identity::Verifier;
 use crate::listener;
 use crate::aws;
-use crate::masking::{self, HashKey};
+use crate::masking::HashKey;
 use crate::pipeline::Gateway;
 use crate::sts::SessionKeys;
 use crate::upstream::Upstream;
@@ -615,7 +616,13 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
             let claims = read_json_object(claims.as_deref(), "--claims")?;
             let params = read_json_object(params.as_deref(), "--params")?;
             let configs = read_json_object(config.as_deref(), "--config")?;
-            let response = response.as_deref().map(|p| read_json(p, "--response")).transpose()?;
+            let mut response = response
+                .as_deref()
+                .map(|p| -> Result<ParsedBody> {
+                    let raw = std::fs::read(p).with_context(|| format!("--response {}", p.display()))?;
+                    ParsedBody::parse(crate::aws::Protocol::Json, &raw.into(), None).map_err(|e| anyhow::anyhow!("--response {}: not valid {e}", p.display()))
+                })
+                .transpose()?;
 
             let host = tool_host()?;
             let set = load_set(&host, &policies, &configs)?;
@@ -625,7 +632,7 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
                 claims,
             };
             let call = CallInput { identity, operation: op, params };
-            let out = evaluate(&set, &call, status, response, &eval_hash_key());
+            let out = evaluate(&set, &call, status, response.as_mut(), &eval_hash_key());
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
@@ -712,24 +719,28 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
             subject: claims.get("sub").and_then(Value::as_str).unwrap_or("conformance").to_string(),
             claims,
         };
-        let (response, mut wire) = match (case.response, &case.response_wire) {
+        let wired = case.response_wire.is_some();
+        let mut response = match (case.response, &case.response_wire) {
             (Some(_), Some(_)) => bail!("{}: give `response` or `response_wire`, not both", file.display()),
             (_, Some(raw)) => {
                 let protocol = crate::aws::protocol_of(&op.service)
                     .with_context(|| format!("{}: no AWS protocol known for service {:?}", file.display(), op.service))?;
-                let query_action = (protocol == crate::aws::Protocol::Query).then(|| op.action.clone());
-                let mut parsed = ParsedBody::parse(protocol, raw.as_bytes())
+                let query_action = (protocol == crate::aws::Protocol::Query).then_some(op.action.as_str());
+                let parsed = ParsedBody::parse(protocol, &Bytes::copy_from_slice(raw.as_bytes()), query_action)
                     .map_err(|e| anyhow::anyhow!("{}: response_wire: {e}", file.display()))?;
-                let view = parsed.view(query_action.as_deref());
-                (Some(view), Some((parsed, query_action)))
+                Some(parsed)
             }
-            (response, None) => (response, None),
+            (Some(response), None) => Some(
+                ParsedBody::parse(crate::aws::Protocol::Json, &Bytes::from(response.to_string()), None)
+                    .map_err(|e| anyhow::anyhow!("{}: response: {e}", file.display()))?,
+            ),
+            (None, None) => None,
         };
         let out = match LoadedPolicy::new(compiled.clone(), Value::Object(case.config).to_string()) {
             Ok(policy) => {
                 let set = PolicySet::new(vec![Arc::new(policy)]);
                 let call = CallInput { identity, operation: op, params: Value::Object(case.params) };
-                evaluate(&set, &call, case.status, response, &HashKey::new(b"veil-conformance".to_vec()))
+                evaluate(&set, &call, case.status, response.as_mut(), &HashKey::new(b"veil-conformance".to_vec()))
             }
             Err(e) => json!({"verdict": "rejected", "reasons": [{"policy": compiled.name, "message": e}], "masks": [], "body": null}),
         };
@@ -761,11 +772,11 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
             }
         }
         if let Some(want) = &case.expect.wire {
-            match (&mut wire, &out["body"]) {
+            match (response.as_mut().filter(|_| wired), &out["body"]) {
                 (None, _) => problems.push("expect.wire needs response_wire".to_string()),
                 (Some(_), Value::Null) => problems.push("no body reached the caller".to_string()),
-                (Some((parsed, query_action)), body) => {
-                    let got = String::from_utf8_lossy(&parsed.serialise(query_action.as_deref(), body)).into_owned();
+                (Some(parsed), _) => {
+                    let got = String::from_utf8_lossy(&parsed.to_bytes()).into_owned();
                     if &got != want {
                         problems.push(format!("wire {got:?}, want {want:?}"));
                     }
@@ -822,17 +833,17 @@ pub fn load_set(host: &Host, paths: &[PathBuf], configs: &Value) -> Result<Polic
 }
 
 /// Run both hooks as the gateway would and describe the result.
-fn evaluate(set: &PolicySet, call: &CallInput, status: u16, response: Option<Value>, key: &HashKey) -> Value {
+fn evaluate(set: &PolicySet, call: &CallInput, status: u16, response: Option<&mut ParsedBody>, key: &HashKey) -> Value {
     let req = set.on_request(call);
     let mut verdict = req.verdict;
     let mut reasons = req.reasons;
     let mut masks = Vec::new();
     let mut body = Value::Null;
-    if let (Some(mut doc), false) = (response, verdict == Verdict::Deny) {
-        let resp = set.on_response(call, status, &doc);
+    if let (Some(parsed), false) = (response, verdict == Verdict::Deny) {
+        let resp = parsed.decide(set, call, status);
         if resp.deny.is_empty() {
-            masking::apply(&mut doc, &resp.masks, aws::blob_outputs(&call.operation.service, &call.operation.action), key);
-            body = doc;
+            parsed.mask(&resp.masks, aws::blob_outputs(&call.operation.service, &call.operation.action), key);
+            body = parsed.view();
         } else {
             verdict = Verdict::Deny;
             reasons.extend(resp.deny);

@@ -13,7 +13,7 @@
 //! dispatches on the byte at each position to the few formats that can start
 //! there; a mismatch costs a comparison or two.
 
-use serde_json::Value;
+use crate::doc::{Look, Tree};
 
 /// What a detector found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -530,7 +530,7 @@ fn scan_under(key: Name, value: &str) -> Option<(Kind, &'static str)> {
 /// its selector path. The key a string is judged under is its nearest object
 /// key, except that the `value`/`Value` of an environment-style entry
 /// (`{"name": "DB_PASSWORD", "value": "…"}`) is judged under that name.
-pub fn findings(doc: &Value) -> Result<Vec<Finding>, ScanError> {
+pub fn findings<'a>(doc: impl Tree<'a>) -> Result<Vec<Finding>, ScanError> {
     let mut walk = Walk { out: Vec::new(), path_bytes: 0, steps: Vec::new(), names: Default::default() };
     walk.value(doc, "")?;
     Ok(walk.out)
@@ -552,9 +552,9 @@ struct Walk<'a> {
 }
 
 impl<'a> Walk<'a> {
-    fn value(&mut self, v: &'a Value, key: &'a str) -> Result<(), ScanError> {
-        match v {
-            Value::String(s) if s.len() >= 3 => {
+    fn value(&mut self, v: impl Tree<'a>, key: &'a str) -> Result<(), ScanError> {
+        match v.look() {
+            Look::Str(s) if s.len() >= 3 => {
                 if let Some((kind, detector)) = scan_under(self.name(key), s) {
                     // The whole document is a string: nothing to select.
                     if !self.steps.is_empty() {
@@ -570,16 +570,16 @@ impl<'a> Walk<'a> {
                     }
                 }
             }
-            Value::Array(items) => {
-                for (i, item) in items.iter().enumerate() {
+            Look::Array => {
+                for (i, item) in v.items().enumerate() {
                     self.steps.push(Step::Index(i));
                     self.value(item, key)?;
                     self.steps.pop();
                 }
             }
-            Value::Object(map) => {
-                for (k, child) in map {
-                    let effective = judged_under(map, k, key);
+            Look::Object => {
+                for (k, child) in v.entries() {
+                    let effective = judged_under(v, k, key);
                     self.steps.push(Step::Key(k));
                     self.value(child, effective)?;
                     self.steps.pop();
@@ -630,8 +630,9 @@ impl<'a> Walk<'a> {
 /// - a DynamoDB attribute value (`{"S": …}`, `{"SS": […]}`) is judged under
 ///   the attribute's name: `{"password": {"S": …}}`;
 /// - anything else under its own key.
-fn judged_under<'m>(map: &'m serde_json::Map<String, Value>, k: &'m str, parent: &'m str) -> &'m str {
-    if map.len() == 1 && matches!(k, "S" | "SS") {
+fn judged_under<'m>(map: impl Tree<'m>, k: &'m str, parent: &'m str) -> &'m str {
+    // One entry (written once or repeated): a DynamoDB attribute value.
+    if matches!(k, "S" | "SS") && map.entries().all(|(other, _)| other == k) {
         return parent;
     }
     let Some(stem) = k.strip_suffix("Value").or_else(|| k.strip_suffix("value")) else { return k };
@@ -640,7 +641,7 @@ fn judged_under<'m>(map: &'m serde_json::Map<String, Value>, k: &'m str, parent:
         name.clear();
         name.push_str(stem);
         name.push_str(suffix);
-        if let Some(n) = map.get(&name).and_then(Value::as_str) {
+        if let Some(n) = map.get(&name).and_then(|v| v.as_str()) {
             return n;
         }
     }
@@ -671,6 +672,7 @@ fn is_arn_or_url(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::Value;
 
     /// Recall and precision over the labelled corpus; the floors are the
     /// figures reached when the corpus was written, so a regression fails.

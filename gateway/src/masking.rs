@@ -35,6 +35,9 @@ use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
 
+use crate::doc::{Look, Tree};
+use crate::json::{JsonDoc, JsonNode, Masked};
+
 /// Longest selector accepted, in bytes.
 pub const MAX_SELECTOR_LEN: usize = 1024;
 /// Most `**` steps in one selector (each multiplies the work of a match).
@@ -218,64 +221,77 @@ enum PathElem {
     Index(usize),
 }
 
-/// Every concrete path in `doc` that `steps` selects, appended to `out`.
-fn select(doc: &Value, steps: &[Step], prefix: &mut Vec<PathElem>, out: &mut Vec<Vec<PathElem>>) {
+/// Where a selector walk is: the keys borrowed from the document.
+#[derive(Clone, Copy)]
+enum At<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Call `hit` with every node of `doc` that `steps` select, and the path to it.
+fn select<'a, T: Tree<'a>>(doc: T, steps: &[Step], prefix: &mut Vec<At<'a>>, hit: &mut impl FnMut(&[At<'a>], T)) {
     let Some((step, rest)) = steps.split_first() else {
-        out.push(prefix.clone());
+        hit(prefix, doc);
         return;
     };
-    let descend = |child: &Value, elem: PathElem, rest: &[Step], prefix: &mut Vec<PathElem>, out: &mut Vec<Vec<PathElem>>| {
-        prefix.push(elem);
-        select(child, rest, prefix, out);
-        prefix.pop();
-    };
-    match (step, doc) {
-        (Step::Key(k), Value::Object(map)) => {
-            if let Some(child) = map.get(k) {
-                descend(child, PathElem::Key(k.clone()), rest, prefix, out);
+    let look = doc.look();
+    // The steps for the children: the `**` stays for one or more levels.
+    let (children, next) = match (step, look) {
+        // Every entry of the key: a repeated key is masked wherever it is.
+        (Step::Key(k), Look::Object) => {
+            for (key, child) in doc.entries().filter(|(key, _)| key == k) {
+                descend(child, At::Key(key), rest, prefix, hit);
             }
+            return;
         }
-        (Step::Index(n), Value::Array(items)) => {
-            if let Some(child) = items.get(*n) {
-                descend(child, PathElem::Index(*n), rest, prefix, out);
+        (Step::Index(n), Look::Array) => {
+            if let Some(child) = doc.item(*n) {
+                descend(child, At::Index(*n), rest, prefix, hit);
             }
+            return;
         }
-        (Step::Any, Value::Object(map)) => {
-            for (k, child) in map {
-                descend(child, PathElem::Key(k.clone()), rest, prefix, out);
-            }
-        }
-        (Step::Any, Value::Array(items)) => {
-            for (i, child) in items.iter().enumerate() {
-                descend(child, PathElem::Index(i), rest, prefix, out);
-            }
-        }
-        (Step::Elements, Value::Array(items)) => {
-            for (i, child) in items.iter().enumerate() {
-                descend(child, PathElem::Index(i), rest, prefix, out);
-            }
-        }
-        (Step::Elements, _) => select(doc, rest, prefix, out),
+        (Step::Any, _) => (true, rest),
+        (Step::Elements, Look::Array) => (true, rest),
+        (Step::Elements, _) => return select(doc, rest, prefix, hit),
         (Step::Recursive, _) => {
             // Zero levels: the rest applies here.
-            select(doc, rest, prefix, out);
-            // One or more levels: keep the `**` for the children.
-            match doc {
-                Value::Object(map) => {
-                    for (k, child) in map {
-                        descend(child, PathElem::Key(k.clone()), steps, prefix, out);
-                    }
-                }
-                Value::Array(items) => {
-                    for (i, child) in items.iter().enumerate() {
-                        descend(child, PathElem::Index(i), steps, prefix, out);
-                    }
-                }
-                _ => {}
+            select(doc, rest, prefix, hit);
+            (true, steps)
+        }
+        _ => (false, rest),
+    };
+    if !children {
+        return;
+    }
+    match look {
+        Look::Object => {
+            for (k, child) in doc.entries() {
+                descend(child, At::Key(k), next, prefix, hit);
+            }
+        }
+        Look::Array => {
+            for (i, child) in doc.items().enumerate() {
+                descend(child, At::Index(i), next, prefix, hit);
             }
         }
         _ => {}
     }
+}
+
+fn descend<'a, T: Tree<'a>>(child: T, at: At<'a>, steps: &[Step], prefix: &mut Vec<At<'a>>, hit: &mut impl FnMut(&[At<'a>], T)) {
+    prefix.push(at);
+    select(child, steps, prefix, hit);
+    prefix.pop();
+}
+
+/// Every concrete path in `doc` that `steps` select, appended to `out`.
+fn select_paths(doc: &Value, steps: &[Step], out: &mut Vec<Vec<PathElem>>) {
+    select(doc, steps, &mut Vec::new(), &mut |path, _| {
+        out.push(path.iter().map(|at| match at {
+            At::Key(k) => PathElem::Key(k.to_string()),
+            At::Index(i) => PathElem::Index(*i),
+        }).collect())
+    });
 }
 
 fn get_mut<'a>(doc: &'a mut Value, path: &[PathElem]) -> Option<&'a mut Value> {
@@ -323,7 +339,7 @@ pub fn apply(doc: &mut Value, masks: &[Mask], blobs: &[Selector], key: &HashKey)
     let mut found = Vec::new();
     for mask in masks {
         found.clear();
-        select(doc, &mask.selector.steps, &mut Vec::new(), &mut found);
+        select_paths(doc, &mask.selector.steps, &mut found);
         for path in found.drain(..) {
             let style = targets.entry(path).or_insert(mask.style);
             *style = (*style).max(mask.style);
@@ -349,7 +365,7 @@ pub fn apply(doc: &mut Value, masks: &[Mask], blobs: &[Selector], key: &HashKey)
         let mut masked_blobs = BTreeSet::new();
         for sel in blobs {
             found.clear();
-            select(doc, &sel.steps, &mut Vec::new(), &mut found);
+            select_paths(doc, &sel.steps, &mut found);
             masked_blobs.extend(found.drain(..).filter(|path| masked.iter().any(|m| path.starts_with(m))));
         }
         for path in &masked_blobs {
@@ -359,6 +375,66 @@ pub fn apply(doc: &mut Value, masks: &[Mask], blobs: &[Selector], key: &HashKey)
         }
     }
     count
+}
+
+/// [`apply`] for a JSON body read in place: the same selection, styles and
+/// blob encoding, recorded in `doc` (its nodes then read masked and
+/// [`JsonDoc::to_bytes`] writes them in).
+pub fn apply_json(doc: &mut JsonDoc, masks: &[Mask], blobs: &[Selector], key: &HashKey) -> usize {
+    let nodes_of = |doc: &JsonDoc, steps: &[Step], out: &mut Vec<u32>| {
+        select(doc.root(), steps, &mut Vec::new(), &mut |_, node: JsonNode| out.push(node.index()))
+    };
+    let mut targets: Vec<(u32, MaskStyle)> = Vec::new();
+    let mut found = Vec::new();
+    for mask in masks {
+        found.clear();
+        nodes_of(doc, &mask.selector.steps, &mut found);
+        targets.extend(found.iter().map(|n| (*n, mask.style)));
+    }
+    if targets.is_empty() {
+        return 0;
+    }
+    // Document order; for one node the strongest style first.
+    targets.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
+    // A node inside an already masked one is covered by it (nodes of a
+    // subtree follow their root, up to the root's `after`).
+    let mut roots: Vec<(u32, u32, MaskStyle)> = Vec::new();
+    for (n, style) in targets {
+        if roots.last().is_some_and(|(start, end, _)| (*start..*end).contains(&n)) {
+            continue;
+        }
+        let node = JsonNode::at(doc, n);
+        roots.push((n, node.after(), style));
+    }
+    let mut blob_nodes = Vec::new();
+    for sel in blobs {
+        nodes_of(doc, &sel.steps, &mut blob_nodes);
+    }
+    blob_nodes.sort_unstable();
+    let mut replaced = Vec::new();
+    for (n, _, style) in &roots {
+        mask_leaves(JsonNode::at(doc, *n), *style, key, &mut |leaf, masked| {
+            let masked = match masked {
+                Masked::Str(s) if blob_nodes.binary_search(&leaf).is_ok() => Masked::Str(BASE64.encode(s.as_bytes())),
+                other => other,
+            };
+            replaced.push((leaf, masked));
+        });
+    }
+    doc.set_masked(replaced);
+    roots.len()
+}
+
+/// [`mask_value`] for a node read in place: what each leaf becomes.
+fn mask_leaves(node: JsonNode<'_>, style: MaskStyle, key: &HashKey, out: &mut impl FnMut(u32, Masked)) {
+    match node.look() {
+        Look::Str(s) => out(node.index(), Masked::Str(mask_str(s, style, key))),
+        Look::Number => out(node.index(), Masked::Zero),
+        Look::Bool(_) => out(node.index(), Masked::False),
+        Look::Null => {}
+        Look::Array => node.items().for_each(|i| mask_leaves(i, style, key, out)),
+        Look::Object => node.entries().for_each(|(_, v)| mask_leaves(v, style, key, out)),
+    }
 }
 
 /// Mask one value, leaf by leaf, keeping its type: SDKs parse numbers and

@@ -29,10 +29,11 @@ use crate::aws::xml::Document;
 use crate::aws::{self, ClassifyError, Protocol, RequestView};
 use crate::config::Config;
 use crate::identity::{IdentityError, Verifier};
+use crate::json::JsonDoc;
 use crate::masking::{self, HashKey};
 use crate::metrics::{CallLabels, Metrics, PolicyLabels, ReloadLabels};
 use crate::policy::reload::{self, Loader, Outcome, Rejection};
-use crate::policy::{CallInput, Identity, Operation, PolicySet, Reason, Verdict};
+use crate::policy::{CallInput, Identity, Operation, PolicySet, Reason, ResponseDecision, Verdict};
 use crate::sigv4::{self, SigError};
 use crate::sts::{self, Session, SessionError, SessionKeys};
 use crate::upstream::{self, OutBody, Outgoing, Upstream, UpstreamError};
@@ -640,29 +641,25 @@ impl Gateway {
         let mask_started = Instant::now();
         let protocol = classified.model.protocol;
         let query_action = (protocol == Protocol::Query).then_some(classified.action.as_str());
-        let mut parsed = ParsedBody::parse(protocol, &raw).map_err(Failure::Unparseable)?;
-        let doc = parsed.view(query_action);
+        let mut parsed = ParsedBody::parse(protocol, &raw, query_action).map_err(Failure::Unparseable)?;
         let parse_us = mask_started.elapsed().as_micros() as u64;
         let policy_started = Instant::now();
-        // JSON arrived as JSON: policies get AWS's own text, not a re-serialisation.
-        let text = matches!(parsed, ParsedBody::Json(_)).then_some(&raw[..]);
-        let d = policies.on_response_text(&call, status, &doc, text);
+        let d = parsed.decide(&policies, &call, status);
         ctx.rec.policy_us += policy_started.elapsed().as_micros() as u64;
         if !d.deny.is_empty() {
             return Err(Failure::Denied(d.deny));
         }
         let mask_started = Instant::now();
-        let mut doc = doc;
-        let digested = (aws::sqs::has_digests(&call.operation.service, &call.operation.action) && !d.masks.is_empty()).then(|| doc.clone());
-        let masked = masking::apply(&mut doc, &d.masks, classified.model.blob_outputs(&classified.action), &self.hash_key);
+        let digested = (aws::sqs::has_digests(&call.operation.service, &call.operation.action) && !d.masks.is_empty()).then(|| parsed.view());
+        let masked = parsed.mask(&d.masks, classified.model.blob_outputs(&classified.action), &self.hash_key);
         ctx.rec.masked_fields = masked as u32;
         let changed = masked > 0;
         if let (Some(original), true) = (&digested, changed) {
-            aws::sqs::refresh_digests(original, &mut doc);
+            parsed.refresh_sqs_digests(original);
         }
         let out = if changed {
             builder = builder.header("x-veil-masked", HeaderValue::from_static("true"));
-            parsed.serialise(query_action, &doc)
+            parsed.to_bytes()
         } else {
             // Unchanged: keep AWS's length (a HEAD response has none of its body).
             if let Some(len) = rparts.headers.get(http::header::CONTENT_LENGTH) {
@@ -671,7 +668,7 @@ impl Gateway {
             raw
         };
         ctx.rec.mask_us = parse_us + mask_started.elapsed().as_micros() as u64;
-        ctx.rec.set_response_doc(&doc, self.audit.response_cap);
+        parsed.audit(&mut ctx.rec, self.audit.response_cap);
         let mut resp = builder.body(full(out)).map_err(|e| Failure::Unparseable(e.to_string()))?;
         if changed {
             drop_body_checksums(resp.headers_mut());
@@ -860,44 +857,93 @@ where
 }
 
 /// A response body parsed for policies, kept so masks can be written back
-/// in the same protocol.
+/// in the same protocol: JSON read in place, XML as a JSON view of its
+/// elements.
 pub enum ParsedBody {
     Empty,
-    Json(Value),
-    Xml(Document),
+    Json(JsonDoc),
+    Xml { doc: Document, view: Value, query_action: Option<String> },
 }
 
 impl ParsedBody {
-    /// Parse a response body of `protocol`.
-    pub fn parse(protocol: Protocol, raw: &[u8]) -> Result<ParsedBody, String> {
+    /// Parse a response body of `protocol` (`query_action`: the action of a
+    /// query-protocol call, whose result element the view unwraps).
+    pub fn parse(protocol: Protocol, raw: &Bytes, query_action: Option<&str>) -> Result<ParsedBody, String> {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return Ok(ParsedBody::Empty);
         }
         match protocol {
-            Protocol::Json | Protocol::RestJson => serde_json::from_slice(raw).map(ParsedBody::Json).map_err(|e| format!("JSON: {e}")),
-            Protocol::Query | Protocol::Ec2 | Protocol::RestXml => Document::parse(raw).map(ParsedBody::Xml).map_err(|e| e.to_string()),
+            Protocol::Json | Protocol::RestJson => JsonDoc::parse(raw.clone()).map(ParsedBody::Json).map_err(|e| format!("JSON: {e}")),
+            Protocol::Query | Protocol::Ec2 | Protocol::RestXml => {
+                let mut doc = Document::parse(raw).map_err(|e| e.to_string())?;
+                let view = doc.view(query_action);
+                Ok(ParsedBody::Xml { doc, view, query_action: query_action.map(str::to_string) })
+            }
             Protocol::Cbor => Err("CBOR responses are not parsed yet".into()),
         }
     }
 
-    /// The body as policies see it: JSON, whatever the protocol. A JSON
-    /// body is moved out, not copied: `serialise` writes the masked view.
-    pub fn view(&mut self, query_action: Option<&str>) -> Value {
+    /// Every policy's `on-response` on this body.
+    pub fn decide(&self, policies: &PolicySet, call: &CallInput, status: u16) -> ResponseDecision {
         match self {
-            ParsedBody::Empty => json!({}),
-            ParsedBody::Json(v) => std::mem::take(v),
-            ParsedBody::Xml(d) => d.view(query_action),
+            ParsedBody::Empty => policies.on_response(call, status, &json!({})),
+            ParsedBody::Json(doc) => policies.on_response_doc(call, status, doc.root(), || doc.text().to_string()),
+            ParsedBody::Xml { view, .. } => policies.on_response(call, status, view),
         }
     }
 
-    /// The body in its own protocol with the masked view written back.
-    pub fn serialise(&mut self, query_action: Option<&str>, masked: &Value) -> Bytes {
+    /// Apply masks (see [`masking::apply`]); how many values were masked.
+    pub fn mask(&mut self, masks: &[masking::Mask], blobs: &[masking::Selector], key: &HashKey) -> usize {
+        match self {
+            ParsedBody::Empty => 0,
+            ParsedBody::Json(doc) => masking::apply_json(doc, masks, blobs, key),
+            ParsedBody::Xml { view, .. } => masking::apply(view, masks, blobs, key),
+        }
+    }
+
+    /// The body as policies see it (JSON, whatever the protocol), masks applied.
+    pub fn view(&self) -> Value {
+        match self {
+            ParsedBody::Empty => json!({}),
+            ParsedBody::Json(doc) => crate::doc::to_value(doc.root()),
+            ParsedBody::Xml { view, .. } => view.clone(),
+        }
+    }
+
+    /// Recompute SQS message digests after masking ([`aws::sqs`]);
+    /// `original` is [`ParsedBody::view`] from before.
+    pub fn refresh_sqs_digests(&mut self, original: &Value) {
+        match self {
+            ParsedBody::Empty => {}
+            ParsedBody::Json(doc) => {
+                let mut masked = crate::doc::to_value(doc.root());
+                aws::sqs::refresh_digests(original, &mut masked);
+                // The body becomes the masked one with its digests written in.
+                if let Ok(fresh) = serde_json::to_vec(&masked).map_err(|e| e.to_string()).and_then(|b| JsonDoc::parse(Bytes::from(b)).map_err(|e| e.to_string())) {
+                    *doc = fresh;
+                }
+            }
+            ParsedBody::Xml { view, .. } => aws::sqs::refresh_digests(original, view),
+        }
+    }
+
+    /// Keep the (masked) body in the audit record, as it shows responses.
+    pub fn audit(&self, rec: &mut Record, cap_bytes: usize) {
+        match self {
+            ParsedBody::Empty => rec.set_response_doc(&json!({}), cap_bytes),
+            ParsedBody::Json(doc) => rec.set_response_doc(doc.root(), cap_bytes),
+            ParsedBody::Xml { view, .. } => rec.set_response_doc(view, cap_bytes),
+        }
+    }
+
+    /// The body in its own protocol with the masks written in.
+    pub fn to_bytes(&mut self) -> Bytes {
         match self {
             ParsedBody::Empty => Bytes::new(),
-            ParsedBody::Json(_) => Bytes::from(serde_json::to_vec(masked).unwrap_or_default()),
-            ParsedBody::Xml(d) => {
-                d.write_back(query_action, masked);
-                Bytes::from(d.to_bytes())
+            ParsedBody::Json(doc) => doc.to_bytes(),
+            ParsedBody::Xml { doc, view, query_action } => {
+                doc.write_back(query_action.as_deref(), view);
+                Bytes::from(doc.to_bytes())
             }
         }
     }

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::config::Config;
+use crate::doc::{Look, Tree};
 use crate::policy::host::truncate as cap;
 pub use spool::{Spool, SpoolError, SpoolOptions};
 
@@ -162,7 +163,7 @@ impl Record {
     /// Keep the response body as [`redact`] shows it, cut at `cap_bytes` on
     /// a character boundary. Only what is kept is written: a large response
     /// costs its first `cap_bytes`, not a copy of the whole document.
-    pub fn set_response_doc(&mut self, doc: &Value, cap_bytes: usize) {
+    pub fn set_response_doc<'a>(&mut self, doc: impl Tree<'a>, cap_bytes: usize) {
         let mut out = CapWriter { buf: Vec::with_capacity(cap_bytes.min(1 << 20) + 1), room: cap_bytes.saturating_add(1) };
         let complete = serde_json::to_writer(&mut out, &Redacted { v: doc, mode: Mode::Keep(false) }).is_ok();
         let text = match std::str::from_utf8(&out.buf) {
@@ -229,18 +230,18 @@ enum Mode {
 }
 
 /// A document serialised as [`redact`] shows it, without building the copy.
-struct Redacted<'a> {
-    v: &'a Value,
+struct Redacted<T> {
+    v: T,
     mode: Mode,
 }
 
-impl Serialize for Redacted<'_> {
+impl<'a, T: Tree<'a>> Serialize for Redacted<T> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::{SerializeMap, SerializeSeq};
-        match (self.v, self.mode) {
-            (Value::Object(m), mode) => {
-                let mut map = s.serialize_map(Some(m.len()))?;
-                for (k, v) in m {
+        match (self.v.look(), self.mode) {
+            (Look::Object, mode) => {
+                let mut map = s.serialize_map(None)?;
+                for (k, v) in self.v.entries() {
                     let mode = match mode {
                         Mode::All => Mode::All,
                         Mode::Keep(_) => {
@@ -256,17 +257,23 @@ impl Serialize for Redacted<'_> {
                 }
                 map.end()
             }
-            (Value::Array(a), mode) => {
-                let mut seq = s.serialize_seq(Some(a.len()))?;
-                for v in a {
+            (Look::Array, mode) => {
+                let mut seq = s.serialize_seq(None)?;
+                for v in self.v.items() {
                     seq.serialize_element(&Redacted { v, mode })?;
                 }
                 seq.end()
             }
-            (Value::Null, _) => s.serialize_unit(),
-            (Value::String(v), Mode::Keep(true)) => s.serialize_str(cap(v, 256)),
-            (Value::String(_), _) | (_, Mode::All) => s.serialize_str("***"),
-            (other, Mode::Keep(_)) => other.serialize(s),
+            (Look::Null, _) => s.serialize_unit(),
+            (Look::Str(v), Mode::Keep(true)) => s.serialize_str(cap(v, 256)),
+            (Look::Str(_), _) | (_, Mode::All) => s.serialize_str("***"),
+            (Look::Bool(b), Mode::Keep(_)) => s.serialize_bool(b),
+            (Look::Number, Mode::Keep(_)) => {
+                match self.v.number_text().and_then(|t| t.parse::<serde_json::Number>().ok()) {
+                    Some(n) => n.serialize(s),
+                    None => s.serialize_unit(),
+                }
+            }
         }
     }
 }

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::doc::Tree;
 use crate::masking::{Mask, MaskStyle, Selector};
 pub use host::{Compiled, Host, HookError, Limits, LoadError};
 use host::{truncate, wit};
@@ -312,14 +313,14 @@ impl PolicySet {
 
     /// Run every policy's `on-response` and combine.
     pub fn on_response(&self, call: &CallInput, status: u16, body: &Value) -> ResponseDecision {
-        self.on_response_text(call, status, body, None)
+        self.on_response_doc(call, status, body, || body.to_string())
     }
 
-    /// [`PolicySet::on_response`] given the body's JSON text too, when the
-    /// wire already carried it (JSON protocols): policies then receive those
-    /// bytes instead of a serialisation of `body` — the same document, as
-    /// `body` was parsed from them.
-    pub fn on_response_text(&self, call: &CallInput, status: u16, body: &Value, text: Option<&[u8]>) -> ResponseDecision {
+    /// [`PolicySet::on_response`] for a body in either codec's tree:
+    /// `text` writes the JSON text policies receive (called only when a
+    /// policy is in scope; a JSON body passes AWS's own text, not a
+    /// re-serialisation), and the detectors walk `body` once for all.
+    pub fn on_response_doc<'a>(&self, call: &CallInput, status: u16, body: impl Tree<'a>, text: impl FnOnce() -> String) -> ResponseDecision {
         if self.policies.is_empty() {
             return ResponseDecision { deny: vec![no_policy()], masks: Vec::new() };
         }
@@ -331,7 +332,7 @@ impl PolicySet {
             return ResponseDecision { deny, masks };
         }
         let mut wcall = Self::wit_call(call);
-        let body_json = text.and_then(|t| String::from_utf8(t.to_vec()).ok()).unwrap_or_else(|| body.to_string());
+        let body_json = text();
         let resp = wit::Response { status, body_json };
         // The detectors run once, natively, for every policy that asks.
         let findings = scoped.iter().any(|p| p.compiled.uses_scan()).then(|| Arc::new(crate::detect::findings(body)));
