@@ -2,7 +2,6 @@
 //! serde_json reads it (same acceptance, same document), findings are
 //! valid selectors, and the masked bytes parse again.
 #![no_main]
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use veil_gateway::aws::Protocol;
 use veil_gateway::masking::{HashKey, Mask, MaskStyle, Selector};
@@ -10,7 +9,7 @@ use veil_gateway::pipeline::ParsedBody;
 
 fuzz_target!(|data: &[u8]| {
     let reference = serde_json::from_slice::<serde_json::Value>(data);
-    let parsed = ParsedBody::parse(Protocol::Json, &Bytes::copy_from_slice(data), None);
+    let parsed = ParsedBody::parse(Protocol::Json, data, None);
     let mut body = match (parsed, reference) {
         (Ok(ParsedBody::Empty), Err(_)) => return,
         (Err(_), Err(_)) => return,

@@ -61,7 +61,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("masking");
     for (name, protocol, action, make, masks) in &cases {
         for (label, size) in [("4KB", 4 << 10), ("200KB", 200 << 10), ("1MB", 1 << 20)] {
-            let raw = bytes::Bytes::from(make(size));
+            let raw = make(size);
             g.throughput(Throughput::Bytes(raw.len() as u64));
             g.bench_with_input(BenchmarkId::new(*name, label), &raw, |b, raw| {
                 b.iter(|| {
@@ -77,7 +77,7 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("detectors");
     for (label, size) in [("4KB", 4 << 10), ("200KB", 200 << 10), ("1MB", 1 << 20)] {
         let raw = json_body(size);
-        let doc = veil_gateway::json::JsonDoc::parse(raw.into()).expect("parses");
+        let doc = veil_gateway::json::JsonDoc::parse(&raw).expect("parses");
         g.throughput(Throughput::Bytes(doc.text().len() as u64));
         g.bench_with_input(BenchmarkId::new("json", label), &doc, |b, doc| {
             b.iter(|| assert!(!veil_gateway::detect::findings(doc.root()).expect("scans").is_empty()))

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
 use serde_json::{json, Value};
 
@@ -620,7 +619,7 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
                 .as_deref()
                 .map(|p| -> Result<ParsedBody> {
                     let raw = std::fs::read(p).with_context(|| format!("--response {}", p.display()))?;
-                    ParsedBody::parse(crate::aws::Protocol::Json, &raw.into(), None).map_err(|e| anyhow::anyhow!("--response {}: not valid {e}", p.display()))
+                    ParsedBody::parse(crate::aws::Protocol::Json, &raw, None).map_err(|e| anyhow::anyhow!("--response {}: not valid {e}", p.display()))
                 })
                 .transpose()?;
 
@@ -726,12 +725,12 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
                 let protocol = crate::aws::protocol_of(&op.service)
                     .with_context(|| format!("{}: no AWS protocol known for service {:?}", file.display(), op.service))?;
                 let query_action = (protocol == crate::aws::Protocol::Query).then_some(op.action.as_str());
-                let parsed = ParsedBody::parse(protocol, &Bytes::copy_from_slice(raw.as_bytes()), query_action)
+                let parsed = ParsedBody::parse(protocol, raw.as_bytes(), query_action)
                     .map_err(|e| anyhow::anyhow!("{}: response_wire: {e}", file.display()))?;
                 Some(parsed)
             }
             (Some(response), None) => Some(
-                ParsedBody::parse(crate::aws::Protocol::Json, &Bytes::from(response.to_string()), None)
+                ParsedBody::parse(crate::aws::Protocol::Json, response.to_string().as_bytes(), None)
                     .map_err(|e| anyhow::anyhow!("{}: response: {e}", file.display()))?,
             ),
             (None, None) => None,

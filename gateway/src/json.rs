@@ -67,7 +67,8 @@ pub enum Masked {
 
 /// A parsed JSON body and the masks applied to it.
 pub struct JsonDoc {
-    raw: Bytes,
+    /// The body (checked UTF-8 once, so slices at quotes need no check).
+    text: String,
     nodes: Vec<Node>,
     unescaped: String,
     /// Per array: its length, then its elements' node indexes (selectors
@@ -79,7 +80,7 @@ pub struct JsonDoc {
 
 impl std::fmt::Debug for JsonDoc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "JsonDoc({} bytes, {} nodes, {} masked)", self.raw.len(), self.nodes.len(), self.masked.len())
+        write!(f, "JsonDoc({} bytes, {} nodes, {} masked)", self.text.len(), self.nodes.len(), self.masked.len())
     }
 }
 
@@ -98,6 +99,7 @@ static STRING_STOP: [bool; 256] = {
 };
 
 struct Parser<'s> {
+    t: &'s str,
     s: &'s [u8],
     i: usize,
     nodes: Vec<Node>,
@@ -171,8 +173,7 @@ impl Parser<'_> {
         // Integers past 64 bits are read as floats by serde_json; a float
         // out of f64's range is an error there, so it is one here.
         if float || self.i - start > 18 {
-            let text = std::str::from_utf8(&self.s[start..self.i]).unwrap_or_default();
-            if !text.parse::<f64>().is_ok_and(f64::is_finite) {
+            if !self.t[start..self.i].parse::<f64>().is_ok_and(f64::is_finite) {
                 return Err(JsonError { offset: start, reason: "number out of range" });
             }
         }
@@ -219,11 +220,8 @@ impl Parser<'_> {
     /// The rest of a string with escapes, decoded into `unescaped`.
     fn escaped(&mut self, start: usize, content: usize) -> Result<(), JsonError> {
         let a = self.unescaped.len();
-        // The body is valid UTF-8 and the cut is at an ASCII byte.
-        fn plain(s: &[u8]) -> &str {
-            std::str::from_utf8(s).unwrap_or_default()
-        }
-        self.unescaped.push_str(plain(&self.s[content..self.i]));
+        // Cuts are at ASCII bytes: character boundaries.
+        self.unescaped.push_str(&self.t[content..self.i]);
         loop {
             match self.s.get(self.i) {
                 None => return Err(JsonError { offset: start, reason: "unterminated string" }),
@@ -280,7 +278,7 @@ impl Parser<'_> {
                     if self.i == from {
                         return self.err("control character in a string");
                     }
-                    self.unescaped.push_str(plain(&self.s[from..self.i]));
+                    self.unescaped.push_str(&self.t[from..self.i]);
                 }
             }
         }
@@ -394,15 +392,17 @@ impl Parser<'_> {
 
 impl JsonDoc {
     /// Parse a body (one JSON value, whitespace around it).
-    pub fn parse(raw: Bytes) -> Result<JsonDoc, JsonError> {
+    pub fn parse(raw: &[u8]) -> Result<JsonDoc, JsonError> {
         if raw.len() >= u32::MAX as usize {
             return Err(JsonError { offset: 0, reason: "body larger than 4 GiB" });
         }
-        if let Err(e) = std::str::from_utf8(&raw) {
-            return Err(JsonError { offset: e.valid_up_to(), reason: "invalid UTF-8" });
-        }
+        let text = match std::str::from_utf8(raw) {
+            Ok(t) => t.to_string(),
+            Err(e) => return Err(JsonError { offset: e.valid_up_to(), reason: "invalid UTF-8" }),
+        };
         let mut p = Parser {
-            s: &raw,
+            t: &text,
+            s: text.as_bytes(),
             i: 0,
             nodes: Vec::with_capacity(raw.len() / 12 + 1),
             unescaped: String::new(),
@@ -411,13 +411,12 @@ impl JsonDoc {
         };
         p.document()?;
         let Parser { nodes, unescaped, elements, .. } = p;
-        Ok(JsonDoc { raw, nodes, unescaped, elements, masked: Vec::new() })
+        Ok(JsonDoc { text, nodes, unescaped, elements, masked: Vec::new() })
     }
 
     /// The body as it arrived.
     pub fn text(&self) -> &str {
-        // Checked to be UTF-8 by `parse`.
-        std::str::from_utf8(&self.raw).unwrap_or_default()
+        &self.text
     }
 
     /// The top value.
@@ -444,13 +443,14 @@ impl JsonDoc {
     /// nothing is masked.
     pub fn to_bytes(&self) -> Bytes {
         if self.masked.is_empty() {
-            return self.raw.clone();
+            return Bytes::copy_from_slice(self.text.as_bytes());
         }
-        let mut out = Vec::with_capacity(self.raw.len());
+        let raw = self.text.as_bytes();
+        let mut out = Vec::with_capacity(raw.len());
         let mut at = 0;
         for (i, m) in &self.masked {
             let node = self.nodes[*i as usize];
-            out.extend_from_slice(&self.raw[at..node.start as usize]);
+            out.extend_from_slice(&raw[at..node.start as usize]);
             match m {
                 Masked::Str(s) => {
                     // Writing a str to a Vec cannot fail.
@@ -461,7 +461,7 @@ impl JsonDoc {
             }
             at = node.end as usize;
         }
-        out.extend_from_slice(&self.raw[at..]);
+        out.extend_from_slice(&raw[at..]);
         Bytes::from(out)
     }
 
@@ -496,7 +496,7 @@ impl JsonDoc {
         match n.kind {
             Kind::Escaped => &self.unescaped[n.a as usize..n.b as usize],
             // Slices at quotes of a UTF-8 body.
-            _ => std::str::from_utf8(&self.raw[n.start as usize + 1..n.end as usize - 1]).unwrap_or_default(),
+            _ => &self.text[n.start as usize + 1..n.end as usize - 1],
         }
     }
 }
@@ -583,7 +583,7 @@ impl<'a> Tree<'a> for JsonNode<'a> {
         if self.doc.masked(self.i).is_some() {
             return Some(Cow::Borrowed("0"));
         }
-        std::str::from_utf8(&self.doc.raw[n.start as usize..n.end as usize]).ok().map(Cow::Borrowed)
+        Some(Cow::Borrowed(&self.doc.text[n.start as usize..n.end as usize]))
     }
 }
 
@@ -594,7 +594,7 @@ mod tests {
     use serde_json::{json, Value};
 
     fn parse(s: &str) -> Result<JsonDoc, JsonError> {
-        JsonDoc::parse(Bytes::copy_from_slice(s.as_bytes()))
+        JsonDoc::parse(s.as_bytes())
     }
 
     #[test]
@@ -626,7 +626,7 @@ mod tests {
             assert!(serde_json::from_str::<Value>(text).is_err(), "serde_json reads {text:?}");
             assert!(parse(text).is_err(), "{text:?} should not parse");
         }
-        assert!(JsonDoc::parse(Bytes::from_static(b"\"\xff\"")).is_err());
+        assert!(JsonDoc::parse(b"\"\xff\"").is_err());
         let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
         assert_eq!(parse(&deep).unwrap_err().reason, "nesting deeper than 128 levels");
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);

@@ -868,12 +868,12 @@ pub enum ParsedBody {
 impl ParsedBody {
     /// Parse a response body of `protocol` (`query_action`: the action of a
     /// query-protocol call, whose result element the view unwraps).
-    pub fn parse(protocol: Protocol, raw: &Bytes, query_action: Option<&str>) -> Result<ParsedBody, String> {
+    pub fn parse(protocol: Protocol, raw: &[u8], query_action: Option<&str>) -> Result<ParsedBody, String> {
         if raw.iter().all(u8::is_ascii_whitespace) {
             return Ok(ParsedBody::Empty);
         }
         match protocol {
-            Protocol::Json | Protocol::RestJson => JsonDoc::parse(raw.clone()).map(ParsedBody::Json).map_err(|e| format!("JSON: {e}")),
+            Protocol::Json | Protocol::RestJson => JsonDoc::parse(raw).map(ParsedBody::Json).map_err(|e| format!("JSON: {e}")),
             Protocol::Query | Protocol::Ec2 | Protocol::RestXml => {
                 let mut doc = Document::parse(raw).map_err(|e| e.to_string())?;
                 let view = doc.view(query_action);
@@ -919,7 +919,7 @@ impl ParsedBody {
                 let mut masked = crate::doc::to_value(doc.root());
                 aws::sqs::refresh_digests(original, &mut masked);
                 // The body becomes the masked one with its digests written in.
-                if let Ok(fresh) = serde_json::to_vec(&masked).map_err(|e| e.to_string()).and_then(|b| JsonDoc::parse(Bytes::from(b)).map_err(|e| e.to_string())) {
+                if let Ok(fresh) = serde_json::to_vec(&masked).map_err(|e| e.to_string()).and_then(|b| JsonDoc::parse(&b).map_err(|e| e.to_string())) {
                     *doc = fresh;
                 }
             }
