@@ -6,7 +6,8 @@
 //! ```text
 //! selector := step ( "." step | "[" index "]" )*
 //! step     := name | "\"" quoted "\"" | "*" | "**"
-//! index    := digits | "*" | "\"" quoted "\""
+//! index    := digits | "*" | "\"" quoted "\"" | "?" key ("==" | "!=") "\"" quoted "\""
+//! key      := name | "\"" quoted "\""
 //! ```
 //!
 //! - `a.b` descends into object keys; `"a.b"` is one key containing a dot
@@ -15,6 +16,11 @@
 //!   that is not an array, `[*]` selects the value itself: XML has no arrays,
 //!   and a list of one element arrives as a single object, so one selector
 //!   serves lists of any length.
+//! - `[?Type=="SecureString"]` selects the elements of an array whose
+//!   `Type` is that string (`!=`: is not, or has none); on a value that is
+//!   not an array, the value itself when it passes. Two filters in a row
+//!   must both pass. A policy can so mask by a sibling field without
+//!   parsing the body itself.
 //! - `*` selects every value of an object (or element of an array).
 //! - `**` matches zero or more levels of objects and arrays, so `**.Password`
 //!   selects every `Password` key at any depth.
@@ -69,6 +75,9 @@ enum Step {
     Elements,
     /// Zero or more levels: `**`.
     Recursive,
+    /// `[?key=="value"]` (`equal`) or `[?key!="value"]`: elements whose
+    /// string field `key` is (is not) `value`.
+    Filter { key: String, value: String, equal: bool },
 }
 
 /// A parsed selector.
@@ -129,12 +138,13 @@ impl Selector {
                             let (key, next) = parse_quoted(text, i).map_err(|(o, r)| err(o, r))?;
                             (Step::Key(key), next)
                         }
+                        Some(b'?') => parse_filter(text, i + 1).map_err(|(o, r)| err(o, r))?,
                         Some(c) if c.is_ascii_digit() => {
                             let end = i + bytes[i..].iter().take_while(|c| c.is_ascii_digit()).count();
                             let n = text[i..end].parse().map_err(|_| err(i, "index too large"))?;
                             (Step::Index(n), end)
                         }
-                        _ => return Err(err(i, "expected a number, `*` or a quoted key after `[`")),
+                        _ => return Err(err(i, "expected a number, `*`, a quoted key or a `?` filter after `[`")),
                     };
                     if bytes.get(next) != Some(&b']') {
                         return Err(err(next, "expected `]`"));
@@ -196,6 +206,33 @@ impl Selector {
     }
 }
 
+/// Parse a filter's `key=="value"` or `key!="value"` from `start` (after the
+/// `?`); returns the step and the offset after the value.
+fn parse_filter(text: &str, start: usize) -> Result<(Step, usize), (usize, &'static str)> {
+    let bytes = text.as_bytes();
+    let (key, mut i) = match bytes.get(start) {
+        Some(b'"') => parse_quoted(text, start)?,
+        _ => {
+            let end = start + bytes[start..].iter().take_while(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b':' | b'@')).count();
+            if end == start {
+                return Err((start, "expected a key after `[?`"));
+            }
+            (text[start..end].to_string(), end)
+        }
+    };
+    let equal = match bytes.get(i..i + 2) {
+        Some(b"==") => true,
+        Some(b"!=") => false,
+        _ => return Err((i, "expected `==` or `!=` in a filter")),
+    };
+    i += 2;
+    if bytes.get(i) != Some(&b'"') {
+        return Err((i, "expected a quoted value in a filter"));
+    }
+    let (value, next) = parse_quoted(text, i)?;
+    Ok((Step::Filter { key, value, equal }, next))
+}
+
 /// Parse `"..."` starting at `start` (the opening quote); returns the key and
 /// the offset after the closing quote.
 fn parse_quoted(text: &str, start: usize) -> Result<(String, usize), (usize, &'static str)> {
@@ -253,6 +290,17 @@ fn select<'a, T: Tree<'a>>(doc: T, steps: &[Step], prefix: &mut Vec<At<'a>>, hit
         (Step::Any, _) => (true, rest),
         (Step::Elements, Look::Array) => (true, rest),
         (Step::Elements, _) => return select(doc, rest, prefix, hit),
+        (Step::Filter { key, value, equal }, look) => {
+            let passes = |node: T| (node.get(key).and_then(|v| v.as_str()) == Some(value.as_str())) == *equal;
+            if look == Look::Array {
+                for (i, child) in doc.items().enumerate().filter(|(_, child)| passes(*child)) {
+                    descend(child, At::Index(i), rest, prefix, hit);
+                }
+            } else if passes(doc) {
+                select(doc, rest, prefix, hit);
+            }
+            return;
+        }
         (Step::Recursive, _) => {
             // Zero levels: the rest applies here.
             select(doc, rest, prefix, hit);
@@ -541,6 +589,25 @@ mod tests {
     }
 
     #[test]
+    fn filters_select_by_a_sibling_field() {
+        let doc = json!({"Parameters": [
+            {"Type": "SecureString", "Value": "s1"}, {"Type": "String", "Value": "p"},
+            {"Type": "StringList", "Value": "a,b"}, {"Value": "untyped"}, {"Type": "SecureString", "Value": "s2"}
+        ]});
+        let out = mask(doc.clone(), &[(r#"Parameters[?Type!="String"][?Type!="StringList"].Value"#, MaskStyle::Redact)]);
+        let values: Vec<&str> = out["Parameters"].as_array().unwrap().iter().map(|p| p["Value"].as_str().unwrap()).collect();
+        assert_eq!(values, ["***", "p", "a,b", "***", "***"]);
+        let out = mask(doc, &[(r#"Parameters[?"Type"=="SecureString"].Value"#, MaskStyle::Redact)]);
+        let values: Vec<&str> = out["Parameters"].as_array().unwrap().iter().map(|p| p["Value"].as_str().unwrap()).collect();
+        assert_eq!(values, ["***", "p", "a,b", "untyped", "***"]);
+        // A single object (GetParameter, or an XML list of one) is its own element.
+        let one = |t: &str| json!({"Parameter": {"Type": t, "Value": "v"}});
+        let sel = r#"Parameter[?Type!="String"].Value"#;
+        assert_eq!(mask(one("SecureString"), &[(sel, MaskStyle::Redact)])["Parameter"]["Value"], "***");
+        assert_eq!(mask(one("String"), &[(sel, MaskStyle::Redact)])["Parameter"]["Value"], "v");
+    }
+
+    #[test]
     fn recursive_descent() {
         let doc = json!({"Password": "p0", "a": [{"b": {"Password": "p1"}}, {"Password": "p2"}], "c": "keep"});
         assert_eq!(
@@ -623,7 +690,7 @@ mod tests {
     #[test]
     fn bad_selectors_are_errors() {
         for bad in ["", "a.", ".a", "a..b", "a[", "a[x]", "a[1", "\"abc", "a b", "a*", "**x", "a]", "a\"b\"",
-            "**.**a", r#""\n""#] {
+            "**.**a", r#""\n""#, "a[?]", "a[?T]", r#"a[?T="x"]"#, "a[?T==x]", r#"a[?T=="x""#, r#"a[?=="x"]"#, r#"a[?T!="x"b]"#] {
             assert!(Selector::parse(bad).is_err(), "{bad:?} should not parse");
         }
         assert!(Selector::parse(&"a.".repeat(600)).is_err());
@@ -634,7 +701,8 @@ mod tests {
 
     #[test]
     fn good_selectors_parse() {
-        for good in ["a", "a.b", "a[0]", "a[*].b", "**", "**.a", "*.a", "a[\"x.y\"].b", "Tag:Name", "a-b_c@d", "a.**"] {
+        for good in ["a", "a.b", "a[0]", "a[*].b", "**", "**.a", "*.a", "a[\"x.y\"].b", "Tag:Name", "a-b_c@d", "a.**",
+            r#"a[?T=="x"]"#, r#"a[?"T.y"!="x \"q\""].b"#, r#"**[?k=="v"]"#] {
             assert!(Selector::parse(good).is_ok(), "{good:?} should parse");
         }
         // `**.**` collapses into one step.

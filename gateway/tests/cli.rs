@@ -32,7 +32,7 @@ fn check_prints_name_version_sha256_and_scope() {
     for (file, name, version) in [
         ("risky-actions.wasm", "risky-actions", "1.0.0"),
         ("secrets-by-team.wasm", "secrets-by-team", "1.0.0"),
-        ("aws-sensitive.wasm", "aws-sensitive", "1.2.0"),
+        ("aws-sensitive.wasm", "aws-sensitive", "1.3.0"),
     ] {
         let o = veil(&["policy", "check", s(&policy(file))]);
         assert!(o.status.success(), "{}", stderr(&o));

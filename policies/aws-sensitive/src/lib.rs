@@ -5,7 +5,8 @@
 //!    models, in each protocol's wire names: every output the models mark
 //!    `sensitive`, the secrets they miss (its curated list, each entry with
 //!    its source) and every environment variable's value; SSM parameter
-//!    values are masked per item, when they are SecureStrings;
+//!    values are masked per item by a filter on its type (the host selects;
+//!    the policy never parses the body);
 //! 2. the gateway's detectors for well-known secret formats in any string
 //!    (`Response::findings`: the host scans natively, so a large body costs
 //!    no guest time to walk).
@@ -27,7 +28,7 @@ struct AwsSensitive;
 
 impl Policy for AwsSensitive {
     const NAME: &'static str = "aws-sensitive";
-    const VERSION: &'static str = "1.2.0";
+    const VERSION: &'static str = "1.3.0";
 
     /// Every response; requests need no decision.
     fn scope(_config: &Config) -> Scope {
@@ -45,7 +46,7 @@ impl Policy for AwsSensitive {
         let (service, action) = (req.service(), req.action());
         let mut masks: Vec<Mask> = Vec::new();
         match ssm_items(service, action) {
-            Some(field) => mask_secure_strings(resp.body(), field, &mut masks),
+            Some(field) => masks.push(Mask::redact(format!(r#"{field}[?Type!="String"][?Type!="StringList"].Value"#))),
             None => masks.extend(generated::selectors(service, action).iter().map(|(s, style)| Mask { path: s.to_string(), style: *style })),
         }
         masks.extend(resp.findings().iter().map(|f| f.mask()));
@@ -77,28 +78,13 @@ fn exception_applies(req: &Request) -> bool {
 
 /// SSM parameter values are secret only when their type is SecureString
 /// (ssm API, Parameter.Type): these operations are masked per item by type
-/// instead of by the model's blanket `sensitive` trait.
+/// instead of by the model's blanket `sensitive` trait. Fail safe: a
+/// parameter whose type is missing or unknown is masked.
 fn ssm_items(service: &str, action: &str) -> Option<&'static str> {
     match (service, action) {
         ("ssm", "GetParameter") => Some("Parameter"),
         ("ssm", "GetParameters" | "GetParametersByPath" | "GetParameterHistory") => Some("Parameters"),
         _ => None,
-    }
-}
-
-/// SSM values are masked when the parameter is a SecureString.
-fn mask_secure_strings(body: &Value, field: &str, masks: &mut Vec<Mask>) {
-    let secure = |p: &Value| p.get("Type").and_then(Value::as_str) != Some("String") && p.get("Type").and_then(Value::as_str) != Some("StringList");
-    match body.get(field) {
-        Some(Value::Array(items)) => {
-            for (i, p) in items.iter().enumerate() {
-                if secure(p) {
-                    masks.push(Mask::redact(format!("{field}[{i}].Value")));
-                }
-            }
-        }
-        Some(p @ Value::Object(_)) if secure(p) => masks.push(Mask::redact(format!("{field}.Value"))),
-        _ => {}
     }
 }
 
