@@ -35,10 +35,16 @@ pub trait Tree<'a>: Copy + 'a {
     /// A number's JSON text (`None` for other nodes).
     fn number_text(self) -> Option<Cow<'a, str>>;
 
+    /// Call `f` with every entry of `key` in an object (a repeated key has
+    /// several), in document order.
+    fn entries_named(self, key: &str, f: &mut dyn FnMut(&'a str, Self));
+
     /// The value of `key` in an object: the last entry of that key, as
     /// JSON parsers (and so SDKs) read a repeated key.
     fn get(self, key: &str) -> Option<Self> {
-        self.entries().filter(|(k, _)| *k == key).last().map(|(_, v)| v)
+        let mut last = None;
+        self.entries_named(key, &mut |_, v| last = Some(v));
+        last
     }
 
     fn as_str(self) -> Option<&'a str> {
@@ -75,6 +81,12 @@ impl<'a> Tree<'a> for &'a Value {
 
     fn number_text(self) -> Option<Cow<'a, str>> {
         self.as_number().map(|n| Cow::Owned(n.to_string()))
+    }
+
+    fn entries_named(self, key: &str, f: &mut dyn FnMut(&'a str, Self)) {
+        if let Some((k, v)) = self.as_object().and_then(|m| m.get_key_value(key)) {
+            f(k, v)
+        }
     }
 
     fn get(self, key: &str) -> Option<Self> {

@@ -14,13 +14,15 @@
 //! input did.
 
 use std::borrow::Cow;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 
 use crate::doc::{Look, Tree};
 
-/// Deepest nesting of arrays and objects accepted (serde_json's limit).
-pub const MAX_DEPTH: usize = 128;
+/// Deepest nesting of arrays and objects accepted: serde_json's limit, so
+/// both read the same bodies.
+pub const MAX_DEPTH: usize = 127;
 
 /// Why a body is not JSON, and where.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,7 +45,8 @@ enum Kind {
     /// `a`: the index after the subtree; `b`: where its elements' count
     /// and indexes start in `elements`.
     Array,
-    /// `a`: the index after the subtree. Entries are key, value pairs.
+    /// `a`: the index after the subtree; `b`: its number of entries.
+    /// Entries are key, value pairs.
     Object,
 }
 
@@ -76,7 +79,14 @@ pub struct JsonDoc {
     elements: Vec<u32>,
     /// Masked values by node index, sorted; only leaves.
     masked: Vec<(u32, Masked)>,
+    /// Per large object, looked up by key: its key nodes by key, built on
+    /// the first lookup (selectors and name/value pairs look keys up, and
+    /// a scan per lookup would make a large object quadratic).
+    keys: Mutex<foldhash::HashMap<u32, foldhash::HashMap<Box<str>, Vec<u32>>>>,
 }
+
+/// Objects with more entries than this get a key index when looked up.
+const INDEXED_OBJECT: u32 = 16;
 
 impl std::fmt::Debug for JsonDoc {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -300,15 +310,17 @@ impl Parser<'_> {
     }
 
     /// Close the container at node `open`; an array's elements are
-    /// `pending[from..]`.
-    fn close(&mut self, open: u32, from: usize) {
+    /// `pending[from..]`, an object has `entries`.
+    fn close(&mut self, open: u32, from: usize, entries: u32) {
         self.i += 1;
         let end = self.nodes.len() as u32;
         let at = self.elements.len() as u32;
         let node = &mut self.nodes[open as usize];
         node.a = end;
         node.end = self.i as u32;
-        if node.kind == Kind::Array {
+        if node.kind == Kind::Object {
+            node.b = entries;
+        } else {
             node.b = at;
             self.elements.push((self.pending.len() - from) as u32);
             self.elements.extend(self.pending.drain(from..));
@@ -317,11 +329,11 @@ impl Parser<'_> {
 
     fn document(&mut self) -> Result<(), JsonError> {
         // The open arrays and objects, innermost last, each with where its
-        // elements start in `pending`.
-        let mut open: Vec<(u32, usize)> = Vec::new();
+        // elements start in `pending` and its entries so far.
+        let mut open: Vec<(u32, usize, u32)> = Vec::new();
         self.ws();
         'value: loop {
-            if let Some((top, _)) = open.last() {
+            if let Some((top, _, _)) = open.last() {
                 if self.nodes[*top as usize].kind == Kind::Array {
                     self.pending.push(self.nodes.len() as u32);
                 }
@@ -330,7 +342,7 @@ impl Parser<'_> {
                 Some(b'{') | Some(b'[') => {
                     let object = self.s[self.i] == b'{';
                     if open.len() >= MAX_DEPTH {
-                        return self.err("nesting deeper than 128 levels");
+                        return self.err("nesting deeper than 127 levels");
                     }
                     let at = self.nodes.len() as u32;
                     let start = self.i;
@@ -339,9 +351,9 @@ impl Parser<'_> {
                     self.ws();
                     let from = self.pending.len();
                     if self.s.get(self.i) == Some(if object { &b'}' } else { &b']' }) {
-                        self.close(at, from);
+                        self.close(at, from, 0);
                     } else {
-                        open.push((at, from));
+                        open.push((at, from, 1));
                         if object {
                             self.key()?;
                         }
@@ -359,23 +371,25 @@ impl Parser<'_> {
             // After a value: the next one, or the end of its container.
             loop {
                 self.ws();
-                let Some(&(top, from)) = open.last() else { break 'value };
+                let Some(&mut (top, from, ref mut entries)) = open.last_mut() else { break 'value };
                 let object = self.nodes[top as usize].kind == Kind::Object;
                 match self.s.get(self.i) {
                     Some(b',') => {
                         self.i += 1;
                         self.ws();
                         if object {
+                            *entries += 1;
                             self.key()?;
                         }
                         continue 'value;
                     }
                     Some(b'}') if object => {
-                        self.close(top, from);
+                        let entries = *entries;
+                        self.close(top, from, entries);
                         open.pop();
                     }
                     Some(b']') if !object => {
-                        self.close(top, from);
+                        self.close(top, from, 0);
                         open.pop();
                     }
                     None => return self.err("unexpected end of the body"),
@@ -411,7 +425,7 @@ impl JsonDoc {
         };
         p.document()?;
         let Parser { nodes, unescaped, elements, .. } = p;
-        Ok(JsonDoc { text, nodes, unescaped, elements, masked: Vec::new() })
+        Ok(JsonDoc { text, nodes, unescaped, elements, masked: Vec::new(), keys: Mutex::default() })
     }
 
     /// The body as it arrived.
@@ -575,6 +589,36 @@ impl<'a> Tree<'a> for JsonNode<'a> {
         self.doc.elements_of(self.i).get(n).map(|i| JsonNode { doc: self.doc, i: *i })
     }
 
+    fn entries_named(self, key: &str, f: &mut dyn FnMut(&'a str, Self)) {
+        let doc = self.doc;
+        let n = self.node();
+        if n.kind != Kind::Object {
+            return;
+        }
+        if n.b <= INDEXED_OBJECT {
+            for (k, v) in self.entries().filter(|(k, _)| *k == key) {
+                f(k, v);
+            }
+            return;
+        }
+        let found: Vec<u32> = {
+            let mut index = doc.keys.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let keys = index.entry(self.i).or_insert_with(|| {
+                let mut keys: foldhash::HashMap<Box<str>, Vec<u32>> = Default::default();
+                let mut i = self.i + 1;
+                while i < n.a {
+                    keys.entry(doc.str_of(&doc.nodes[i as usize]).into()).or_default().push(i);
+                    i = doc.after(i + 1);
+                }
+                keys
+            });
+            keys.get(key).cloned().unwrap_or_default()
+        };
+        for k in found {
+            f(doc.str_of(&doc.nodes[k as usize]), JsonNode { doc, i: k + 1 });
+        }
+    }
+
     fn number_text(self) -> Option<Cow<'a, str>> {
         let n = self.node();
         if n.kind != Kind::Number {
@@ -628,9 +672,11 @@ mod tests {
         }
         assert!(JsonDoc::parse(b"\"\xff\"").is_err());
         let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
-        assert_eq!(parse(&deep).unwrap_err().reason, "nesting deeper than 128 levels");
+        assert_eq!(parse(&deep).unwrap_err().reason, "nesting deeper than 127 levels");
+        assert!(serde_json::from_str::<Value>(&deep).is_err());
         let ok = "[".repeat(MAX_DEPTH) + &"]".repeat(MAX_DEPTH);
         assert!(parse(&ok).is_ok());
+        assert!(serde_json::from_str::<Value>(&ok).is_ok());
         assert_eq!(parse("[1,]").unwrap_err(), JsonError { offset: 3, reason: "expected a value" });
     }
 
@@ -640,6 +686,26 @@ mod tests {
         let keys: Vec<&str> = doc.root().entries().map(|(k, _)| k).collect();
         assert_eq!(keys, ["a", "b", "a"]);
         assert_eq!(doc.root().get("a").and_then(|v| v.as_str()), Some("y"));
+    }
+
+    #[test]
+    fn keys_of_a_large_object_are_looked_up_by_index() {
+        let mut text = String::from("{");
+        for i in 0..500 {
+            text.push_str(&format!("\"k{}\":{i},", i % 250));
+        }
+        text.push_str("\"last\":\"x\"}");
+        let doc = parse(&text).unwrap();
+        let root = doc.root();
+        assert_eq!(root.get("k7").and_then(|v| v.number_text()).as_deref(), Some("257"));
+        let mut seen = Vec::new();
+        root.entries_named("k7", &mut |k, v| seen.push((k, v.number_text().unwrap().into_owned())));
+        assert_eq!(seen, [("k7", "7".to_string()), ("k7", "257".to_string())]);
+        assert_eq!(root.get("last").and_then(|v| v.as_str()), Some("x"));
+        assert!(root.get("nope").is_none());
+        // A small object answers the same way without an index.
+        let small = parse(r#"{"k7":1,"k7":2}"#).unwrap();
+        assert_eq!(small.root().get("k7").and_then(|v| v.number_text()).as_deref(), Some("2"));
     }
 
     #[test]

@@ -276,9 +276,7 @@ fn select<'a, T: Tree<'a>>(doc: T, steps: &[Step], prefix: &mut Vec<At<'a>>, hit
     let (children, next) = match (step, look) {
         // Every entry of the key: a repeated key is masked wherever it is.
         (Step::Key(k), Look::Object) => {
-            for (key, child) in doc.entries().filter(|(key, _)| key == k) {
-                descend(child, At::Key(key), rest, prefix, hit);
-            }
+            doc.entries_named(k, &mut |key, child| descend(child, At::Key(key), rest, prefix, hit));
             return;
         }
         (Step::Index(n), Look::Array) => {
