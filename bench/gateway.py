@@ -84,11 +84,21 @@ def start_backends(procs):
     return up_port, issuer
 
 
+def policy_cache():
+    """The compiled-policy cache the criterion benches use (the gateway's
+    `policy::cache::user_dir`): a deployment keeps its cache between starts,
+    so the gateways here start as one would, without compiling Python and
+    JS policies again (the compiler's memory would show in idle RSS)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "veil"
+
+
 def start_veil(d, sub, issuer, up_port, procs, extra="", policies_dir=harness.POLICIES):
     """A plain-HTTP Veil in front of the bench upstream, its files in d/sub."""
     os.makedirs(Path(d) / sub)
     cfg, _ = harness.veil_config(Path(d) / sub, issuer, f"http://127.0.0.1:{up_port}", extra=extra, policies_dir=policies_dir)
-    cfg.write_text(cfg.read_text().replace('tls_cert = "veil.pem"\ntls_key = "veil-key.pem"', "insecure_plaintext = true"))
+    text = cfg.read_text().replace('tls_cert = "veil.pem"\ntls_key = "veil-key.pem"', "insecure_plaintext = true")
+    cfg.write_text(text.replace("[policies]\n", f"[policies]\ncache_dir = {json.dumps(str(policy_cache()))}\n", 1))
     v = harness.Veil(cfg, env={"VEIL_LOG": "warn,veil_gateway::cli=info"}, scheme="http")
     procs.append(v.proc)
     return v

@@ -10,6 +10,11 @@ bench/gateway.py) and after it, for two policy sets:
   secrets-by-team in JavaScript (their runtimes' memory images are copied
   into resident memory per instance: see Runtimes in policy/host.rs).
 
+Each gateway starts with the compiled-policy cache the criterion benches
+fill (bench/gateway.py, `policy_cache`), as a deployment restarts with its
+cache: on a first start the compiler's memory (Python and JS components
+are large) would stay in the idle figure.
+
 Usage: python3 bench/memory.py (after `make build policies` and
 `cargo build --release --example bench_upstream`).
 Environment: DURATION (s, default 10); BENCH_JSON=<file> also writes the
