@@ -528,13 +528,21 @@ mod tests {
         HashKey::new(b"test-key".to_vec())
     }
 
+    /// `doc` masked as a tree, checked to be what masking the same body
+    /// read in place writes (when it is shallow enough to parse).
     fn mask(doc: Value, specs: &[(&str, MaskStyle)]) -> Value {
         let masks: Vec<Mask> = specs
             .iter()
             .map(|(s, style)| Mask { selector: Selector::parse(s).unwrap(), style: *style })
             .collect();
+        let text = doc.to_string();
         let mut doc = doc;
-        apply(&mut doc, &masks, &[], &key());
+        let n = apply(&mut doc, &masks, &[], &key());
+        if let Ok(mut in_place) = JsonDoc::parse(text.as_bytes()) {
+            assert_eq!(apply_json(&mut in_place, &masks, &[], &key()), n, "{specs:?}");
+            let out: Value = serde_json::from_slice(&in_place.to_bytes()).unwrap();
+            assert_eq!(out, doc, "{specs:?}");
+        }
         doc
     }
 
@@ -647,7 +655,10 @@ mod tests {
             Mask { selector: Selector::parse("Items").unwrap(), style: MaskStyle::Hash },
         ];
         let mut doc = json!({"Plaintext": "AQ==", "KeyId": "k", "Items": [{"Data": "c2VjcmV0", "Name": "n"}], "Other": "AQ=="});
+        let mut in_place = JsonDoc::parse(doc.to_string().as_bytes()).unwrap();
         assert_eq!(apply(&mut doc, &masks, &blobs, &key()), 2);
+        assert_eq!(apply_json(&mut in_place, &masks, &blobs, &key()), 2);
+        assert_eq!(serde_json::from_slice::<Value>(&in_place.to_bytes()).unwrap(), doc);
         // base64("***"); a hashed blob is the base64 of its hash text.
         assert_eq!(doc["Plaintext"], "Kioq");
         let hashed = BASE64.decode(doc["Items"][0]["Data"].as_str().unwrap()).unwrap();
@@ -656,6 +667,15 @@ mod tests {
         // A blob no mask selects is untouched.
         assert_eq!(doc["Other"], "AQ==");
         assert_eq!(doc["KeyId"], "k");
+    }
+
+    #[test]
+    fn a_repeated_key_is_masked_at_every_occurrence() {
+        // An SDK reads the last; a scanner might read the first: both go.
+        let mut doc = JsonDoc::parse(br#"{"SecretString":"first", "Name":"n","SecretString" : "second"}"#).unwrap();
+        let masks = [Mask { selector: Selector::parse("SecretString").unwrap(), style: MaskStyle::Redact }];
+        assert_eq!(apply_json(&mut doc, &masks, &[], &key()), 2);
+        assert_eq!(&doc.to_bytes()[..], br#"{"SecretString":"***", "Name":"n","SecretString" : "***"}"#);
     }
 
     #[test]
