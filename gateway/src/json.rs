@@ -207,14 +207,20 @@ impl Parser<'_> {
         Ok(n)
     }
 
+    /// Skip the string bytes that need no decoding: up to a quote, a
+    /// backslash or a control character.
+    fn plain_run(&mut self) {
+        while self.i < self.s.len() && !STRING_STOP[self.s[self.i] as usize] {
+            self.i += 1;
+        }
+    }
+
     /// A string at the opening quote.
     fn string(&mut self) -> Result<(), JsonError> {
         let start = self.i;
         self.i += 1;
         let content = self.i;
-        while self.i < self.s.len() && !STRING_STOP[self.s[self.i] as usize] {
-            self.i += 1;
-        }
+        self.plain_run();
         match self.s.get(self.i) {
             None => Err(JsonError { offset: start, reason: "unterminated string" }),
             Some(b'"') => {
@@ -282,9 +288,7 @@ impl Parser<'_> {
                 }
                 Some(_) => {
                     let from = self.i;
-                    while self.i < self.s.len() && !STRING_STOP[self.s[self.i] as usize] {
-                        self.i += 1;
-                    }
+                    self.plain_run();
                     if self.i == from {
                         return self.err("control character in a string");
                     }
@@ -446,11 +450,6 @@ impl JsonDoc {
         masked.sort_by_key(|(i, _)| *i);
         masked.dedup_by_key(|(i, _)| *i);
         self.masked = masked;
-    }
-
-    /// Whether any value is masked.
-    pub fn is_masked(&self) -> bool {
-        !self.masked.is_empty()
     }
 
     /// The body with the masked values written in: the original bytes when
