@@ -322,13 +322,13 @@ fn serve(path: &Path) -> Result<()> {
             let admin = Arc::new(Admin::new(gateway.clone(), token));
             let atcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{}: admin.address {addr}", path.display()))?;
             tracing::info!(address = %atcp.local_addr()?, "admin API is listening");
-            let (atls, timeout) = (tls.clone(), Duration::from_secs(cfg.listener.header_timeout_secs));
+            let (atls, limits) = (tls.clone(), listener::Limits { drain: Duration::ZERO, ..cfg.listener_limits() });
             tokio::spawn(async move {
                 let handler = move |req, remote| {
                     let admin = admin.clone();
                     async move { admin.handle(req, remote).await }
                 };
-                if let Err(e) = listener::serve(atcp, atls, handler, timeout, Duration::ZERO, std::future::pending()).await {
+                if let Err(e) = listener::serve(atcp, atls, handler, limits, std::future::pending()).await {
                     tracing::error!(error = %e, "admin API stopped");
                 }
             });
@@ -338,11 +338,11 @@ fn serve(path: &Path) -> Result<()> {
         tracing::info!(address = %tcp.local_addr()?, tls = tls.is_some(), "veil is listening");
         if let Some(m) = &cfg.metrics.address {
             let m: std::net::SocketAddr = m.parse()?;
-            let gw = gateway.clone();
+            let (gw, limits) = (gateway.clone(), cfg.listener_limits());
             let mtcp = tokio::net::TcpListener::bind(m).await.with_context(|| format!("{}: metrics.address {m}", path.display()))?;
             tracing::info!(address = %mtcp.local_addr()?, "metrics endpoint is listening");
             tokio::spawn(async move {
-                if let Err(e) = listener::serve_metrics(mtcp, gw).await {
+                if let Err(e) = listener::serve_metrics(mtcp, gw, limits).await {
                     tracing::error!(error = %e, "metrics endpoint stopped");
                 }
             });
@@ -351,15 +351,7 @@ fn serve(path: &Path) -> Result<()> {
             let gateway = gateway.clone();
             async move { gateway.handle(req, remote).await }
         };
-        listener::serve(
-            tcp,
-            tls,
-            handler,
-            Duration::from_secs(cfg.listener.header_timeout_secs),
-            Duration::from_secs(cfg.listener.shutdown_drain_secs),
-            shutdown_signal(),
-        )
-        .await
+        listener::serve(tcp, tls, handler, cfg.listener_limits(), shutdown_signal()).await
     })
 }
 

@@ -84,6 +84,9 @@ pub struct Listener {
     /// Time to let in-flight calls finish on SIGTERM, in seconds.
     #[serde(default = "default_drain")]
     pub shutdown_drain_secs: u64,
+    /// Open client connections at most; more wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
 }
 
 fn default_max_body() -> usize {
@@ -94,6 +97,9 @@ fn default_header_timeout() -> u64 {
 }
 fn default_drain() -> u64 {
     30
+}
+fn default_max_connections() -> usize {
+    4096
 }
 
 /// `[identity]`
@@ -476,6 +482,15 @@ impl Config {
         (!self.policies.cache_dir.as_os_str().is_empty()).then(|| self.resolve(&self.policies.cache_dir))
     }
 
+    /// The listener's protections, shared by the gateway, admin and metrics listeners.
+    pub fn listener_limits(&self) -> crate::listener::Limits {
+        crate::listener::Limits {
+            header_timeout: std::time::Duration::from_secs(self.listener.header_timeout_secs),
+            drain: std::time::Duration::from_secs(self.listener.shutdown_drain_secs),
+            max_connections: self.listener.max_connections,
+        }
+    }
+
     /// Resolve a path from the config against the config file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
@@ -500,6 +515,12 @@ impl Config {
         }
         if self.listener.max_body_bytes == 0 || self.listener.max_body_bytes > 1 << 30 {
             return e("listener.max_body_bytes", "must be between 1 and 1073741824");
+        }
+        if !(1..=300).contains(&self.listener.header_timeout_secs) {
+            return e("listener.header_timeout_secs", "must be between 1 and 300");
+        }
+        if !(1..=1_000_000).contains(&self.listener.max_connections) {
+            return e("listener.max_connections", "must be between 1 and 1000000");
         }
         if self.identity.issuers.is_empty() {
             return e("identity.issuers", "at least one issuer is required");

@@ -42,14 +42,28 @@ pub fn tls_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> 
     Ok(Arc::new(cfg))
 }
 
+/// What protects a listener before a call has a context.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time to finish the TLS handshake, and then to send a request head.
+    pub header_timeout: Duration,
+    /// Time in-flight calls get to finish at shutdown.
+    pub drain: Duration,
+    /// Open connections (including TLS handshakes in progress); at the
+    /// limit, further connections wait in the kernel's accept queue.
+    pub max_connections: usize,
+}
+
 /// Serve `handler` until `shutdown` resolves, then drain in-flight calls
-/// for up to `drain`. The gateway and the admin API share this.
+/// for up to `limits.drain`. The gateway, the admin API and the metrics
+/// endpoint share this. Each connection, its TLS handshake included, runs in
+/// its own task: a client that stalls its handshake holds one connection
+/// slot for at most the header timeout and never the accept loop.
 pub async fn serve<H, F>(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     handler: H,
-    header_timeout: Duration,
-    drain: Duration,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()>
 where
@@ -63,7 +77,7 @@ where
         .http1()
         .timer(TokioTimer::new())
         // Slowloris: the whole header block must arrive in time.
-        .header_read_timeout(header_timeout)
+        .header_read_timeout(limits.header_timeout)
         // Oversize headers: hyper refuses a head larger than this.
         .max_buf_size(64 * 1024);
     builder
@@ -74,75 +88,116 @@ where
         .max_pending_accept_reset_streams(Some(32))
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     tokio::pin!(shutdown);
     loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (tcp, remote) = match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                };
-                let _ = tcp.set_nodelay(true);
-                let handler = handler.clone();
-                let service = service_fn(move |req| {
-                    let fut = handler(req, remote);
-                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
-                });
-                match &acceptor {
-                    Some(acceptor) => {
-                        // The TLS handshake gets the header timeout too.
-                        let tls = match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
-                            Ok(Ok(tls)) => tls,
-                            Ok(Err(e)) => { tracing::debug!(%remote, error = %e, "TLS handshake failed"); continue; }
-                            Err(_) => { tracing::debug!(%remote, "TLS handshake timed out"); continue; }
-                        };
-                        let conn = builder.serve_connection(TokioIo::new(tls), service).into_owned();
-                        let fut = graceful.watch(conn);
-                        tokio::spawn(async move { if let Err(e) = fut.await { tracing::debug!(error = %e, "connection ended with an error"); } });
-                    }
-                    None => {
-                        let conn = builder.serve_connection(TokioIo::new(tcp), service).into_owned();
-                        let fut = graceful.watch(conn);
-                        tokio::spawn(async move { if let Err(e) = fut.await { tracing::debug!(error = %e, "connection ended with an error"); } });
-                    }
+        let slot = match slots.clone().try_acquire_owned() {
+            Ok(slot) => slot,
+            Err(_) => {
+                tracing::warn!(max_connections = limits.max_connections, "connection limit reached; new connections wait");
+                tokio::select! {
+                    slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
+                    _ = &mut shutdown => break,
                 }
             }
+        };
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
             _ = &mut shutdown => break,
-        }
+        };
+        let _ = tcp.set_nodelay(true);
+        let handler = handler.clone();
+        let service = service_fn(move |req| {
+            let fut = handler(req, remote);
+            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+        });
+        let (builder, acceptor, watcher) = (builder.clone(), acceptor.clone(), graceful.watcher());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let result = match acceptor {
+                Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => watcher.watch(builder.serve_connection(TokioIo::new(tls), service).into_owned()).await,
+                    Ok(Err(e)) => return tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => return tracing::debug!(%remote, "TLS handshake timed out"),
+                },
+                None => watcher.watch(builder.serve_connection(TokioIo::new(tcp), service).into_owned()).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+        });
     }
     drop(listener);
     tracing::info!("shutting down: draining in-flight calls");
     tokio::select! {
         _ = graceful.shutdown() => tracing::info!("all connections closed"),
-        _ = tokio::time::sleep(drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
+        _ = tokio::time::sleep(limits.drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
     Ok(())
 }
 
-/// Serve Prometheus metrics on plain HTTP at `/metrics`.
-pub async fn serve_metrics(listener: TcpListener, gateway: Arc<Gateway>) -> Result<()> {
-    loop {
-        let (tcp, _) = listener.accept().await?;
+/// Serve Prometheus metrics on plain HTTP at `/metrics`, with the
+/// listener's limits.
+pub async fn serve_metrics(listener: TcpListener, gateway: Arc<Gateway>, limits: Limits) -> Result<()> {
+    let handler = move |req: http::Request<hyper::body::Incoming>, _remote| {
         let gateway = gateway.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let gateway = gateway.clone();
-                async move {
-                    let resp = if req.uri().path() == "/metrics" {
-                        http::Response::builder()
-                            .header("content-type", "text/plain; version=0.0.4")
-                            .body(http_body_util::Full::new(bytes::Bytes::from(gateway.metrics.render())))
-                    } else {
-                        http::Response::builder().status(404).body(http_body_util::Full::new(bytes::Bytes::from_static(b"not found\n")))
-                    };
-                    Ok::<_, http::Error>(resp?)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(tcp), service).await;
-        });
+        async move {
+            let (status, content_type, body) = if req.uri().path() == "/metrics" {
+                (http::StatusCode::OK, "text/plain; version=0.0.4", bytes::Bytes::from(gateway.metrics.render()))
+            } else {
+                (http::StatusCode::NOT_FOUND, "text/plain", bytes::Bytes::from_static(b"not found\n"))
+            };
+            let mut resp = http::Response::new(crate::pipeline::full(body));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+            resp
+        }
+    };
+    serve(listener, None, handler, limits, std::future::pending()).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    const REQUEST: &[u8] = b"GET / HTTP/1.1\r\nHost: veil\r\n\r\n";
+
+    /// Read one small response (the whole of it arrives in one segment here).
+    async fn response(conn: &mut TcpStream) -> String {
+        let mut buf = vec![0; 4096];
+        let n = conn.read(&mut buf).await.unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+
+    #[tokio::test]
+    async fn connections_beyond_the_limit_wait_for_a_slot() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let limits = Limits { header_timeout: Duration::from_secs(30), drain: Duration::ZERO, max_connections: 1 };
+        let handler = |_req, _remote| async { http::Response::new(crate::pipeline::full(bytes::Bytes::from_static(b"ok"))) };
+        tokio::spawn(serve(tcp, None, handler, limits, std::future::pending()));
+
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        first.write_all(REQUEST).await.unwrap();
+        assert!(response(&mut first).await.starts_with("HTTP/1.1 200"));
+        // The first connection stays open (keep-alive): the second is
+        // accepted by the kernel but not served.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(REQUEST).await.unwrap();
+        let mut buf = [0; 64];
+        assert!(tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await.is_err(), "served beyond max_connections");
+        drop(first);
+        let answer = tokio::time::timeout(Duration::from_secs(10), response(&mut second)).await.expect("served once a slot is free");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     }
 }

@@ -840,7 +840,7 @@ fn drop_body_checksums(headers: &mut http::HeaderMap) {
     }
 }
 
-fn full(b: Bytes) -> RespBody {
+pub(crate) fn full(b: Bytes) -> RespBody {
     Full::new(b).map_err(|never| match never {}).boxed()
 }
 

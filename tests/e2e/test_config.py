@@ -37,6 +37,8 @@ def test_bad_configs_exit_1_with_file_key_and_reason(tmp_path, issuer, moto):
         ('credentials = "emulator"', 'credentials = "nope"', ["roles[0].credentials", "no [upstream.credentials.nope]"]),
         (f'dir = "{harness.POLICIES}"', 'dir = "/nonexistent"', ["policies.dir", "does not exist"]),
         ('address = "127.0.0.1:0"\ntls', 'address = "localhost:x"\ntls', ["listener.address"]),
+        ('shutdown_drain_secs = 5', 'shutdown_drain_secs = 5\nmax_connections = 0', ["listener.max_connections", "between 1 and"]),
+        ('shutdown_drain_secs = 5', 'shutdown_drain_secs = 5\nheader_timeout_secs = 0', ["listener.header_timeout_secs", "between 1 and"]),
     ]
     for i, (old, new, expect) in enumerate(cases):
         d = tmp_path / str(i)

@@ -100,6 +100,27 @@ def test_slowloris_connections_are_closed(stack):
     assert closed, "a connection that never finished its headers stayed open for 25 s"
 
 
+def test_stalled_tls_handshakes_do_not_hold_up_other_clients(stack, tmp_path):
+    """Connections that never send a ClientHello take a connection slot each
+    until the header timeout (10 s here), never the listener: a real client
+    arriving behind them is served while they are still open, and they are
+    closed after the timeout."""
+    host, port = stack["veil"].url.removeprefix("https://").rsplit(":", 1)
+    stalled = [socket.create_connection((host, int(port)), timeout=30) for _ in range(4)]
+    try:
+        # Answered (refused: no credentials) within 8 s, while the accept
+        # loop would still be waiting on the first stalled handshake.
+        r = requests.get(stack["veil"].url + "/", verify=str(stack["ca"]), timeout=8)
+        assert r.status_code == 403 and "<Error>" in r.text, r.text
+        still_serving(stack, tmp_path)
+        for raw in stalled:
+            raw.settimeout(30)
+            assert raw.recv(1) == b"", "a stalled handshake was not closed"
+    finally:
+        for raw in stalled:
+            raw.close()
+
+
 def test_invalid_json_bodies_get_an_aws_error_and_nothing_is_forwarded(stack, tmp_path):
     url = stack["veil"].url + "/"
     deep = b"[" * 100_000 + b"]" * 100_000
