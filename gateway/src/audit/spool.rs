@@ -8,12 +8,19 @@
 //! thread syncs at least every `fsync_interval`.
 //!
 //! Segments are named by a zero-padded sequence number (`00000000000000000042.seg`)
-//! and rotate at `segment_bytes`. At start the newest segment is scanned and a
-//! torn tail (short frame, bad CRC) is truncated; writing then continues in a
-//! fresh segment. Readers ([`read`]) only see data that has been synced.
+//! and rotate at `segment_bytes`. The open segment is extended with zeros
+//! ahead of the writes ([`PREALLOC`] at a time) and trimmed to its records
+//! when it closes: an fdatasync after writes inside the file's size flushes
+//! the data alone, while one after an append past the end must also commit
+//! the file system's journal for the new size (ext4 on a virtual disk: 140
+//! against 200 µs, paid by every durable call). At start the newest segment
+//! is scanned and a torn tail (short frame, bad CRC, or the zeros ahead) is
+//! truncated; writing then continues in a fresh segment. Readers ([`read`])
+//! only see data that has been synced.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -24,6 +31,8 @@ use tokio::sync::{oneshot, Notify};
 /// Largest record the spool accepts (the response body in a record is capped well below).
 pub const MAX_RECORD: usize = 4 << 20;
 const HEADER: usize = 8;
+/// Zeros written ahead of the open segment's records at a time.
+const PREALLOC: u64 = 1 << 20;
 
 /// A spool failure; the gateway fails closed on it unless configured otherwise.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -37,6 +46,9 @@ pub enum SpoolError {
     /// One record is too large.
     #[error("audit record of {0} bytes exceeds the spool's limit of {MAX_RECORD}")]
     TooLarge(usize),
+    /// An empty record (a zero-length frame reads as the zeros ahead of the writes).
+    #[error("empty audit record")]
+    Empty,
     /// The writer thread is gone.
     #[error("audit spool writer stopped")]
     Stopped,
@@ -102,13 +114,12 @@ impl Spool {
         let mut recovery = Recovery { segments: segs.len(), truncated_bytes: 0 };
         if let Some(&last) = segs.last() {
             let path = segment_path(&opts.dir, last);
-            let good = valid_prefix(&path).map_err(io_err)?;
-            let len = fs::metadata(&path).map_err(io_err)?.len();
-            if good < len {
+            let (good, end) = valid_prefix(&path).map_err(io_err)?;
+            if good < fs::metadata(&path).map_err(io_err)?.len() {
                 let f = OpenOptions::new().write(true).open(&path).map_err(io_err)?;
                 f.set_len(good).map_err(io_err)?;
                 f.sync_all().map_err(io_err)?;
-                recovery.truncated_bytes = len - good;
+                recovery.truncated_bytes = end - good;
             }
         }
         let mut total = 0;
@@ -125,7 +136,7 @@ impl Spool {
             written: Notify::new(),
         });
         let (tx, rx) = mpsc::channel();
-        let writer = Writer { opts, shared: shared.clone(), file, pos: Pos { seq, offset: 0 }, synced: true };
+        let writer = Writer { opts, shared: shared.clone(), file, pos: Pos { seq, offset: 0 }, allocated: 0, synced: true };
         std::thread::Builder::new().name("veil-spool".into()).spawn(move || writer.run(rx)).map_err(io_err)?;
         Ok((Spool { tx, shared }, recovery))
     }
@@ -134,6 +145,9 @@ impl Spool {
     pub async fn append(&self, payload: Vec<u8>, durable: bool) -> Result<(), SpoolError> {
         if payload.len() > MAX_RECORD {
             return Err(SpoolError::TooLarge(payload.len()));
+        }
+        if payload.is_empty() {
+            return Err(SpoolError::Empty);
         }
         let bytes = self.shared.bytes.load(Ordering::Relaxed);
         if bytes >= self.shared.max_bytes {
@@ -186,6 +200,8 @@ struct Writer {
     shared: Arc<Shared>,
     file: File,
     pos: Pos,
+    /// End of the zeros written ahead in the open segment.
+    allocated: u64,
     synced: bool,
 }
 
@@ -248,15 +264,30 @@ impl Writer {
     }
 
     fn write(&mut self, buf: &[u8]) -> Result<(), SpoolError> {
-        if let Err(e) = self.file.write_all(buf) {
+        let end = self.pos.offset + buf.len() as u64;
+        let written = self.preallocate(end).and_then(|()| self.file.write_all_at(buf, self.pos.offset));
+        if let Err(e) = written {
             // Cut any partial frame so the segment stays readable.
             let _ = self.file.set_len(self.pos.offset);
-            let _ = self.file.seek(SeekFrom::Start(self.pos.offset));
+            self.allocated = self.pos.offset;
             return Err(self.err(e));
         }
         self.pos.offset += buf.len() as u64;
         self.shared.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
         self.synced = false;
+        Ok(())
+    }
+
+    /// Make the segment's zeros reach at least `end` (see the module's doc).
+    /// The next sync commits the new size, once per [`PREALLOC`] bytes.
+    fn preallocate(&mut self, end: u64) -> io::Result<()> {
+        if end <= self.allocated {
+            return Ok(());
+        }
+        let to = end + PREALLOC;
+        let zeros = vec![0u8; usize::try_from(to - self.allocated).map_err(io::Error::other)?];
+        self.file.write_all_at(&zeros, self.allocated)?;
+        self.allocated = to;
         Ok(())
     }
 
@@ -273,9 +304,12 @@ impl Writer {
 
     fn rotate(&mut self) -> Result<(), SpoolError> {
         self.sync()?;
+        // A closed segment holds its records and nothing after them.
+        self.file.set_len(self.pos.offset).and_then(|()| self.file.sync_data()).map_err(|e| self.err(e))?;
         let seq = self.pos.seq + 1;
         self.file = create_segment(&self.opts.dir, seq).map_err(|e| self.err(e))?;
         self.pos = Pos { seq, offset: 0 };
+        self.allocated = 0;
         *self.shared.durable.lock().unwrap_or_else(|p| p.into_inner()) = self.pos;
         Ok(())
     }
@@ -286,7 +320,7 @@ fn segment_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 fn create_segment(dir: &Path, seq: u64) -> io::Result<File> {
-    let f = OpenOptions::new().create(true).append(true).open(segment_path(dir, seq))?;
+    let f = OpenOptions::new().create(true).truncate(false).write(true).open(segment_path(dir, seq))?;
     // Make the new file's directory entry durable too.
     File::open(dir)?.sync_all()?;
     Ok(f)
@@ -306,15 +340,17 @@ pub fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(out)
 }
 
-/// Length of the longest prefix of whole, CRC-valid frames.
-fn valid_prefix(path: &Path) -> io::Result<u64> {
+/// Length of the longest prefix of whole, CRC-valid frames, and the end of
+/// what was written after it (a torn frame; the zeros ahead do not count).
+fn valid_prefix(path: &Path) -> io::Result<(u64, u64)> {
     let mut data = Vec::new();
     File::open(path)?.read_to_end(&mut data)?;
     let mut off = 0usize;
     while let Some((_, next)) = frame_at(&data, off) {
         off = next;
     }
-    Ok(off as u64)
+    let end = data.iter().rposition(|&b| b != 0).map_or(off, |i| (i + 1).max(off));
+    Ok((off as u64, end as u64))
 }
 
 /// The frame at `off`: its payload and the next offset; None if torn or bad.
@@ -322,7 +358,7 @@ pub fn frame_at(data: &[u8], off: usize) -> Option<(&[u8], usize)> {
     let header = data.get(off..off.checked_add(HEADER)?)?;
     let len = u32::from_le_bytes(header[0..4].try_into().ok()?) as usize;
     let crc = u32::from_le_bytes(header[4..8].try_into().ok()?);
-    if len > MAX_RECORD {
+    if len == 0 || len > MAX_RECORD {
         return None;
     }
     let start = off + HEADER;
@@ -412,12 +448,14 @@ mod tests {
                 spool.append(format!("r{i}").into_bytes(), true).await.unwrap();
             }
         }
+        // A torn frame after the records, in the zeros written ahead.
         let seg = segment_path(d.path(), 1);
-        let mut f = OpenOptions::new().append(true).open(&seg).unwrap();
-        f.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, b'x']).unwrap(); // a torn frame
-        drop(f);
+        let records = 3 * (HEADER as u64 + 2);
+        assert!(fs::metadata(&seg).unwrap().len() > records, "the open segment has zeros ahead");
+        OpenOptions::new().write(true).open(&seg).unwrap().write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, b'x'], records).unwrap();
         let (spool, rec) = Spool::open(opts(d.path())).unwrap();
         assert_eq!(rec.truncated_bytes, 9);
+        assert_eq!(fs::metadata(&seg).unwrap().len(), records, "cut to the whole frames");
         spool.append(b"after".to_vec(), true).await.unwrap();
         let (all, _) = read(d.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
         assert_eq!(all, vec![b"r0".to_vec(), b"r1".to_vec(), b"r2".to_vec(), b"after".to_vec()]);
@@ -433,13 +471,38 @@ mod tests {
         }
         let seg = segment_path(d.path(), 1);
         let mut data = fs::read(&seg).unwrap();
-        let n = data.len();
+        let n = 2 * HEADER + 4 + 7;
         data[n - 1] ^= 0xff;
         fs::write(&seg, data).unwrap();
         let (spool, rec) = Spool::open(opts(d.path())).unwrap();
         assert_eq!(rec.truncated_bytes, (HEADER + 7) as u64);
         let (all, _) = read(d.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
         assert_eq!(all, vec![b"good".to_vec()]);
+    }
+
+    #[tokio::test]
+    async fn zeros_ahead_are_not_records_and_closed_segments_are_trimmed() {
+        let d = tempfile::tempdir().unwrap();
+        let frames = |n: u64| n * (HEADER as u64 + 8);
+        {
+            let (spool, _) = Spool::open(SpoolOptions { segment_bytes: frames(10), ..opts(d.path()) }).unwrap();
+            for i in 0..15 {
+                spool.append(format!("record{i:02}").into_bytes(), true).await.unwrap();
+            }
+            assert_eq!(fs::metadata(segment_path(d.path(), 1)).unwrap().len(), frames(10), "a closed segment holds its records only");
+            assert!(fs::metadata(segment_path(d.path(), 2)).unwrap().len() >= PREALLOC, "the open one has zeros ahead");
+            let (all, _) = read(d.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
+            assert_eq!(all.len(), 15);
+        }
+        // As after a crash: the open segment still has its zeros; they are
+        // no torn record, and the records before them are all kept.
+        let (spool, rec) = Spool::open(opts(d.path())).unwrap();
+        assert_eq!(rec.truncated_bytes, 0);
+        assert_eq!(fs::metadata(segment_path(d.path(), 2)).unwrap().len(), frames(5));
+        assert!(matches!(spool.append(Vec::new(), true).await, Err(SpoolError::Empty)));
+        spool.append(b"after".to_vec(), true).await.unwrap();
+        let (all, _) = read(d.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
+        assert_eq!((all.len(), all[14].as_slice(), all[15].as_slice()), (16, &b"record14"[..], &b"after"[..]));
     }
 
     #[tokio::test]
