@@ -4,8 +4,10 @@
 //! record). One writer thread owns the open segment and does group commit:
 //! every append queued while the previous fsync ran is written and synced
 //! together, so a caller waiting for durability pays one shared fsync. With
-//! `require_durable = false` appends are acknowledged after the write and the
-//! thread syncs at least every `fsync_interval`.
+//! `require_durable = false` appends are acknowledged when queued; after
+//! writing such records the thread lets [`LINGER`] pass before it looks
+//! again, so a busy gateway's calls queue without waking it one by one, and
+//! it syncs at least every `fsync_interval`.
 //!
 //! Segments are named by a zero-padded sequence number (`00000000000000000042.seg`)
 //! and rotate at `segment_bytes`. The open segment is extended with zeros
@@ -31,6 +33,9 @@ use tokio::sync::{oneshot, Notify};
 /// Largest record the spool accepts (the response body in a record is capped well below).
 pub const MAX_RECORD: usize = 4 << 20;
 const HEADER: usize = 8;
+/// How long the writer lets records that nobody waits for gather (at most
+/// `fsync_interval`).
+const LINGER: Duration = Duration::from_millis(2);
 /// Zeros written ahead of the open segment's records at a time.
 const PREALLOC: u64 = 1 << 20;
 
@@ -242,7 +247,8 @@ impl Writer {
                 buf.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
                 buf.extend_from_slice(payload);
             }
-            let wants_sync = batch.iter().any(|(_, r)| r.is_some()) || last_sync.elapsed() >= self.opts.fsync_interval;
+            let waited_for = batch.iter().any(|(_, r)| r.is_some());
+            let wants_sync = waited_for || last_sync.elapsed() >= self.opts.fsync_interval;
             let mut result = self.write(&buf);
             if result.is_ok() && wants_sync {
                 result = self.sync();
@@ -255,6 +261,10 @@ impl Writer {
                 if let Some(r) = reply {
                     let _ = r.send(result.clone());
                 }
+            }
+            if !waited_for {
+                // Appends while this sleeps find no receiver to wake.
+                std::thread::sleep(LINGER.min(self.opts.fsync_interval));
             }
         }
     }
@@ -503,6 +513,26 @@ mod tests {
         spool.append(b"after".to_vec(), true).await.unwrap();
         let (all, _) = read(d.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
         assert_eq!((all.len(), all[14].as_slice(), all[15].as_slice()), (16, &b"record14"[..], &b"after"[..]));
+    }
+
+    #[tokio::test]
+    async fn records_nobody_waits_for_are_written_and_synced_by_the_interval() {
+        let d = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(SpoolOptions { segment_bytes: 1 << 20, ..opts(d.path()) }).unwrap();
+        for i in 0..100 {
+            spool.append(format!("quick-{i:03}").into_bytes(), false).await.unwrap();
+        }
+        // Acknowledged at once; on disk and synced within a few intervals.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (all, _) = read(d.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
+            if all.len() == 100 {
+                assert_eq!((all[0].as_slice(), all[99].as_slice()), (&b"quick-000"[..], &b"quick-099"[..]));
+                break;
+            }
+            assert!(Instant::now() < deadline, "only {} of 100 records synced", all.len());
+            spool.wait_written(Duration::from_millis(50)).await;
+        }
     }
 
     #[tokio::test]
