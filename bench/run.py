@@ -54,7 +54,7 @@ def machine():
 
 def criterion(bench, group_prefix):
     """Run a criterion bench; return {(group, function): (median ns, throughput bytes or None)}."""
-    run(["cargo", "bench", "--locked", "-p", "veil-gateway", "--bench", bench, "--", "--warm-up-time", "1", "--measurement-time", MEASURE])
+    run(["cargo", "bench", "--locked", "-p", "veil-gateway", "--bench", bench, "--", "--warm-up-time", "0.5", "--measurement-time", MEASURE])
     return criterion_results(group_prefix)
 
 
@@ -108,7 +108,7 @@ def peers():
     `make bench` with the release gateway) and the peers (`veil-bench-peers`)
     on the same calls, one after the other; rows merged per call."""
     run(["cargo", "build", "--release", "--locked", "-p", "veil-bench-peers"])
-    iterations = "300" if QUICK else "2000"
+    iterations = "300" if QUICK else "1000"
     rows = []
     for args in ([ROOT / "target/release/examples/policy_decisions", ROOT / "target/policies", iterations],
                  [ROOT / "target/release/veil-bench-peers", iterations]):
@@ -174,7 +174,7 @@ def masking():
 
 def gateway():
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        env = {"BENCH_JSON": f.name, "DURATION": "2" if QUICK else "3", "REPEATS": "1" if QUICK else "3"}
+        env = {"BENCH_JSON": f.name, "DURATION": "1" if QUICK else "2", "REPEATS": "1" if QUICK else "3"}
         out = run([sys.executable, ROOT / "bench/gateway.py"], env=env)
         rows = json.loads(Path(f.name).read_text())
     small = [r for r in rows if r["op"].startswith("4 KB")]
@@ -216,7 +216,7 @@ def captured(script, intro, env=None):
 
 def memory():
     with tempfile.NamedTemporaryFile(suffix=".json") as f:
-        out = run([sys.executable, ROOT / "bench/memory.py"], env={"BENCH_JSON": f.name, "DURATION": "3" if QUICK else "10"})
+        out = run([sys.executable, ROOT / "bench/memory.py"], env={"BENCH_JSON": f.name, "DURATION": "3" if QUICK else "6"})
     return ("Gateway resident memory with 20 Rust policies loaded (3 shipped + 17 small ones, each with its pool of ready instances), "
             "and with aws-sensitive (Rust), risky-actions in Python and secrets-by-team in JavaScript. The gateway starts as a deployment "
             "restarts, with its compiled-policy cache filled (a first start also holds the compiler's memory).\n\n" + out.strip())
