@@ -89,12 +89,17 @@ where
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    // At the limit under a flood, say so every 10 s, not per connection.
+    let mut last_warned: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
     loop {
         let slot = match slots.clone().try_acquire_owned() {
             Ok(slot) => slot,
             Err(_) => {
-                tracing::warn!(max_connections = limits.max_connections, "connection limit reached; new connections wait");
+                if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(max_connections = limits.max_connections, "connection limit reached; new connections wait");
+                    last_warned = Some(std::time::Instant::now());
+                }
                 tokio::select! {
                     slot = slots.clone().acquire_owned() => slot.expect("the semaphore is never closed"),
                     _ = &mut shutdown => break,
