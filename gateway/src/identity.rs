@@ -1,6 +1,6 @@
 //! Identity: OIDC discovery and JWKS (openidconnect), token validation.
 //!
-//! A token is pre-parsed first (size, shape, `alg`, `iss`) so that hostile
+//! A token is pre-parsed first (size, shape, `alg`, `crit`, `iss`) so that hostile
 //! input is refused before any key lookup: only RS256 and ES256 are accepted,
 //! so `alg: none` and HMAC signed with a public key never reach verification.
 //! Then openidconnect verifies signature, `iss`, `aud` and `exp` against the
@@ -206,6 +206,12 @@ pub fn preparse(token: &str) -> Result<(String, Value), IdentityError> {
         return Err(m("payload is not a JSON object"));
     }
     let alg = header.get("alg").and_then(Value::as_str).ok_or_else(|| m("header has no alg"))?;
+    // RFC 7515 4.1.11: a recipient must refuse a JWS whose `crit` names an
+    // extension it does not understand, and Veil understands none (such as
+    // RFC 7797's unencoded payload, which would change what was signed).
+    if header.get("crit").is_some() {
+        return Err(m("header has crit: critical JWS extensions are not supported"));
+    }
     Ok((alg.to_string(), claims))
 }
 
@@ -239,5 +245,7 @@ mod tests {
         assert_eq!(preparse(&t).unwrap().0, "none");
         let t = format!("{}.{}.sig", b64(&serde_json::json!({"alg": "HS256"})), b64(&serde_json::json!([1])));
         assert!(preparse(&t).is_err());
+        let t = format!("{}.{}.sig", b64(&serde_json::json!({"alg": "RS256", "b64": false, "crit": ["b64"]})), b64(&serde_json::json!({"iss": "x"})));
+        assert!(matches!(preparse(&t), Err(IdentityError::Malformed(r)) if r.contains("crit")));
     }
 }
