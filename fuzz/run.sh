@@ -12,7 +12,7 @@ cd "$(dirname "$0")"
 secs=${1:-20}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(sigv4 token xml_codec json_codec selector spool config classify)
+[ ${#targets[@]} -gt 0 ] || targets=(sigv4 token xml_codec json_codec selector spool config classify endpoint)
 # Veil's own crates instrumented, dependencies reused from the release build.
 RUSTC_WRAPPER="$PWD/rustc-instrument" cargo build --quiet --locked --release -p veil-fuzz $(printf -- '--bin fuzz-%s ' "${targets[@]}")
 bin=../target/release

@@ -1,5 +1,7 @@
 //! Operation classification for all five protocols. Input lines: service,
-//! method, path, query, X-Amz-Target, then the body.
+//! method, path, query, X-Amz-Target, then the body. Whatever is accepted,
+//! the request Veil would forward classifies again as the same operation
+//! with the same parameters: what AWS is sent is what policies saw.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 use veil_gateway::aws::{self, RequestView};
@@ -9,16 +11,23 @@ fuzz_target!(|data: &[u8]| {
     let mut parts = text.splitn(6, '\n');
     let mut next = || parts.next().unwrap_or("");
     let (service, method, path, query, target, body) = (next(), next(), next(), next(), next(), next());
-    let headers = http::HeaderMap::new();
-    let view = RequestView {
-        service,
-        method,
-        path,
-        query,
-        target: Some(target).filter(|t| !t.is_empty()),
-        content_type: Some("application/x-amz-json-1.1"),
-        body: Some(body.as_bytes()),
-        headers: &headers,
-    };
-    let _ = aws::classify(&view);
+    let mut headers = http::HeaderMap::new();
+    if let Ok(t) = http::HeaderValue::from_str(target) {
+        if !target.is_empty() {
+            headers.insert("x-amz-target", t);
+            headers.insert("content-type", http::HeaderValue::from_static("application/x-amz-json-1.1"));
+        } else {
+            headers.insert("content-type", http::HeaderValue::from_static("application/x-www-form-urlencoded"));
+        }
+    }
+    let view = RequestView { service, method, path, query, body: Some(body.as_bytes()), headers: &headers };
+    let Ok(first) = aws::classify(&view) else { return };
+    let f = &first.forward;
+    let (fpath, fquery) = f.path_and_query.split_once('?').unwrap_or((&f.path_and_query, ""));
+    let fbody = f.body.as_deref().unwrap_or(body.as_bytes());
+    let again = RequestView { service, method: f.method.as_str(), path: fpath, query: fquery, body: Some(fbody), headers: &f.headers };
+    let second = aws::classify(&again).expect("the forwarded request classifies");
+    assert_eq!(second.action, first.action, "forwarded as another operation");
+    assert_eq!(second.params, first.params, "forwarded with other parameters");
+    assert_eq!(second.forward.path_and_query, f.path_and_query);
 });

@@ -1,8 +1,9 @@
 //! Approvals: calls a policy marks approval-required wait for a human.
 //!
 //! A pending entry is keyed by a fingerprint of identity (issuer, subject),
-//! operation and the canonical parameters, so SDK retries of the same call
-//! join one approval and a changed parameter needs a new one. A reviewer's
+//! role, operation, region, the canonical parameters and a digest of the
+//! request that goes upstream (path, query, forwarded headers, body), so SDK
+//! retries of the same call join one approval and any change needs a new one. A reviewer's
 //! approval turns the entry into a grant that admits exactly one call with
 //! that fingerprint before it expires (`approvals.ttl_secs`); used, denied
 //! and expired entries never admit anything.
@@ -68,6 +69,9 @@ pub struct Entry {
     pub issuer: String,
     /// Requester subject.
     pub subject: String,
+    /// The role the call runs under (entries from before roles were bound: empty).
+    #[serde(default)]
+    pub role: String,
     /// `service:Action`.
     pub operation: String,
     /// Region.
@@ -76,6 +80,9 @@ pub struct Entry {
     pub resource: String,
     /// Parameters, redacted as in audit records.
     pub params: Value,
+    /// Digest of the exact request that goes upstream once approved.
+    #[serde(default)]
+    pub request_digest: String,
     /// The policies' reasons.
     pub reasons: Vec<String>,
     /// Created, Unix ms.
@@ -261,16 +268,40 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// The fingerprint of a call: identity, operation and canonical parameters
-/// (serde_json maps are sorted, so equal parameters serialise equally).
-pub fn fingerprint(issuer: &str, subject: &str, operation: &str, region: &str, params: &Value) -> String {
-    let mut h = Sha256::new();
-    for part in [issuer, subject, operation, region] {
-        h.update(part.as_bytes());
-        h.update(b"\0");
+/// What an approval is for: exactly one forwarded request, by whom, under
+/// which role.
+#[derive(Debug, Clone, Copy)]
+pub struct Requested<'a> {
+    /// Requester issuer.
+    pub issuer: &'a str,
+    /// Requester subject.
+    pub subject: &'a str,
+    /// The role (hence account) the call runs under.
+    pub role: &'a str,
+    /// `service:Action`.
+    pub operation: &'a str,
+    /// Region.
+    pub region: &'a str,
+    /// Canonical parameters, as policies saw them.
+    pub params: &'a Value,
+    /// Digest of the request that goes upstream: method, path, query, the
+    /// forwarded headers and the body ([`crate::aws::Forward::digest`]).
+    pub request_digest: &'a str,
+}
+
+impl Requested<'_> {
+    /// The fingerprint: every part above, so a different body, header,
+    /// role or region needs a new approval (serde_json maps are sorted, so
+    /// equal parameters serialise equally).
+    pub fn fingerprint(&self) -> String {
+        let mut h = Sha256::new();
+        for part in [self.issuer, self.subject, self.role, self.operation, self.region, self.request_digest] {
+            h.update(part.len().to_be_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(self.params.to_string().as_bytes());
+        hex::encode(h.finalize())
     }
-    h.update(params.to_string().as_bytes());
-    hex::encode(h.finalize())
 }
 
 /// Notifications to a chat webhook (Slack-compatible JSON: a `text` field,
@@ -371,19 +402,21 @@ impl Approvals {
 
     /// A new entry (not stored).
     #[allow(clippy::too_many_arguments)]
-    pub fn entry(&self, issuer: &str, subject: &str, operation: &str, region: &str, resource: &str, fingerprint: String, params: Value, reasons: Vec<String>) -> Entry {
+    pub fn entry(&self, r: &Requested<'_>, resource: &str, shown_params: Value, reasons: Vec<String>) -> Entry {
         let now = now_ms();
         Entry {
             // The whole UUIDv7: its counter bits (past the first 20 hex digits) keep
             // two requests within one millisecond apart.
             id: format!("apr-{}", uuid::Uuid::now_v7().simple()),
-            fingerprint,
-            issuer: issuer.into(),
-            subject: subject.into(),
-            operation: operation.into(),
-            region: region.into(),
+            fingerprint: r.fingerprint(),
+            issuer: r.issuer.into(),
+            subject: r.subject.into(),
+            role: r.role.into(),
+            operation: r.operation.into(),
+            region: r.region.into(),
             resource: resource.into(),
-            params,
+            params: shown_params,
+            request_digest: r.request_digest.into(),
             reasons,
             created_ms: now,
             expires_ms: now + self.ttl.as_millis() as u64,
@@ -446,8 +479,8 @@ mod tests {
     }
 
     fn request(a: &Approvals, params: Value) -> (Entry, bool) {
-        let fp = fingerprint("iss", "agent", "iam:CreateUser", "us-east-1", &params);
-        a.store.request(a.entry("iss", "agent", "iam:CreateUser", "us-east-1", "", fp, params, vec!["r: why".into()])).unwrap()
+        let r = Requested { issuer: "iss", subject: "agent", role: "arn:aws:iam::1:role/r", operation: "iam:CreateUser", region: "us-east-1", params: &params, request_digest: "d" };
+        a.store.request(a.entry(&r, "", params.clone(), vec!["r: why".into()])).unwrap()
     }
 
     fn decision(who: &str, approve: bool) -> Decision {
@@ -459,7 +492,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = approvals(d.path(), 1);
         let ids: std::collections::HashSet<String> =
-            (0..1000).map(|_| a.entry("iss", "agent", "iam:CreateUser", "us-east-1", "", String::new(), json!({}), Vec::new()).id).collect();
+            (0..1000).map(|_| a.entry(&Requested { issuer: "iss", subject: "agent", role: "", operation: "iam:CreateUser", region: "us-east-1", params: &json!({}), request_digest: "" }, "", json!({}), Vec::new()).id).collect();
         assert_eq!(ids.len(), 1000);
     }
 

@@ -24,6 +24,7 @@ use sha2::{Digest, Sha256};
 
 use crate::approvals::{self, ApprovalError, Approvals, Decision, Entry, Waited};
 use crate::audit::{self, Audit, Record, SpoolError};
+use crate::aws::endpoint::EndpointError;
 use crate::aws::error::AwsError;
 use crate::aws::xml::Document;
 use crate::aws::{self, ClassifyError, Protocol, RequestView};
@@ -77,6 +78,10 @@ pub enum Failure {
     /// The operation could not be determined.
     #[error(transparent)]
     Classify(#[from] ClassifyError),
+    /// A region or service name is not AWS's, or the endpoint built from
+    /// them is not the service's.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointError),
     /// A body was larger than the configured cap.
     #[error("{0} body is larger than the gateway's limit of {1} bytes")]
     TooLarge(&'static str, usize),
@@ -129,6 +134,8 @@ impl Failure {
             Failure::BadRequest(_) => AwsError::new(S::BAD_REQUEST, "InvalidParameterValue", msg),
             Failure::UnknownRole(_) => AwsError::new(S::FORBIDDEN, "AccessDenied", msg),
             Failure::Classify(_) => AwsError::new(S::BAD_REQUEST, "InvalidAction", msg),
+            Failure::Endpoint(EndpointError::Host(_)) => AwsError::new(S::INTERNAL_SERVER_ERROR, "InternalFailure", msg),
+            Failure::Endpoint(_) => AwsError::new(S::BAD_REQUEST, "InvalidParameterValue", msg),
             Failure::TooLarge(..) => AwsError::new(S::PAYLOAD_TOO_LARGE, "RequestEntityTooLarge", msg),
             Failure::Denied(_) => AwsError::new(S::FORBIDDEN, "AccessDenied", msg),
             Failure::ApprovalRequired { .. } => AwsError::new(S::FORBIDDEN, "ApprovalRequired", msg),
@@ -159,6 +166,8 @@ struct Ctx {
     remote: SocketAddr,
     identity: Option<Identity>,
     credential: Option<String>,
+    /// The role ARN the call runs under.
+    role: Option<String>,
     service: Option<String>,
     region: Option<String>,
     action: Option<String>,
@@ -287,17 +296,26 @@ impl Gateway {
 
     /// Hold a call for approval: a matching unused grant admits it at once;
     /// otherwise it joins (or opens) a pending approval and waits.
-    async fn await_approval(&self, ctx: &mut Ctx, call: &CallInput, reasons: Vec<Reason>) -> Result<(), Failure> {
+    async fn await_approval(&self, ctx: &mut Ctx, call: &CallInput, request_digest: &str, reasons: Vec<Reason>) -> Result<(), Failure> {
         let ap = &self.approvals;
         let id = &call.identity;
         let op = format!("{}:{}", call.operation.service, call.operation.action);
-        let fp = approvals::fingerprint(&id.issuer, &id.subject, &op, &call.operation.region, &call.params);
+        let requested = approvals::Requested {
+            issuer: &id.issuer,
+            subject: &id.subject,
+            role: ctx.role.as_deref().unwrap_or_default(),
+            operation: &op,
+            region: &call.operation.region,
+            params: &call.params,
+            request_digest,
+        };
+        let fp = requested.fingerprint();
         let granted = match ap.store.take_grant(&fp, approvals::now_ms())? {
             Some(g) => g,
             None => {
                 let texts: Vec<String> = reasons.iter().map(Reason::to_string).collect();
                 let resource = call.operation.resource.clone().unwrap_or_default();
-                let new = ap.entry(&id.issuer, &id.subject, &op, &call.operation.region, &resource, fp.clone(), audit::redact(&call.params), texts);
+                let new = ap.entry(&requested, &resource, audit::redact(&call.params), texts);
                 let (entry, created) = ap.store.request(new)?;
                 ctx.rec.approval_id.clone_from(&entry.id);
                 if created {
@@ -404,6 +422,7 @@ impl Gateway {
             remote,
             identity: None,
             credential: None,
+            role: None,
             service: None,
             region: None,
             action: None,
@@ -532,14 +551,11 @@ impl Gateway {
         // Stage 2: classify.
         let service = ctx.service.clone().unwrap_or_default();
         let region = ctx.region.clone().unwrap_or_default();
-        let header = |n: &str| parts.headers.get(n).and_then(|v| v.to_str().ok());
         let view = RequestView {
             service: &service,
             method: parts.method.as_str(),
             path: parts.uri.path(),
             query: parts.uri.query().unwrap_or(""),
-            target: header("x-amz-target"),
-            content_type: header("content-type"),
             body: body.as_deref(),
             headers: &parts.headers,
         };
@@ -562,7 +578,10 @@ impl Gateway {
         match decision.verdict {
             Verdict::Allow => {}
             Verdict::Deny => return Err(Failure::Denied(decision.reasons)),
-            Verdict::ApprovalRequired => self.await_approval(ctx, &call, decision.reasons).await?,
+            Verdict::ApprovalRequired => {
+                let digest = classified.forward.digest(body.as_deref());
+                self.await_approval(ctx, &call, &digest, decision.reasons).await?
+            }
         }
         // The caller's identity is the role session Veil issued, not Veil's
         // own upstream principal: answer "who am I" from the session.
@@ -574,19 +593,21 @@ impl Gateway {
                 .body(full(Bytes::from(xml)))
                 .map_err(|e| Failure::BadRequest(e.to_string()));
         }
-        // Stage 4: forward.
-        let out_body = match (body, payload_mode) {
-            (Some(b), _) => OutBody::Buffered(b),
-            (None, Some((stream, trailer))) => OutBody::Streaming { body: stream, trailer },
-            (None, None) => OutBody::Buffered(Bytes::new()),
+        // Stage 4: forward what was classified (see aws::Forward): its
+        // method, path, query, headers and, where re-serialised, its body.
+        let forward = classified.forward;
+        let out_body = match (forward.body, body, payload_mode) {
+            (Some(b), _, _) | (None, Some(b), _) => OutBody::Buffered(b),
+            (None, None, Some((stream, trailer))) => OutBody::Streaming { body: stream, trailer },
+            (None, None, None) => OutBody::Buffered(Bytes::new()),
         };
         let out = Outgoing {
-            method: parts.method.clone(),
-            path_and_query: sigv4::strip_presign_query(&parts.uri),
-            headers: parts.headers.clone(),
+            method: forward.method,
+            path_and_query: forward.path_and_query,
+            headers: forward.headers,
             service: service.clone(),
             region: region.clone(),
-            default_host: aws::endpoint_host(classified.model, &region),
+            default_host: aws::endpoint::host(classified.model, &region)?,
             credential: ctx.credential.clone().ok_or_else(|| Failure::UnknownRole(String::new()))?,
             body: out_body,
         };
@@ -740,6 +761,7 @@ impl Gateway {
         ctx.identity = Some(session.identity());
         ctx.session = Some(session.clone());
         ctx.credential = Some(self.roles.get(&session.role).cloned().ok_or_else(|| Failure::UnknownRole(session.role.clone()))?);
+        ctx.role = Some(session.role.clone());
         let hashed = sigv4::payload_is_hashed(&signed)?;
         if !hashed && signed.service == "s3" {
             // Unsigned S3 payloads (uploads) stream through without buffering.
@@ -759,18 +781,23 @@ impl Gateway {
             let v = parts.headers.get(n).and_then(|v| v.to_str().ok()).filter(|v| !v.is_empty() && v.len() <= 64);
             v.map(str::to_owned).ok_or_else(|| Failure::BadRequest(format!("header {n} is required with Bearer authentication")))
         };
+        // Checked before the token, so a bad value is refused before any
+        // identity work, and even the token's errors are in the service's shape.
         let service = header(SERVICE_HEADER)?;
-        // Known before the token is checked, so even its errors are in the service's shape.
+        aws::endpoint::check_service(&service)?;
         ctx.protocol = aws::protocol_of(&service);
         ctx.service = Some(service);
-        ctx.region = Some(header(REGION_HEADER)?);
+        let region = header(REGION_HEADER)?;
+        aws::endpoint::check_region(&region)?;
+        ctx.region = Some(region);
         let identity = self.verifier.verify(token).await?;
         let role = match parts.headers.get(ROLE_HEADER).and_then(|v| v.to_str().ok()) {
             Some(r) => r.to_string(),
             None if self.roles.len() == 1 => self.roles.keys().next().cloned().unwrap_or_default(),
             None => return Err(Failure::BadRequest(format!("header {ROLE_HEADER} is required: several roles are configured"))),
         };
-        ctx.credential = Some(self.roles.get(&role).cloned().ok_or(Failure::UnknownRole(role))?);
+        ctx.credential = Some(self.roles.get(&role).cloned().ok_or_else(|| Failure::UnknownRole(role.clone()))?);
+        ctx.role = Some(role);
         ctx.identity = Some(identity);
         Ok(())
     }

@@ -6,6 +6,7 @@
 //! forwarded; every call has a connect timeout and a whole-call timeout.
 
 use std::collections::BTreeMap;
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -15,6 +16,7 @@ use aws_credential_types::Credentials;
 use aws_sigv4::http_request::{sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode};
 use aws_sigv4::sign::v4;
 use bytes::Bytes;
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::combinators::BoxBody;
 use hyper::body::Incoming;
@@ -75,7 +77,8 @@ impl Credential {
 /// The pooled client and Veil's credentials.
 pub struct Upstream {
     client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>,
-    endpoint: Option<Uri>,
+    /// The configured `upstream.endpoint`: every call goes there instead.
+    endpoint: Option<(Scheme, Authority)>,
     timeout: Duration,
     credentials: BTreeMap<String, Credential>,
 }
@@ -92,8 +95,9 @@ pub struct Outgoing {
     pub service: String,
     /// Region.
     pub region: String,
-    /// Endpoint host when no override is configured.
-    pub default_host: String,
+    /// The service's endpoint host in the region ([`crate::aws::endpoint::host`]),
+    /// used when no override is configured.
+    pub default_host: Authority,
     /// Name of the credential to sign with.
     pub credential: String,
     /// The body: buffered bytes, or a stream with its payload mode.
@@ -136,7 +140,7 @@ impl Upstream {
         }
         Ok(Upstream {
             client,
-            endpoint: cfg.endpoint.as_deref().map(str::parse).transpose()?,
+            endpoint: cfg.endpoint.as_deref().map(endpoint_parts).transpose()?,
             timeout: Duration::from_secs(cfg.timeout_secs),
             credentials,
         })
@@ -149,12 +153,21 @@ impl Upstream {
             .get(&out.credential)
             .ok_or_else(|| UpstreamError::Credentials { name: out.credential.clone(), reason: "not configured".into() })?;
         let creds = cred.get().await?;
+        // The URI is assembled from typed parts: the host is the checked
+        // endpoint, and the caller's path can only ever be a path.
         let (scheme, authority) = match &self.endpoint {
-            Some(ep) => (ep.scheme_str().unwrap_or("https").to_string(), ep.authority().map(|a| a.to_string()).unwrap_or_default()),
-            None => ("https".to_string(), out.default_host.clone()),
+            Some((scheme, authority)) => (scheme.clone(), authority.clone()),
+            None => (Scheme::HTTPS, out.default_host.clone()),
         };
-        let uri: Uri = format!("{scheme}://{authority}{}", out.path_and_query)
-            .parse()
+        let path_and_query = PathAndQuery::from_str(&out.path_and_query)
+            .ok()
+            .filter(|p| p.as_str().starts_with('/'))
+            .ok_or_else(|| UpstreamError::Sign("the request path is not an absolute path".into()))?;
+        let uri = Uri::builder()
+            .scheme(scheme)
+            .authority(authority.clone())
+            .path_and_query(path_and_query)
+            .build()
             .map_err(|e| UpstreamError::Sign(format!("bad upstream URI: {e}")))?;
         let mut headers = HeaderMap::new();
         for (k, v) in out.headers.iter() {
@@ -162,7 +175,7 @@ impl Upstream {
                 headers.append(k.clone(), v.clone());
             }
         }
-        headers.insert(http::header::HOST, HeaderValue::from_str(&authority).map_err(|e| UpstreamError::Sign(e.to_string()))?);
+        headers.insert(http::header::HOST, HeaderValue::from_str(authority.as_str()).map_err(|e| UpstreamError::Sign(e.to_string()))?);
         let s3 = out.service == "s3";
         let mut settings = SigningSettings::default();
         if s3 {
@@ -233,6 +246,15 @@ async fn provider(c: &CredentialConfig) -> SharedCredentialsProvider {
         Some(p) => SharedCredentialsProvider::new(aws_config::profile::ProfileFileCredentialsProvider::builder().profile_name(p).build()),
         None => SharedCredentialsProvider::new(aws_config::default_provider::credentials::DefaultCredentialsChain::builder().build().await),
     }
+}
+
+/// `upstream.endpoint` as scheme and authority (config validation has
+/// already checked it is an http(s) URL).
+fn endpoint_parts(url: &str) -> anyhow::Result<(Scheme, Authority)> {
+    let uri: Uri = url.parse()?;
+    let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTPS);
+    let authority = uri.authority().cloned().ok_or_else(|| anyhow::anyhow!("upstream.endpoint {url:?} has no host"))?;
+    Ok((scheme, authority))
 }
 
 /// Whether a response header may be passed back to the caller.

@@ -5,11 +5,13 @@
 //! The operation table (`models/services.json`) is generated from botocore's
 //! service models by `models/generate.py`; it is parsed once, on first use.
 
+pub mod endpoint;
 pub mod error;
 pub mod sqs;
+pub mod wire;
 pub mod xml;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::OnceLock;
 
 use serde::Deserialize;
@@ -75,6 +77,9 @@ pub struct Model {
     /// Per operation, the selectors of its blob outputs (base64 on the wire).
     #[serde(default, deserialize_with = "selectors")]
     blobs: HashMap<String, Vec<Selector>>,
+    /// Query keys that select an operation in some URI template (`acl`).
+    #[serde(skip)]
+    selector_keys: OnceLock<Vec<String>>,
 }
 
 fn selectors<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<String, Vec<Selector>>, D::Error> {
@@ -87,11 +92,39 @@ fn selectors<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<String, V
         .collect()
 }
 
-/// A REST operation: name, method, URI template, required request headers.
+/// A REST operation: name, method, URI template, required request
+/// headers, and the headers its input binds to members (`prefix*` for a
+/// prefix, `x-amz-meta-*`).
 #[derive(Debug, Deserialize)]
-struct RestOp(String, String, String, #[serde(default)] Vec<String>);
+struct RestOp(String, String, String, #[serde(default)] Vec<String>, #[serde(default)] BTreeMap<String, String>);
+
+impl RestOp {
+    /// The input member a header is bound to, and for a prefix binding the
+    /// rest of the header's name (the map key).
+    fn binds<'a>(&'a self, header: &'a str) -> Option<(&'a str, Option<&'a str>)> {
+        if let Some(member) = self.4.get(header) {
+            return Some((member, None));
+        }
+        self.4.iter().find_map(|(name, member)| {
+            let prefix = name.strip_suffix('*')?;
+            header.strip_prefix(prefix).filter(|rest| !rest.is_empty()).map(|rest| (member.as_str(), Some(rest)))
+        })
+    }
+}
 
 impl Model {
+    /// Whether a query key selects an operation of this REST model (S3's
+    /// sub-resources: `acl`, `policy` …).
+    fn selects(&self, key: &str) -> bool {
+        let keys = self.selector_keys.get_or_init(|| {
+            let mut keys: Vec<String> = self.ops.iter().flat_map(|op| template_query_keys(&op.2)).map(str::to_string).collect();
+            keys.sort();
+            keys.dedup();
+            keys
+        });
+        keys.binary_search_by(|k| k.as_str().cmp(key)).is_ok()
+    }
+
     /// Whether `action`'s response body is a stream.
     pub fn streams_output(&self, action: &str) -> bool {
         self.streaming.contains_key(action)
@@ -128,6 +161,11 @@ pub fn blob_outputs(service: &str, action: &str) -> &'static [Selector] {
         .map_or(&[], |m| m.blob_outputs(action))
 }
 
+/// The main model of a service signing name.
+pub fn model_of(service: &str) -> Option<&'static Model> {
+    table().services.get(service).and_then(|m| m.first())
+}
+
 /// The protocol of a service's main model, for shaping errors before the
 /// operation is known.
 pub fn protocol_of(service: &str) -> Option<Protocol> {
@@ -146,6 +184,9 @@ pub enum ClassifyError {
     /// The parameters do not parse.
     #[error("request parameters do not parse: {0}")]
     BadParams(String),
+    /// AWS could read the request differently from Veil.
+    #[error(transparent)]
+    Ambiguous(#[from] wire::Ambiguous),
 }
 
 /// A classified request.
@@ -159,6 +200,51 @@ pub struct Classified {
     pub params: Value,
     /// Main resource.
     pub resource: Option<String>,
+    /// What goes upstream, derived from this classification.
+    pub forward: Forward,
+}
+
+/// The request that goes upstream, derived from what was classified: the
+/// classified path and query, a body re-serialised from the parameters
+/// where the protocol allows (query, EC2), and only allow-listed headers.
+#[derive(Debug, Clone)]
+pub struct Forward {
+    /// Method.
+    pub method: http::Method,
+    /// Path and query.
+    pub path_and_query: String,
+    /// A body that replaces the caller's; `None`: the caller's body as read
+    /// and classified (or streamed, for unsigned S3 uploads).
+    pub body: Option<bytes::Bytes>,
+    /// The allow-listed headers.
+    pub headers: http::HeaderMap,
+}
+
+impl Forward {
+    /// A digest of exactly what goes upstream: method, path and query, the
+    /// forwarded headers (sorted) and the body (`caller_body` when this
+    /// does not replace it; a streamed body is marked, not hashed).
+    pub fn digest(&self, caller_body: Option<&[u8]>) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        let mut field = |b: &[u8]| {
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        };
+        field(self.method.as_str().as_bytes());
+        field(self.path_and_query.as_bytes());
+        let mut headers: Vec<(&str, &[u8])> = self.headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())).collect();
+        headers.sort();
+        for (k, v) in headers {
+            field(k.as_bytes());
+            field(v);
+        }
+        match self.body.as_deref().or(caller_body) {
+            Some(b) => field(b),
+            None => field(b"\0streamed"),
+        }
+        hex::encode(h.finalize())
+    }
 }
 
 /// What classification needs of a request.
@@ -169,12 +255,9 @@ pub struct RequestView<'a> {
     pub method: &'a str,
     /// Raw path.
     pub path: &'a str,
-    /// Raw query string.
+    /// Raw query string (presigned-URL authentication included: it is
+    /// dropped here).
     pub query: &'a str,
-    /// X-Amz-Target, if any.
-    pub target: Option<&'a str>,
-    /// Content-Type, if any.
-    pub content_type: Option<&'a str>,
     /// The body, when it was read (None for streamed uploads).
     pub body: Option<&'a [u8]>,
     /// All request headers.
@@ -187,77 +270,173 @@ const RESOURCE_PARAMS: &[&str] = &[
     "GroupId", "LogGroupName", "StackName", "RepositoryName", "Path",
 ];
 
-/// Find the operation, its parameters and main resource.
+/// Find the operation, its parameters and main resource, and derive the
+/// request to forward. Refuses what AWS could read another way.
 pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
     let models = table().services.get(req.service).ok_or_else(|| ClassifyError::UnknownService(req.service.to_string()))?;
     let unknown = |reason: &str| ClassifyError::UnknownOperation { service: req.service.to_string(), reason: reason.to_string() };
-    if let Some(target) = req.target {
+    wire::check_singletons(req.headers)?;
+    let media = wire::media_type(req.headers)?;
+    let codings = wire::content_codings(req.headers)?;
+    let mut query = wire::form_pairs(req.query.as_bytes(), "query")?;
+    query.retain(|(k, _)| !crate::sigv4::is_presign_param(k));
+    wire::check_unique(&query, "query")?;
+    let body = req.body.unwrap_or_default();
+    if let Some(target) = wire::header(req.headers, "x-amz-target")? {
+        refuse_codings(&codings)?;
         let (prefix, action) = target.rsplit_once('.').ok_or_else(|| unknown("X-Amz-Target is not Prefix.Operation"))?;
         let model = models
             .iter()
             .find(|m| m.target.as_deref() == Some(prefix))
             .ok_or_else(|| unknown("X-Amz-Target prefix does not belong to this service"))?;
-        let params = json_body(req.body)?;
-        return Ok(finish(model, action, params, None));
+        let params = json_body(body)?;
+        let forward = Forward {
+            method: http::Method::POST,
+            path_and_query: "/".into(),
+            body: None,
+            headers: wire::forwarded_headers(req.headers, true, false, &|_| false),
+        };
+        return Ok(finish(model, action, params, None, forward));
     }
     if let Some(model) = models.iter().find(|m| matches!(m.protocol, Protocol::Query | Protocol::Ec2)) {
-        let mut form: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes()).into_owned().collect();
-        let is_form = req.content_type.is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
-        if let (Some(body), true) = (req.body, is_form) {
-            form.extend(form_urlencoded::parse(body).into_owned());
+        refuse_codings(&codings)?;
+        let mut form = query;
+        if !body.is_empty() {
+            if media.as_deref() != Some(wire::FORM) {
+                return Err(wire::Ambiguous(format!("a {} request body must be {}", req.service, wire::FORM)).into());
+            }
+            form.extend(wire::form_pairs(body, "body")?);
         }
+        // Also refuses a parameter given in both the query and the body.
+        wire::check_unique(&form, "form")?;
         let action = form.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.clone()).ok_or_else(|| unknown("no Action parameter"))?;
-        let params = unflatten(form.into_iter().filter(|(k, _)| k != "Action" && k != "Version"));
-        return Ok(finish(model, &action, params, None));
+        let params = unflatten(form.iter().filter(|(k, _)| k != "Action" && k != "Version").cloned())?;
+        let mut headers = wire::forwarded_headers(req.headers, false, false, &|_| false);
+        // The body is re-serialised: the caller's digest of it no longer applies.
+        headers.remove("content-md5");
+        headers.insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/x-www-form-urlencoded; charset=utf-8"));
+        let forward = Forward {
+            method: http::Method::POST,
+            path_and_query: "/".into(),
+            body: Some(bytes::Bytes::from(wire::encode_form(&form))),
+            headers,
+        };
+        return Ok(finish(model, &action, params, None, forward));
     }
     let segments: Vec<&str> = req.path.split('/').skip(1).collect();
-    let query: Vec<(String, String)> = form_urlencoded::parse(req.query.as_bytes()).into_owned().collect();
-    let mut best: Option<(usize, &Model, &str, Vec<(String, String)>)> = None;
+    let mut best: Option<(usize, &Model, &RestOp, Vec<(String, String)>)> = None;
     for model in models.iter().filter(|m| matches!(m.protocol, Protocol::RestJson | Protocol::RestXml)) {
-        for RestOp(name, method, uri, required_headers) in &model.ops {
-            if method != req.method || !required_headers.iter().all(|h| req.headers.contains_key(h.as_str())) {
+        for op in &model.ops {
+            if op.1 != req.method || !op.3.iter().all(|h| req.headers.contains_key(h.as_str())) {
                 continue;
             }
-            if let Some((score, labels)) = match_uri(uri, &segments, &query) {
-                let score = score + 100 * required_headers.len();
+            if let Some((score, labels)) = match_uri(&op.2, &segments, &query) {
+                let score = score + 100 * op.3.len();
                 if best.as_ref().is_none_or(|b| score > b.0) {
-                    best = Some((score, model, name, labels));
+                    best = Some((score, model, op, labels));
                 }
             }
         }
     }
-    let (_, model, action, labels) = best.ok_or_else(|| unknown("no operation matches this method and path"))?;
-    let mut params = match (model.protocol, req.body) {
-        (Protocol::RestJson, Some(b)) if !b.is_empty() && req.content_type.is_some_and(|c| c.contains("json")) => json_body(Some(b))?,
+    let (_, model, op, labels) = best.ok_or_else(|| unknown("no operation matches this method and path"))?;
+    // Each sub-resource in the query (`?acl`, `?policy`) selects an
+    // operation: more than the matched one's could mean another to AWS.
+    let own = template_query_keys(&op.2);
+    let extra: Vec<&str> = query.iter().map(|(k, _)| k.as_str()).filter(|k| model.selects(k) && !own.contains(k)).collect();
+    if !extra.is_empty() {
+        return Err(wire::Ambiguous(format!("the query selects {} and also {}", op.0, extra.join(", "))).into());
+    }
+    let streaming = req.body.is_none();
+    let binds = |h: &str| op.binds(h).is_some();
+    if !codings.is_empty() && !binds("content-encoding") && !(streaming && codings.iter().all(|c| c == "aws-chunked")) {
+        refuse_codings(&codings)?;
+    }
+    let mut params = match model.protocol {
+        Protocol::RestJson if !body.is_empty() && media.as_deref().is_some_and(|m| m.contains("json")) => json_body(body)?,
         _ => Value::Object(Map::new()),
     };
     let resource = if labels.is_empty() { None } else { Some(labels.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join("/")) };
     if let Value::Object(map) = &mut params {
-        for (k, v) in query.into_iter().chain(labels) {
-            map.entry(k).or_insert(Value::String(v));
+        for (k, v) in query.iter().cloned().chain(labels) {
+            bind(map, k, Value::String(v))?;
+        }
+        for name in req.headers.keys() {
+            let Some((member, suffix)) = op.binds(name.as_str()) else { continue };
+            if name.as_str() == "content-encoding" && streaming && codings.iter().all(|c| c == "aws-chunked") {
+                continue;
+            }
+            if req.headers.get_all(name).iter().nth(1).is_some() {
+                return Err(wire::Ambiguous(format!("header {name} is sent more than once")).into());
+            }
+            let value = Value::String(wire::header(req.headers, name.as_str())?.unwrap_or_default().to_string());
+            match suffix {
+                None => bind(map, member.to_string(), value)?,
+                Some(key) => {
+                    let entry = map.entry(member.to_string()).or_insert_with(|| Value::Object(Map::new()));
+                    let Value::Object(prefixed) = entry else {
+                        return Err(wire::Ambiguous(format!("parameter {member} is given as a value and as headers")).into());
+                    };
+                    prefixed.insert(key.to_string(), value);
+                }
+            }
         }
     }
-    Ok(finish(model, action, params, resource))
+    let query_text = wire::encode_form(&query);
+    let path = if req.path.is_empty() { "/" } else { req.path };
+    let forward = Forward {
+        method: req.method.parse().map_err(|_| unknown("bad method"))?,
+        path_and_query: if query_text.is_empty() { path.to_string() } else { format!("{path}?{query_text}") },
+        body: None,
+        headers: wire::forwarded_headers(req.headers, false, streaming, &binds),
+    };
+    Ok(finish(model, &op.0, params, resource, forward))
 }
 
-fn finish(model: &'static Model, action: &str, params: Value, resource: Option<String>) -> Classified {
+/// Refuse a content coding Veil does not decode: AWS would read the decoded
+/// body, Veil the encoded one.
+fn refuse_codings(codings: &[String]) -> Result<(), wire::Ambiguous> {
+    if codings.is_empty() {
+        return Ok(());
+    }
+    Err(wire::Ambiguous(format!("Content-Encoding {} is not decoded by Veil; send the body without it", codings.join(", "))))
+}
+
+/// Add a parameter, refusing one that is already there with another value.
+fn bind(map: &mut Map<String, Value>, key: String, value: Value) -> Result<(), wire::Ambiguous> {
+    match map.get(&key) {
+        Some(existing) if *existing != value => Err(wire::Ambiguous(format!(
+            "parameter {:?} is given twice with different values (body, path, query or header)",
+            crate::policy::host::truncate(&key, 128)
+        ))),
+        Some(_) => Ok(()),
+        None => {
+            map.insert(key, value);
+            Ok(())
+        }
+    }
+}
+
+/// The query keys a URI template requires (`/{Bucket}?acl` → `acl`).
+fn template_query_keys(template: &str) -> Vec<&str> {
+    template.split_once('?').map_or(Vec::new(), |(_, q)| q.split('&').filter(|s| !s.is_empty()).map(|s| s.split('=').next().unwrap_or(s)).collect())
+}
+
+fn finish(model: &'static Model, action: &str, params: Value, resource: Option<String>, forward: Forward) -> Classified {
     let resource = resource.or_else(|| {
         RESOURCE_PARAMS.iter().find_map(|k| match params.get(*k) {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
         })
     });
-    Classified { model, action: action.to_string(), params, resource }
+    Classified { model, action: action.to_string(), params, resource, forward }
 }
 
-fn json_body(body: Option<&[u8]>) -> Result<Value, ClassifyError> {
-    match body {
-        None | Some(b"") => Ok(Value::Object(Map::new())),
-        Some(b) => {
-            let v: Value = serde_json::from_slice(b).map_err(|e| ClassifyError::BadParams(format!("JSON body: {e}")))?;
-            if v.is_object() { Ok(v) } else { Err(ClassifyError::BadParams("JSON body is not an object".into())) }
-        }
+fn json_body(body: &[u8]) -> Result<Value, ClassifyError> {
+    if body.is_empty() {
+        return Ok(Value::Object(Map::new()));
     }
+    let v = wire::strict_json(body)?;
+    if v.is_object() { Ok(v) } else { Err(ClassifyError::BadParams("JSON body is not an object".into())) }
 }
 
 /// Match a model URI template (`/{Bucket}/{Key+}?uploads`) against a path;
@@ -273,83 +452,81 @@ fn match_uri(template: &str, segments: &[&str], query: &[(String, String)]) -> O
         score += 100;
     }
     let tsegs: Vec<&str> = path_t.split('/').skip(1).filter(|s| !s.is_empty()).collect();
-    let segs: Vec<&str> = segments.iter().copied().filter(|s| !s.is_empty()).collect();
     let mut labels = Vec::new();
     let mut i = 0;
     for (ti, t) in tsegs.iter().enumerate() {
         if let Some(label) = t.strip_prefix('{').and_then(|t| t.strip_suffix('}')) {
             if let Some(greedy) = label.strip_suffix('+') {
-                if i >= segs.len() || ti + 1 != tsegs.len() {
+                // The rest of the path as it is, empty segments and a
+                // trailing slash included: `/b//k/` is the key `/k/` to S3.
+                if i >= segments.len() || ti + 1 != tsegs.len() {
                     return None;
                 }
-                let rest: Vec<String> = segs[i..].iter().map(|s| pct_decode(s)).collect();
-                labels.push((greedy.to_string(), rest.join("/")));
-                i = segs.len();
+                let rest = segments[i..].iter().map(|s| pct_decode(s)).collect::<Option<Vec<String>>>()?.join("/");
+                if rest.is_empty() {
+                    return None;
+                }
+                labels.push((greedy.to_string(), rest));
+                i = segments.len();
                 score += 1;
                 continue;
             }
-            let s = segs.get(i)?;
-            labels.push((label.to_string(), pct_decode(s)));
+            let s = segments.get(i).filter(|s| !s.is_empty())?;
+            labels.push((label.to_string(), pct_decode(s)?));
             score += 2;
         } else {
-            if segs.get(i) != Some(t) {
+            if segments.get(i) != Some(t) {
                 return None;
             }
             score += 10;
         }
         i += 1;
     }
-    (i == segs.len()).then_some((score, labels))
+    // All consumed, but for one trailing slash (`/bucket/`).
+    let rest = &segments[i.min(segments.len())..];
+    (rest.is_empty() || rest == [""]).then_some((score, labels))
 }
 
-fn pct_decode(s: &str) -> String {
-    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
+/// A path segment percent-decoded; `None` when that is not UTF-8 (a lossy
+/// decode would show policies a name AWS never reads).
+fn pct_decode(s: &str) -> Option<String> {
+    percent_encoding::percent_decode_str(s).decode_utf8().ok().map(std::borrow::Cow::into_owned)
 }
 
 /// Turn query-protocol form keys (`IpPermissions.1.IpRanges.1.CidrIp`,
 /// `Names.member.2`) into nested JSON: numbered segments become list
-/// elements, `member`/`entry` wrappers are dropped.
-pub fn unflatten(pairs: impl Iterator<Item = (String, String)>) -> Value {
+/// elements, `member`/`entry`/`item` wrappers are dropped. Two keys that
+/// land on one value (`Names.1` and `Names.member.1`), or a key that is both
+/// a value and a parent (`RoleArn` and `RoleArn.x`), are refused: AWS reads
+/// one of them, and which one is not Veil's to guess.
+pub fn unflatten(pairs: impl Iterator<Item = (String, String)>) -> Result<Value, wire::Ambiguous> {
     let mut root = Value::Object(Map::new());
     for (key, value) in pairs {
+        let clash = || wire::Ambiguous(format!("parameter {:?} collides with another parameter", crate::policy::host::truncate(&key, 128)));
         let segs: Vec<&str> = key.split('.').filter(|s| !matches!(*s, "member" | "entry" | "item")).collect();
         let mut node = &mut root;
-        for (i, seg) in segs.iter().enumerate() {
-            let last = i + 1 == segs.len();
+        for seg in &segs {
             let index = seg.parse::<usize>().ok().filter(|n| *n >= 1 && *n <= 10_000);
+            if node.is_null() {
+                *node = if index.is_some() { Value::Array(Vec::new()) } else { Value::Object(Map::new()) };
+            }
             node = match (index, node) {
-                (Some(n), node) => {
-                    if !node.is_array() {
-                        *node = Value::Array(Vec::new());
-                    }
-                    let arr = node.as_array_mut().expect("just made an array");
+                (Some(n), Value::Array(arr)) => {
                     while arr.len() < n {
                         arr.push(Value::Null);
                     }
                     &mut arr[n - 1]
                 }
-                (None, node) => {
-                    if !node.is_object() {
-                        *node = Value::Object(Map::new());
-                    }
-                    node.as_object_mut().expect("just made an object").entry(seg.to_string()).or_insert(Value::Null)
-                }
+                (None, Value::Object(map)) => map.entry(seg.to_string()).or_insert(Value::Null),
+                _ => return Err(clash()),
             };
-            if last {
-                *node = Value::String(value.clone());
-            }
         }
+        if !node.is_null() {
+            return Err(clash());
+        }
+        *node = Value::String(value);
     }
-    root
-}
-
-/// The endpoint host of a service in a region (when no override is set).
-pub fn endpoint_host(model: &Model, region: &str) -> String {
-    if model.global {
-        return format!("{}.amazonaws.com", model.prefix);
-    }
-    let suffix = if region.starts_with("cn-") { "amazonaws.com.cn" } else { "amazonaws.com" };
-    format!("{}.{region}.{suffix}", model.prefix)
+    Ok(root)
 }
 
 #[cfg(test)]
@@ -357,10 +534,18 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    static NO_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::new(http::HeaderMap::new);
+    static FORM_HEADERS: std::sync::LazyLock<http::HeaderMap> = std::sync::LazyLock::new(|| headers(&[("content-type", "application/x-www-form-urlencoded")]));
+
+    fn headers(pairs: &[(&str, &str)]) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+        }
+        h
+    }
 
     fn view<'a>(service: &'a str, method: &'a str, path: &'a str, query: &'a str, body: Option<&'a [u8]>) -> RequestView<'a> {
-        RequestView { service, method, path, query, target: None, content_type: Some("application/x-www-form-urlencoded"), body, headers: &NO_HEADERS }
+        RequestView { service, method, path, query, body, headers: &FORM_HEADERS }
     }
 
     #[test]
@@ -388,12 +573,13 @@ mod tests {
 
     #[test]
     fn json_protocol_uses_the_target() {
-        let v = RequestView { target: Some("secretsmanager.GetSecretValue"), content_type: Some("application/x-amz-json-1.1"), ..view("secretsmanager", "POST", "/", "", Some(br#"{"SecretId":"prod/db"}"#)) };
+        let h = headers(&[("x-amz-target", "secretsmanager.GetSecretValue"), ("content-type", "application/x-amz-json-1.1")]);
+        let v = RequestView { headers: &h, ..view("secretsmanager", "POST", "/", "", Some(br#"{"SecretId":"prod/db"}"#)) };
         let c = classify(&v).unwrap();
         assert_eq!(c.action, "GetSecretValue");
         assert_eq!(c.resource.as_deref(), Some("prod/db"));
-        let v = RequestView { target: Some("Other.GetSecretValue"), ..v };
-        assert!(classify(&v).is_err());
+        let h = headers(&[("x-amz-target", "Other.GetSecretValue")]);
+        assert!(classify(&RequestView { headers: &h, ..v }).is_err());
     }
 
     #[test]
@@ -415,8 +601,7 @@ mod tests {
         assert_eq!(c.resource.as_deref(), Some("bucket/path/to/key.txt"));
         assert!(c.model.streams_output("GetObject"));
         assert_eq!(classify(&view("s3", "PUT", "/bucket/key", "", None)).unwrap().action, "PutObject");
-        let mut copy = http::HeaderMap::new();
-        copy.insert("x-amz-copy-source", "src/key".parse().unwrap());
+        let copy = headers(&[("x-amz-copy-source", "src/key")]);
         let v = RequestView { headers: &copy, ..view("s3", "PUT", "/bucket/key", "", None) };
         assert_eq!(classify(&v).unwrap().action, "CopyObject");
         assert_eq!(classify(&view("s3", "GET", "/bucket", "list-type=2", None)).unwrap().action, "ListObjectsV2");
@@ -429,12 +614,123 @@ mod tests {
         assert!(matches!(classify(&view("nosuch", "GET", "/", "", None)), Err(ClassifyError::UnknownService(_))));
     }
 
+    fn pairs(p: &[(&str, &str)]) -> impl Iterator<Item = (String, String)> {
+        p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect::<Vec<_>>().into_iter()
+    }
+
     #[test]
     fn unflatten_handles_members_and_indexes() {
-        let v = unflatten(vec![("Names.member.2".to_string(), "b".to_string()), ("Names.member.1".to_string(), "a".to_string())].into_iter());
+        let v = unflatten(pairs(&[("Names.member.2", "b"), ("Names.member.1", "a")])).unwrap();
         assert_eq!(v, json!({"Names": ["a", "b"]}));
         // Huge indexes do not allocate.
-        let v = unflatten(vec![("A.99999999".to_string(), "x".to_string())].into_iter());
+        let v = unflatten(pairs(&[("A.99999999", "x")])).unwrap();
         assert_eq!(v, json!({"A": {"99999999": "x"}}));
+    }
+
+    #[test]
+    fn unflatten_refuses_keys_that_collide() {
+        for bad in [
+            &[("RoleArn", "a"), ("RoleArn.x", "1")][..],
+            &[("RoleArn.x", "1"), ("RoleArn", "a")],
+            &[("Names.1", "a"), ("Names.member.1", "b")],
+            &[("A.1", "a"), ("A.b", "b")],
+            &[("A.member", "a"), ("A.member.1", "b")],
+        ] {
+            assert!(unflatten(pairs(bad)).is_err(), "{bad:?}");
+        }
+    }
+
+    fn refused(v: &RequestView<'_>) -> String {
+        match classify(v) {
+            Err(ClassifyError::Ambiguous(a)) => a.0,
+            other => panic!("not refused as ambiguous: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn query_protocols_refuse_what_aws_could_read_another_way() {
+        // Repeated, in the body or across query and body.
+        refused(&view("iam", "POST", "/", "", Some(b"Action=ListUsers&Action=CreateUser&UserName=x")));
+        refused(&view("iam", "POST", "/", "Action=CreateUser", Some(b"Action=ListUsers")));
+        refused(&view("sts", "POST", "/", "", Some(b"Action=AssumeRole&RoleArn=a&RoleArn.x=1&RoleSessionName=s")));
+        // A body that is not a form (or whose media type is spelled otherwise) is not skipped.
+        let json = headers(&[("content-type", "application/json")]);
+        refused(&RequestView { headers: &json, ..view("iam", "POST", "/", "Action=ListUsers", Some(b"Action=CreateUser&UserName=x")) });
+        let upper = headers(&[("content-type", "Application/X-WWW-FORM-urlencoded; charset=UTF-8")]);
+        let c = classify(&RequestView { headers: &upper, ..view("iam", "POST", "/", "", Some(b"Action=CreateUser&UserName=x")) }).unwrap();
+        assert_eq!(c.action, "CreateUser");
+        // Encodings Veil does not decode, and singleton headers sent twice.
+        let gz = headers(&[("content-type", "application/x-www-form-urlencoded"), ("content-encoding", "gzip")]);
+        refused(&RequestView { headers: &gz, ..view("iam", "POST", "/", "", Some(b"Action=ListUsers")) });
+        let twice = headers(&[("content-type", "application/x-www-form-urlencoded"), ("content-type", "text/plain")]);
+        refused(&RequestView { headers: &twice, ..view("iam", "POST", "/", "", Some(b"Action=ListUsers")) });
+    }
+
+    #[test]
+    fn query_protocols_forward_the_parameters_policies_saw() {
+        let c = classify(&view("iam", "GET", "/", "Action=CreateUser&Version=2010-05-08&UserName=a+b&X-Amz-Signature=ab", Some(b""))).unwrap();
+        assert_eq!(c.params, json!({"UserName": "a b"}));
+        assert_eq!(c.forward.method, http::Method::POST);
+        assert_eq!(c.forward.path_and_query, "/");
+        let body = c.forward.body.clone().unwrap();
+        assert_eq!(&body[..], b"Action=CreateUser&Version=2010-05-08&UserName=a%20b");
+        let again = classify(&view("iam", "POST", "/", "", Some(&body))).unwrap();
+        assert_eq!((again.action, again.params), (c.action, c.params));
+    }
+
+    #[test]
+    fn json_protocols_read_one_target_and_strict_bodies() {
+        let h = headers(&[("x-amz-target", "secretsmanager.GetSecretValue"), ("content-type", "application/x-amz-json-1.1")]);
+        refused(&RequestView { headers: &h, ..view("secretsmanager", "POST", "/", "", Some(br#"{"SecretId":"a","SecretId":"b"}"#)) });
+        let two = headers(&[("x-amz-target", "secretsmanager.GetSecretValue"), ("x-amz-target", "secretsmanager.DeleteSecret")]);
+        refused(&RequestView { headers: &two, ..view("secretsmanager", "POST", "/", "", Some(b"{}")) });
+        let extra = headers(&[("x-amz-target", "secretsmanager.GetSecretValue"), ("x-moto-account-id", "1"), ("x-amz-acl", "x")]);
+        let c = classify(&RequestView { headers: &extra, ..view("secretsmanager", "POST", "/", "a=b", Some(b"{}")) }).unwrap();
+        assert_eq!(c.forward.path_and_query, "/");
+        let names: Vec<&str> = c.forward.headers.keys().map(http::HeaderName::as_str).collect();
+        assert_eq!(names, ["x-amz-target"]);
+    }
+
+    #[test]
+    fn rest_protocols_refuse_several_sub_resources_and_conflicts() {
+        assert!(refused(&view("s3", "PUT", "/bucket", "accelerate&acl", None)).contains("acl"));
+        refused(&view("s3", "GET", "/bucket", "cors&policy", None));
+        refused(&view("s3", "DELETE", "/bucket", "encryption&publicAccessBlock", None));
+        refused(&view("s3", "GET", "/bucket", "prefix=a&prefix=b", None));
+        // One sub-resource with its own parameters is fine.
+        assert_eq!(classify(&view("s3", "GET", "/bucket/key", "acl&versionId=3", None)).unwrap().action, "GetObjectAcl");
+        // A label given again in the body with another value.
+        let json = headers(&[("content-type", "application/json")]);
+        refused(&RequestView { headers: &json, ..view("lambda", "GET", "/2015-03-31/functions/my-fn", "", Some(br#"{"FunctionName":"other"}"#)) });
+    }
+
+    #[test]
+    fn rest_protocols_show_bound_headers_and_forward_only_them() {
+        let h = headers(&[("x-amz-acl", "public-read-write"), ("x-amz-meta-owner", "me"), ("x-moto-account-id", "2"), ("content-type", "text/plain")]);
+        let c = classify(&RequestView { headers: &h, ..view("s3", "PUT", "/bucket/dir//key/", "", Some(b"data")) }).unwrap();
+        assert_eq!(c.action, "PutObject");
+        assert_eq!(c.params["Key"], "dir//key/", "S3 keys keep empty segments and a trailing slash");
+        assert_eq!(c.params["ACL"], "public-read-write");
+        assert_eq!(c.params["Metadata"], json!({"owner": "me"}));
+        let mut names: Vec<&str> = c.forward.headers.keys().map(http::HeaderName::as_str).collect();
+        names.sort();
+        assert_eq!(names, ["content-type", "x-amz-acl", "x-amz-meta-owner"]);
+        let acl = headers(&[("x-amz-acl", "private")]);
+        let other = classify(&RequestView { headers: &acl, ..view("s3", "PUT", "/bucket", "acl", None) }).unwrap();
+        assert_eq!(other.action, "PutBucketAcl");
+        assert_eq!(other.params["ACL"], "private");
+        // A path segment that is not UTF-8 once decoded names nothing.
+        assert!(classify(&view("s3", "GET", "/bucket/%FF", "", None)).is_err());
+    }
+
+    #[test]
+    fn the_digest_covers_body_headers_and_query() {
+        let h1 = headers(&[("x-amz-acl", "private")]);
+        let h2 = headers(&[("x-amz-acl", "public-read")]);
+        let a = classify(&RequestView { headers: &h1, ..view("s3", "PUT", "/bucket", "acl", Some(b"")) }).unwrap();
+        let b = classify(&RequestView { headers: &h2, ..view("s3", "PUT", "/bucket", "acl", Some(b"")) }).unwrap();
+        assert_ne!(a.forward.digest(Some(b"")), b.forward.digest(Some(b"")));
+        assert_ne!(a.forward.digest(Some(b"x")), a.forward.digest(Some(b"y")));
+        assert_eq!(a.forward.digest(Some(b"x")), a.forward.digest(Some(b"x")));
     }
 }

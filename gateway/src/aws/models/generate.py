@@ -8,16 +8,22 @@ For every service, keyed by its SigV4 signing name, one entry per model:
   prefix       endpoint prefix (host name part: <prefix>.<region>.amazonaws.com)
   global       true when the service has one global endpoint (iam, route53 …)
   target       X-Amz-Target prefix (json protocol)
-  ops          rest protocols: [name, method, requestUri, [required headers]?]
+  ops          rest protocols: [name, method, requestUri, [required headers]?,
+               {header: input member}?] (`prefix*` for a prefix of headers)
   streaming    {operation: payload member}: response bodies that are a stream
                of bytes (passed through unparsed, or shown to policies as text
                under the member's name when small), or null for a stream of
                events (always passed through)
   blobs        {operation: [selectors]}: output values of type blob (base64 text
                on the wire), in wire names, so a mask keeps them base64
+
+and partitions.json, from botocore's endpoints data: per partition, the DNS
+suffix of its endpoints and the region prefixes its region pattern accepts
+(`^(us|eu)\-\w+\-\d+$` becomes ["us", "eu"]: a region is <prefix>-<word>-<digits>).
 """
 import json
 import os
+import re
 import sys
 
 import botocore
@@ -68,8 +74,20 @@ def main():
                         ref = shape["members"][member]
                         if ref.get("location") == "header":
                             headers.append(ref["locationName"].lower())
-                if headers:
+                # Every header the operation's input reads, by member: Veil
+                # shows them to policies as parameters and forwards only
+                # these (a trailing `*` marks a prefix, `x-amz-meta-*`).
+                bound = {}
+                if "input" in op:
+                    for member, ref in shapes[op["input"]["shape"]].get("members", {}).items():
+                        if ref.get("location") == "header":
+                            bound[ref["locationName"].lower()] = member
+                        elif ref.get("location") == "headers":
+                            bound[ref.get("locationName", "").lower() + "*"] = member
+                if headers or bound:
                     row.append(sorted(headers))
+                if bound:
+                    row.append(dict(sorted(bound.items())))
                 ops.append(row)
             out_ref = op.get("output")
             if out_ref:
@@ -100,6 +118,28 @@ def main():
             f.write("%s: %s%s\n" % (json.dumps(k), json.dumps(v, separators=(",", ":")), "," if i + 1 < len(items) else ""))
         f.write("}}\n")
     print("wrote %s: %d signing names" % (dest, len(out)), file=sys.stderr)
+    write_partitions(loader)
+
+
+def write_partitions(loader):
+    """partitions.json: what Veil needs to build endpoint host names."""
+    parts = []
+    for p in loader.load_data("endpoints")["partitions"]:
+        m = re.fullmatch(r"\^(?:\(([a-z|]+)\)|([a-z()\\-]+?))\\-\\w\+\\-\\d\+\$", p["regionRegex"])
+        if not m:
+            sys.exit("partition %s: region pattern %r is not of the form ^<prefixes>\\-\\w+\\-\\d+$; teach generate.py" % (p["partition"], p["regionRegex"]))
+        if m.group(1):
+            prefixes = m.group(1).split("|")
+        else:
+            prefixes = [m.group(2).replace("\\-", "-")]
+        # A prefix with a group inside it (`eusc\-(de)`) is one literal.
+        prefixes = [x.replace("(", "").replace(")", "") for x in prefixes]
+        parts.append({"partition": p["partition"], "suffix": p["dnsSuffix"], "prefixes": prefixes})
+    dest = os.path.join(os.path.dirname(os.path.abspath(__file__)), "partitions.json")
+    with open(dest, "w") as f:
+        json.dump({"_source": "botocore %s" % botocore.__version__, "partitions": parts}, f, indent=1)
+        f.write("\n")
+    print("wrote %s: %d partitions" % (dest, len(parts)), file=sys.stderr)
 
 if __name__ == "__main__":
     main()
