@@ -20,10 +20,17 @@ fuzz_target!(|data: &[u8]| {
             headers.insert("content-type", http::HeaderValue::from_static("application/x-www-form-urlencoded"));
         }
     }
+    // Path and query as the gateway gets them: from a parsed request URI.
+    let Ok(uri) = format!("{path}?{query}").parse::<http::uri::PathAndQuery>() else { return };
+    if !uri.path().starts_with('/') {
+        return;
+    }
+    let (path, query) = (uri.path(), uri.query().unwrap_or(""));
     let view = RequestView { service, method, path, query, body: Some(body.as_bytes()), headers: &headers };
     let Ok(first) = aws::classify(&view) else { return };
     let f = &first.forward;
-    let (fpath, fquery) = f.path_and_query.split_once('?').unwrap_or((&f.path_and_query, ""));
+    let forwarded: http::uri::PathAndQuery = f.path_and_query.parse().expect("the forwarded path and query parse");
+    let (fpath, fquery) = (forwarded.path(), forwarded.query().unwrap_or(""));
     let fbody = f.body.as_deref().unwrap_or(body.as_bytes());
     let again = RequestView { service, method: f.method.as_str(), path: fpath, query: fquery, body: Some(fbody), headers: &f.headers };
     let second = aws::classify(&again).expect("the forwarded request classifies");

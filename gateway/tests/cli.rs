@@ -30,7 +30,7 @@ fn stderr(o: &Output) -> String {
 #[test]
 fn check_prints_name_version_sha256_and_scope() {
     for (file, name, version) in [
-        ("risky-actions.wasm", "risky-actions", "1.0.0"),
+        ("risky-actions.wasm", "risky-actions", "1.1.0"),
         ("secrets-by-team.wasm", "secrets-by-team", "1.0.0"),
         ("aws-sensitive.wasm", "aws-sensitive", "1.3.0"),
     ] {

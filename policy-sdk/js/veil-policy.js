@@ -298,3 +298,138 @@ export function glob(pattern, text) {
   }
   return rest.length >= last.length && rest.endsWith(last);
 }
+
+// Values with many spellings (the Rust SDK's `net` module, same answers).
+
+const ASCII_WS = /^[ \t\n\f\r]+|[ \t\n\f\r]+$/g;
+
+function parseV4(text, strict) {
+  const parts = text.split(".");
+  if (parts.length !== 4) return undefined;
+  let out = 0n;
+  for (const part of parts) {
+    if (!/^[0-9]{1,3}$/.test(part) || Number(part) > 255 || (strict && part.length > 1 && part[0] === "0")) return undefined;
+    out = (out << 8n) | BigInt(Number(part));
+  }
+  return out;
+}
+
+function parseV6(text) {
+  const groups = (s, lastMayBeV4) => {
+    if (s === "") return [];
+    const out = [];
+    const parts = s.split(":");
+    for (let i = 0; i < parts.length; i++) {
+      if (lastMayBeV4 && i === parts.length - 1 && parts[i].includes(".")) {
+        const v4 = parseV4(parts[i], true);
+        if (v4 === undefined) return undefined;
+        out.push(Number(v4 >> 16n), Number(v4 & 0xffffn));
+      } else if (/^[0-9a-fA-F]{1,4}$/.test(parts[i])) {
+        out.push(parseInt(parts[i], 16));
+      } else {
+        return undefined;
+      }
+    }
+    return out;
+  };
+  const gap = text.indexOf("::");
+  let all;
+  if (gap < 0) {
+    all = groups(text, true);
+    if (all === undefined || all.length !== 8) return undefined;
+  } else {
+    if (text.indexOf("::", gap + 1) >= 0) return undefined;
+    const head = groups(text.slice(0, gap), false);
+    const tail = groups(text.slice(gap + 2), true);
+    if (head === undefined || tail === undefined || head.length + tail.length > 7) return undefined;
+    all = [...head, ...new Array(8 - head.length - tail.length).fill(0), ...tail];
+  }
+  return all.reduce((acc, g) => (acc << 16n) | BigInt(g), 0n);
+}
+
+/** An IPv4 or IPv6 network (an address is a network of one). */
+export class Network {
+  constructor(bits, v4, prefix) {
+    this.bits = bits;
+    this.v4 = v4;
+    this.prefix = prefix;
+  }
+
+  /** `a.b.c.d/n`, an IPv6 network `x::y/n` or a bare address; surrounding
+   * ASCII whitespace ignored. `undefined` for anything else. */
+  static parse(text) {
+    const t = text.replace(ASCII_WS, "");
+    const slash = t.indexOf("/");
+    const addr = slash < 0 ? t : t.slice(0, slash);
+    let bits = parseV4(addr, false);
+    const v4 = bits !== undefined;
+    if (!v4) {
+      if (!addr.includes(":")) return undefined;
+      bits = parseV6(addr);
+      if (bits === undefined) return undefined;
+    }
+    const width = v4 ? 32 : 128;
+    let prefix = width;
+    if (slash >= 0) {
+      const p = t.slice(slash + 1);
+      if (!/^[0-9]{1,3}$/.test(p) || Number(p) > width) return undefined;
+      prefix = Number(p);
+    }
+    return new Network(bits, v4, prefix);
+  }
+
+  mask() {
+    const width = BigInt(this.v4 ? 32 : 128);
+    return ((1n << width) - 1n) ^ ((1n << (width - BigInt(this.prefix))) - 1n);
+  }
+
+  /** Whether `other` lies wholly inside this network. */
+  contains(other) {
+    const m = this.mask();
+    return this.v4 === other.v4 && other.prefix >= this.prefix && (other.bits & m) === (this.bits & m);
+  }
+
+  /** Every IPv4 address, every global unicast IPv6 address (`2000::/3`) or
+   * every IPv4 address mapped into IPv6. */
+  isWorldOpen() {
+    if (this.prefix === 0) return true;
+    if (this.v4) return false;
+    return this.contains(new Network(0x2000n << 112n, false, 3)) || this.contains(new Network(0xffffn << 32n, false, 96));
+  }
+}
+
+/** Whether `text` is a network (any spelling) open to the whole internet. */
+export function isWorldOpen(text) {
+  const n = Network.parse(text);
+  return n !== undefined && n.isWorldOpen();
+}
+
+/** An ARN's parts: `arn:partition:service:region:account:resource`. */
+export class Arn {
+  constructor(partition, service, region, account, resource) {
+    Object.assign(this, { partition, service, region, account, resource });
+  }
+
+  /** `undefined` unless it has the six parts, with a partition, service and resource. */
+  static parse(text) {
+    const parts = [];
+    let rest = text;
+    for (let i = 0; i < 5; i++) {
+      const at = rest.indexOf(":");
+      if (at < 0) return undefined;
+      parts.push(rest.slice(0, at));
+      rest = rest.slice(at + 1);
+    }
+    parts.push(rest);
+    if (parts[0] !== "arn" || !parts[1] || !parts[2] || !parts[5]) return undefined;
+    return new Arn(...parts.slice(1));
+  }
+
+  /** `role/path/admin` → `["role", "path/admin"]`; `undefined` without a separator. */
+  resourceType() {
+    const cut = [this.resource.indexOf("/"), this.resource.indexOf(":")].filter((i) => i >= 0);
+    if (cut.length === 0) return undefined;
+    const i = Math.min(...cut);
+    return [this.resource.slice(0, i), this.resource.slice(i + 1)];
+  }
+}

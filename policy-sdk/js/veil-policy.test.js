@@ -66,3 +66,29 @@ test("findings come from the host once and carry the mask their kind calls for",
   assert.equal(resp.findings(), found);
   assert.deepEqual(new Response({ status: 200, bodyJson: "{}" }, [new Finding("a", "secret", "jwt")]).findings()[0].mask(), Mask.redact("a"));
 });
+
+// The Rust SDK's cases (policy-sdk/src/net.rs), with the same answers.
+const OPEN = ["0.0.0.0/0", "10.0.0.0/0", "000.0.0.0/00", " 0.0.0.0/0 ", "::/0", "::0/0", "0:0:0:0:0:0:0:0/0", "::ffff:0.0.0.0/96",
+  "::ffff:0:0/95", "2000::/3", "2000::/2", "::/1", "0::/0"];
+const CLOSED = ["10.0.0.0/8", "0.0.0.0/1", "0.0.0.0", "2001:db8::/32", "::ffff:10.0.0.0/104", "2000::/4", "nonsense", "0.0.0.0/33",
+  "::/129", "1.2.3/0", "::/0/0", "fe80::/0%eth0", "１.2.3.4/0", ":::/0", "1::2::3/0", "1:2:3:4:5:6:7:8:9/0"];
+
+test("every spelling of the whole internet is open", async () => {
+  const { Network, isWorldOpen } = await import("./veil-policy.js");
+  assert.deepEqual(OPEN.filter((t) => !isWorldOpen(t)), []);
+  assert.deepEqual(CLOSED.filter((t) => isWorldOpen(t)), []);
+  const n = Network.parse("10.1.0.0/16");
+  assert.ok(n.contains(Network.parse("10.1.2.3")) && !n.contains(Network.parse("10.2.0.1")));
+  assert.ok(!n.contains(Network.parse("::ffff:10.1.2.3")));
+  assert.ok(Network.parse("1:2:3:4:5:6:7::/0") !== undefined);
+  assert.equal(Network.parse("::ffff:1.2.3.4").bits, (0xffffn << 32n) | 0x01020304n);
+});
+
+test("ARNs split into their parts", async () => {
+  const { Arn } = await import("./veil-policy.js");
+  const a = Arn.parse("arn:aws:iam::123456789012:role/path/admin");
+  assert.deepEqual([a.partition, a.service, a.region, a.account], ["aws", "iam", "", "123456789012"]);
+  assert.deepEqual(a.resourceType(), ["role", "path/admin"]);
+  assert.equal(Arn.parse("arn:aws:logs:us-east-1:1:log-group:a:b").resource, "log-group:a:b");
+  for (const bad of ["", "arn:aws:iam::1", "arn::iam::1:role/x", "ARN:aws:iam::1:role/x", "arn:aws:iam::1:"]) assert.equal(Arn.parse(bad), undefined, bad);
+});

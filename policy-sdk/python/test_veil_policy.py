@@ -56,3 +56,29 @@ def test_findings_carry_the_mask_their_kind_calls_for():
     resp = Response(200, {}, findings=found)
     assert [f.mask() for f in resp.findings()] == [Mask.hash('"Owner"."AccessKeyId"'), Mask.redact('"Note"')]
     assert Response(200, {}).findings() == []
+
+
+# The Rust SDK's cases (policy-sdk/src/net.rs), with the same answers.
+OPEN = ["0.0.0.0/0", "10.0.0.0/0", "000.0.0.0/00", " 0.0.0.0/0 ", "::/0", "::0/0", "0:0:0:0:0:0:0:0/0", "::ffff:0.0.0.0/96",
+        "::ffff:0:0/95", "2000::/3", "2000::/2", "::/1", "0::/0"]
+CLOSED = ["10.0.0.0/8", "0.0.0.0/1", "0.0.0.0", "2001:db8::/32", "::ffff:10.0.0.0/104", "2000::/4", "nonsense", "0.0.0.0/33",
+          "::/129", "1.2.3/0", "::/0/0", "fe80::/0%eth0", "１.2.3.4/0"]
+
+
+def test_every_spelling_of_the_whole_internet_is_open():
+    from veil_policy import Network, is_world_open
+    assert [t for t in OPEN if not is_world_open(t)] == []
+    assert [t for t in CLOSED if is_world_open(t)] == []
+    n = Network.parse("10.1.0.0/16")
+    assert n.contains(Network.parse("10.1.2.3")) and not n.contains(Network.parse("10.2.0.1"))
+    assert not n.contains(Network.parse("::ffff:10.1.2.3"))
+
+
+def test_arns_split_into_their_parts():
+    from veil_policy import Arn
+    a = Arn.parse("arn:aws:iam::123456789012:role/path/admin")
+    assert (a.partition, a.service, a.region, a.account) == ("aws", "iam", "", "123456789012")
+    assert a.resource_type() == ("role", "path/admin")
+    assert Arn.parse("arn:aws:logs:us-east-1:1:log-group:a:b").resource == "log-group:a:b"
+    for bad in ["", "arn:aws:iam::1", "arn::iam::1:role/x", "ARN:aws:iam::1:role/x", "arn:aws:iam::1:"]:
+        assert Arn.parse(bad) is None, bad

@@ -44,6 +44,8 @@
 
 use serde_json::Value;
 
+pub mod net;
+
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({

@@ -2,7 +2,7 @@
 // the Rust policy in policies/risky-actions (see its docs). Built by
 // `make policies` into target/policies/js/risky-actions.wasm.
 
-import { Verdict, asciiLower, exportPolicy, glob, rustTrim, sortedValues } from "../../../policy-sdk/js/veil-policy.js";
+import { Arn, Network, Verdict, asciiLower, exportPolicy, glob, sortedValues } from "../../../policy-sdk/js/veil-policy.js";
 
 const DENY = [
   "organizations:LeaveOrganization",
@@ -64,11 +64,19 @@ function firstMatch(patterns, text) {
 }
 
 /** Any string anywhere in `v` equal (after trimming) to one of `needles`. */
-function findString(v, needles) {
-  if (typeof v === "string") return needles.find((n) => n === rustTrim(v));
+// The first string anywhere in `v` (objects in key order) that is a network
+// open to the whole internet in any spelling, or one that contains a `listed`
+// network wholly.
+function findOpen(v, listed) {
+  if (typeof v === "string") {
+    const n = Network.parse(v);
+    if (n === undefined) return undefined;
+    const open = n.isWorldOpen() || listed.map((l) => Network.parse(l)).some((l) => l !== undefined && n.contains(l));
+    return open ? v.replace(/^[ \t\n\f\r]+|[ \t\n\f\r]+$/g, "") : undefined;
+  }
   const items = Array.isArray(v) ? v : v !== null && typeof v === "object" ? sortedValues(v) : [];
   for (const item of items) {
-    const found = findString(item, needles);
+    const found = findOpen(item, listed);
     if (found !== undefined) return found;
   }
   return undefined;
@@ -76,7 +84,7 @@ function findString(v, needles) {
 
 export const { info, scope, onRequest, onResponse } = exportPolicy({
   name: "risky-actions",
-  version: "1.0.0",
+  version: "1.1.0",
   // Only the listed operations need a decision; responses never do. Every
   // list is read here, so a misconfigured one rejects the policy at load.
   scope(config) {
@@ -94,11 +102,16 @@ export const { info, scope, onRequest, onResponse } = exportPolicy({
     if (p !== undefined) return Verdict.approvalRequired(`${action} changes identities or access (rule \`${p}\`)`);
     if (asciiLower(action) === "sts:assumerole") {
       const role = req.paramStr("RoleArn") ?? "";
+      const arn = Arn.parse(role);
+      const kind = arn !== undefined && arn.service === "iam" ? arn.resourceType() : undefined;
+      if (kind === undefined || kind[0] !== "role") {
+        return Verdict.approvalRequired(`sts:AssumeRole needs approval: RoleArn ${role} is not an IAM role ARN`);
+      }
       p = firstMatch(req.configList("admin_role_patterns", ADMIN_ROLE_PATTERNS), role);
       if (p !== undefined) return Verdict.approvalRequired(`sts:AssumeRole into ${role} matches admin pattern \`${p}\``);
     }
     if (firstMatch(req.configList("ingress_actions", INGRESS_ACTIONS), action) !== undefined) {
-      const cidr = findString(req.params, req.configList("open_cidrs", OPEN_CIDRS));
+      const cidr = findOpen(req.params, req.configList("open_cidrs", OPEN_CIDRS));
       if (cidr !== undefined) return Verdict.approvalRequired(`${action} opens the security group to ${cidr}`);
     }
     return Verdict.allow();

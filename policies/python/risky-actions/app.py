@@ -2,7 +2,7 @@
 the Rust policy in policies/risky-actions (see its docs). Built by
 `make policies` into target/policies/python/risky-actions.wasm."""
 
-from veil_policy import Policy, Scope, Verdict, ascii_lower, export, glob, rust_trim, sorted_items
+from veil_policy import Arn, Network, Policy, Scope, Verdict, ascii_lower, export, glob, is_world_open, sorted_items
 
 DENY = [
     "organizations:LeaveOrganization",
@@ -64,10 +64,15 @@ def first_match(patterns, text):
     return next((p for p in patterns if glob(ascii_lower(p), text)), None)
 
 
-def find_string(v, needles):
-    """Any string anywhere in `v` equal (after trimming) to one of `needles`."""
+def find_open(v, listed):
+    """The first string anywhere in `v` (objects in key order) that is a
+    network open to the whole internet in any spelling, or one that contains
+    a `listed` network wholly."""
     if isinstance(v, str):
-        return next((n for n in needles if n == rust_trim(v)), None)
+        n = Network.parse(v)
+        if n is not None and (n.is_world_open() or any(l is not None and n.contains(l) for l in map(Network.parse, listed))):
+            return v.strip(" \t\n\x0c\r")
+        return None
     if isinstance(v, list):
         items = v
     elif isinstance(v, dict):
@@ -75,7 +80,7 @@ def find_string(v, needles):
     else:
         return None
     for item in items:
-        found = find_string(item, needles)
+        found = find_open(item, listed)
         if found is not None:
             return found
     return None
@@ -83,7 +88,7 @@ def find_string(v, needles):
 
 class RiskyActions(Policy):
     name = "risky-actions"
-    version = "1.0.0"
+    version = "1.1.0"
 
     def scope(self, config):
         """Only the listed operations need a decision; responses never do.
@@ -105,11 +110,15 @@ class RiskyActions(Policy):
         if ascii_lower(action) == "sts:assumerole":
             role = req.param_str("RoleArn")
             role = "" if role is None else role
+            arn = Arn.parse(role)
+            kind = arn.resource_type() if arn is not None and arn.service == "iam" else None
+            if kind is None or kind[0] != "role":
+                return Verdict.approval_required(f"sts:AssumeRole needs approval: RoleArn {role} is not an IAM role ARN")
             p = first_match(req.config_list("admin_role_patterns", ADMIN_ROLE_PATTERNS), role)
             if p is not None:
                 return Verdict.approval_required(f"sts:AssumeRole into {role} matches admin pattern `{p}`")
         if first_match(req.config_list("ingress_actions", INGRESS_ACTIONS), action) is not None:
-            cidr = find_string(req.params, req.config_list("open_cidrs", OPEN_CIDRS))
+            cidr = find_open(req.params, req.config_list("open_cidrs", OPEN_CIDRS))
             if cidr is not None:
                 return Verdict.approval_required(f"{action} opens the security group to {cidr}")
         return Verdict.allow()

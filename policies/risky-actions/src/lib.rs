@@ -5,14 +5,19 @@
 //!   CloudTrail or GuardDuty, deleting the password policy …) are refused.
 //! - `approval`: identity-changing and access-opening calls (new users, keys,
 //!   attached policies, shell sessions, resource policies …) wait for a human.
-//! - `sts:AssumeRole` into a role whose ARN matches `admin_role_patterns`,
-//!   and security-group ingress from anywhere (`open_cidrs`), need approval.
+//! - `sts:AssumeRole` into a role whose ARN matches `admin_role_patterns`
+//!   (or that is not a role ARN at all), and security-group ingress from
+//!   anywhere, need approval. "Anywhere" is any spelling of a network that
+//!   reaches the whole internet (`0.0.0.0/0`, `10.0.0.0/0`, `::0/0`,
+//!   `2000::/3` …, see the SDK's `net` module), plus the networks listed in
+//!   `open_cidrs`.
 //!
 //! Every list is configurable; entries are `service:Action` patterns with `*`
 //! wildcards, matched without regard to case (as IAM does). A configured list
 //! replaces the default one.
 
 use serde_json::Value;
+use veil_policy_sdk::net::{self, Arn, Network};
 use veil_policy_sdk::{export_policy, Config, Policy, Request, Response, ResponseDecision, Scope, Verdict};
 
 const DENY: &[&str] = &[
@@ -81,7 +86,7 @@ struct RiskyActions;
 
 impl Policy for RiskyActions {
     const NAME: &'static str = "risky-actions";
-    const VERSION: &'static str = "1.0.0";
+    const VERSION: &'static str = "1.1.0";
 
     /// Only the listed operations need a decision; responses never do. Every
     /// list is read here, so a misconfigured one rejects the policy at load.
@@ -107,6 +112,10 @@ impl Policy for RiskyActions {
         }
         if action.eq_ignore_ascii_case("sts:AssumeRole") {
             let role = req.param_str("RoleArn").unwrap_or_default();
+            let is_role = Arn::parse(role).is_some_and(|a| a.service == "iam" && a.resource_type().is_some_and(|(t, _)| t == "role"));
+            if !is_role {
+                return Verdict::ApprovalRequired(format!("sts:AssumeRole needs approval: RoleArn {role} is not an IAM role ARN"));
+            }
             if let Some(p) = first_match(&req.config_list("admin_role_patterns", ADMIN_ROLE_PATTERNS), role) {
                 return Verdict::ApprovalRequired(format!(
                     "sts:AssumeRole into {role} matches admin pattern `{p}`"
@@ -115,7 +124,7 @@ impl Policy for RiskyActions {
         }
         if first_match(&req.config_list("ingress_actions", INGRESS_ACTIONS), &action).is_some() {
             let open = req.config_list("open_cidrs", OPEN_CIDRS);
-            if let Some(cidr) = find_string(req.params(), &open) {
+            if let Some(cidr) = find_open(req.params(), &open) {
                 return Verdict::ApprovalRequired(format!(
                     "{action} opens the security group to {cidr}"
                 ));
@@ -154,12 +163,18 @@ fn glob(pattern: &str, text: &str) -> bool {
     rest.len() >= last.len() && rest.ends_with(last)
 }
 
-/// Any string anywhere in `v` equal to one of `needles`.
-fn find_string<'a>(v: &Value, needles: &'a [String]) -> Option<&'a str> {
+/// The first string anywhere in `v` (objects in key order) that is a
+/// network open to the whole internet in any spelling, or one that contains
+/// `listed` networks wholly.
+fn find_open<'a>(v: &'a Value, listed: &[String]) -> Option<&'a str> {
     match v {
-        Value::String(s) => needles.iter().find(|n| n.as_str() == s.trim()).map(String::as_str),
-        Value::Array(items) => items.iter().find_map(|i| find_string(i, needles)),
-        Value::Object(map) => map.values().find_map(|i| find_string(i, needles)),
+        Value::String(s) => {
+            let open = net::is_world_open(s)
+                || Network::parse(s).is_some_and(|n| listed.iter().filter_map(|l| Network::parse(l)).any(|l| n.contains(&l)));
+            open.then_some(s.trim_matches(|c: char| c.is_ascii_whitespace()))
+        }
+        Value::Array(items) => items.iter().find_map(|i| find_open(i, listed)),
+        Value::Object(map) => map.values().find_map(|i| find_open(i, listed)),
         _ => None,
     }
 }

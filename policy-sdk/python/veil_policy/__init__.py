@@ -31,6 +31,7 @@ two languages gives byte-for-byte the same decisions. An exception escaping a
 hook traps the instance; the gateway treats a trap as a deny (fail closed).
 """
 
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
@@ -38,7 +39,7 @@ from typing import Any, List, Optional
 __all__ = [
     "PolicyError",
     "Policy", "Request", "Response", "Verdict", "Mask", "ResponseDecision", "Config", "Scope", "Finding",
-    "export", "glob", "ascii_lower", "rust_trim", "sorted_items",
+    "export", "glob", "ascii_lower", "rust_trim", "sorted_items", "Network", "is_world_open", "Arn",
 ]
 
 
@@ -441,3 +442,101 @@ def glob(pattern: str, text: str) -> bool:
             return False
         rest = rest[i + len(part):]
     return len(rest) >= len(last) and rest.endswith(last)
+
+
+# Values with many spellings (the Rust SDK's `net` module, same answers).
+
+_ASCII_WS = " \t\n\x0c\r"
+_DIGITS = frozenset("0123456789")
+
+
+def _parse_v4(text: str) -> Optional[int]:
+    parts = text.split(".")
+    if len(parts) != 4:
+        return None
+    out = 0
+    for part in parts:
+        if not 1 <= len(part) <= 3 or not set(part) <= _DIGITS or int(part) > 255:
+            return None
+        out = (out << 8) | int(part)
+    return out
+
+
+class Network:
+    """An IPv4 or IPv6 network (an address is a network of one)."""
+
+    def __init__(self, bits: int, v4: bool, prefix: int):
+        self.bits, self.v4, self.prefix = bits, v4, prefix
+
+    @staticmethod
+    def parse(text: str) -> Optional["Network"]:
+        """``a.b.c.d/n``, an IPv6 network ``x::y/n`` or a bare address;
+        surrounding ASCII whitespace ignored. ``None`` for anything else."""
+        addr, sep, prefix = text.strip(_ASCII_WS).partition("/")
+        bits = _parse_v4(addr)
+        v4 = bits is not None
+        if not v4:
+            if ":" not in addr or "%" in addr:
+                return None
+            try:
+                bits = int(ipaddress.IPv6Address(addr))
+            except ValueError:
+                return None
+        width = 32 if v4 else 128
+        if not sep:
+            length = width
+        elif 1 <= len(prefix) <= 3 and set(prefix) <= _DIGITS and int(prefix) <= width:
+            length = int(prefix)
+        else:
+            return None
+        return Network(bits, v4, length)
+
+    def _mask(self) -> int:
+        width = 32 if self.v4 else 128
+        return ((1 << width) - 1) ^ ((1 << (width - self.prefix)) - 1)
+
+    def contains(self, other: "Network") -> bool:
+        """Whether ``other`` lies wholly inside this network."""
+        m = self._mask()
+        return self.v4 == other.v4 and other.prefix >= self.prefix and (other.bits & m) == (self.bits & m)
+
+    def is_world_open(self) -> bool:
+        """Every IPv4 address, every global unicast IPv6 address
+        (``2000::/3``) or every IPv4 address mapped into IPv6."""
+        if self.prefix == 0:
+            return True
+        if self.v4:
+            return False
+        return self.contains(Network(0x2000 << 112, False, 3)) or self.contains(Network(0xFFFF << 32, False, 96))
+
+
+def is_world_open(text: str) -> bool:
+    """Whether ``text`` is a network (any spelling) open to the whole internet."""
+    n = Network.parse(text)
+    return n is not None and n.is_world_open()
+
+
+@dataclass
+class Arn:
+    """An ARN's parts: ``arn:partition:service:region:account:resource``."""
+
+    partition: str
+    service: str
+    region: str
+    account: str
+    resource: str
+
+    @staticmethod
+    def parse(text: str) -> Optional["Arn"]:
+        parts = text.split(":", 5)
+        if len(parts) != 6 or parts[0] != "arn" or not parts[1] or not parts[2] or not parts[5]:
+            return None
+        return Arn(*parts[1:])
+
+    def resource_type(self):
+        """``role/path/admin`` → ``("role", "path/admin")``; ``None`` without a separator."""
+        cut = [i for i in (self.resource.find("/"), self.resource.find(":")) if i >= 0]
+        if not cut:
+            return None
+        i = min(cut)
+        return self.resource[:i], self.resource[i + 1:]
