@@ -6,6 +6,12 @@
 //! Fail closed: a call that cannot be identified, classified or decided, or
 //! whose response cannot be parsed, is refused; a response body is returned
 //! only after every policy has seen it and its masks are applied.
+//!
+//! What is forwarded is what was classified: the forward stage sends
+//! [`aws::Forward`], the request classification derived from its own parse
+//! (method, path, query, allow-listed headers, a re-serialised body where
+//! the protocol allows), never the caller's request as such; the upstream
+//! host is built from the checked region and service ([`aws::endpoint`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -133,6 +139,7 @@ impl Failure {
             Failure::Identity(_) => AwsError::new(S::FORBIDDEN, "InvalidIdentityToken", msg),
             Failure::BadRequest(_) => AwsError::new(S::BAD_REQUEST, "InvalidParameterValue", msg),
             Failure::UnknownRole(_) => AwsError::new(S::FORBIDDEN, "AccessDenied", msg),
+            Failure::Classify(ClassifyError::Ambiguous(_)) => AwsError::new(S::BAD_REQUEST, "InvalidRequest", msg),
             Failure::Classify(_) => AwsError::new(S::BAD_REQUEST, "InvalidAction", msg),
             Failure::Endpoint(EndpointError::Host(_)) => AwsError::new(S::INTERNAL_SERVER_ERROR, "InternalFailure", msg),
             Failure::Endpoint(_) => AwsError::new(S::BAD_REQUEST, "InvalidParameterValue", msg),
