@@ -437,6 +437,7 @@ impl PolicyWatch {
                 }
             }
             let _ = gateway.reload_policies(trigger).await;
+            gateway.reload_roles(trigger).await;
         }
     }
 }

@@ -170,6 +170,16 @@ pub struct RoleConfig {
     pub arn: String,
     /// Name of the `[upstream.credentials.<name>]` Veil uses for this role.
     pub credentials: String,
+    /// Issuers whose tokens may use it (default: every configured issuer).
+    #[serde(default)]
+    pub issuers: Vec<String>,
+    /// `conditions` (the default: `[roles.conditions]` must hold) or
+    /// `any-token-of-these-issuers`.
+    #[serde(default)]
+    pub trust: crate::trust::TrustMode,
+    /// IAM-style trust conditions on the token's claims (see [`crate::trust`]).
+    #[serde(default)]
+    pub conditions: crate::trust::ConditionsConfig,
 }
 
 /// `[upstream]`
@@ -491,6 +501,12 @@ impl Config {
         }
     }
 
+    /// The roles with their trust conditions, checked against the issuers.
+    pub fn trust_roles(&self) -> Result<crate::trust::Roles, (String, String)> {
+        let issuers: Vec<String> = self.identity.issuers.iter().map(|i| i.issuer.clone()).collect();
+        crate::trust::Roles::from_config(&self.roles, &issuers)
+    }
+
     /// Resolve a path from the config against the config file's directory.
     pub fn resolve(&self, p: &Path) -> PathBuf {
         if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
@@ -553,6 +569,7 @@ impl Config {
                 ));
             }
         }
+        self.trust_roles()?;
         if let Some(ep) = &self.upstream.endpoint {
             if ep.parse::<http::Uri>().ok().and_then(|u| u.scheme_str().map(str::to_owned)).is_none() {
                 return e("upstream.endpoint", "must be a URL like https://host:port");

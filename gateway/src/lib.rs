@@ -21,6 +21,7 @@ pub mod pipeline;
 pub mod policy;
 pub mod sigv4;
 pub mod sts;
+pub mod trust;
 pub mod upstream;
 
 /// mimalloc instead of glibc's allocator: a call allocates and frees whole

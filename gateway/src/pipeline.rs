@@ -43,6 +43,7 @@ use crate::policy::reload::{self, Loader, Outcome, Rejection};
 use crate::policy::{CallInput, Identity, Operation, PolicySet, Reason, ResponseDecision, Verdict};
 use crate::sigv4::{self, SigError};
 use crate::sts::{self, Session, SessionError, SessionKeys};
+use crate::trust::{Roles, TrustError};
 use crate::upstream::{self, OutBody, Outgoing, Upstream, UpstreamError};
 
 /// Response body type.
@@ -78,9 +79,12 @@ pub enum Failure {
     /// A request field is missing or wrong.
     #[error("{0}")]
     BadRequest(String),
-    /// The role is not (or no longer) configured.
-    #[error("role {0:?} is not configured in this gateway")]
-    UnknownRole(String),
+    /// The caller may not use the role (unknown role, issuer or condition).
+    #[error(transparent)]
+    Trust(#[from] TrustError),
+    /// STS refused to mint a session: the caller may not use the role.
+    #[error("Not authorized to perform sts:AssumeRoleWithWebIdentity: {0}")]
+    NotAuthorizedToAssume(TrustError),
     /// The operation could not be determined.
     #[error(transparent)]
     Classify(#[from] ClassifyError),
@@ -138,7 +142,7 @@ impl Failure {
             Failure::Identity(IdentityError::Discovery { .. }) => AwsError::new(S::SERVICE_UNAVAILABLE, "IDPCommunicationError", msg),
             Failure::Identity(_) => AwsError::new(S::FORBIDDEN, "InvalidIdentityToken", msg),
             Failure::BadRequest(_) => AwsError::new(S::BAD_REQUEST, "InvalidParameterValue", msg),
-            Failure::UnknownRole(_) => AwsError::new(S::FORBIDDEN, "AccessDenied", msg),
+            Failure::Trust(_) | Failure::NotAuthorizedToAssume(_) => AwsError::new(S::FORBIDDEN, "AccessDenied", msg),
             Failure::Classify(ClassifyError::Ambiguous(_)) => AwsError::new(S::BAD_REQUEST, "InvalidRequest", msg),
             Failure::Classify(_) => AwsError::new(S::BAD_REQUEST, "InvalidAction", msg),
             Failure::Endpoint(EndpointError::Host(_)) => AwsError::new(S::INTERNAL_SERVER_ERROR, "InternalFailure", msg),
@@ -160,7 +164,8 @@ impl Failure {
         match self {
             Failure::Denied(_) | Failure::ApprovalDenied { .. } => "deny",
             Failure::ApprovalRequired { .. } => "approval-required",
-            Failure::MissingAuth | Failure::Signature(_) | Failure::Session(_) | Failure::Identity(_) | Failure::UnknownRole(_) => "unauthenticated",
+            Failure::MissingAuth | Failure::Signature(_) | Failure::Session(_) | Failure::Identity(_) => "unauthenticated",
+            Failure::Trust(_) | Failure::NotAuthorizedToAssume(_) => "deny",
             _ => "error",
         }
     }
@@ -224,7 +229,7 @@ pub struct Gateway {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// role ARN → credential name
-    roles: HashMap<String, String>,
+    roles: ArcSwap<Roles>,
     /// issuer → audience
     audiences: HashMap<String, String>,
     max_body: usize,
@@ -250,7 +255,8 @@ impl Gateway {
             reviewer_claim: cfg.approvals.reviewer_claim.clone(),
             reviewer_groups: cfg.approvals.reviewer_groups.clone(),
             metrics,
-            roles: cfg.roles.iter().map(|r| (r.arn.clone(), r.credentials.clone())).collect(),
+            // Validated with the config; an empty set (no role usable) if not.
+            roles: ArcSwap::from_pointee(cfg.trust_roles().unwrap_or_default()),
             audiences: cfg.identity.issuers.iter().map(|i| (i.issuer.clone(), i.audience.clone())).collect(),
             max_body: cfg.listener.max_body_bytes,
             max_session: Duration::from_secs(cfg.sts.max_session_secs),
@@ -299,6 +305,40 @@ impl Gateway {
             self.metrics.audit_write_failures.inc();
         }
         result
+    }
+
+    /// Re-read `[[roles]]` from the config file and swap them in if they
+    /// changed and check out: new sessions and every call on an existing
+    /// session are judged by the new conditions at once. A config that
+    /// does not load keeps the last good roles serving. Logged and audited.
+    pub async fn reload_roles(&self, trigger: &str) {
+        let Some(path) = self.loader.config_file().map(std::path::Path::to_path_buf) else { return };
+        let file = path.display().to_string();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let cfg = Config::load(&path).map_err(|e| e.to_string())?;
+            cfg.trust_roles().map_err(|(key, reason)| format!("{key}: {reason}"))
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("the reload task failed: {e}")));
+        let mut rec = Record::new("reload", &self.audit.instance);
+        rec.action = trigger.to_string();
+        rec.resource = "roles".into();
+        match loaded {
+            Ok(roles) if roles == **self.roles.load() => return,
+            Ok(roles) => {
+                tracing::info!(roles = roles.len(), trigger, "roles reloaded");
+                rec.verdict = "loaded".into();
+                self.roles.store(Arc::new(roles));
+            }
+            Err(reason) => {
+                tracing::warn!(file = %file, reason = ?reason, trigger, "roles reload rejected; the last good roles keep serving");
+                rec.verdict = "rejected".into();
+                rec.error = reason;
+            }
+        }
+        if self.audit.write(&rec).await.is_err() {
+            self.metrics.audit_write_failures.inc();
+        }
     }
 
     /// Hold a call for approval: a matching unused grant admits it at once;
@@ -615,7 +655,7 @@ impl Gateway {
             service: service.clone(),
             region: region.clone(),
             default_host: aws::endpoint::host(classified.model, &region)?,
-            credential: ctx.credential.clone().ok_or_else(|| Failure::UnknownRole(String::new()))?,
+            credential: ctx.credential.clone().ok_or_else(|| Failure::Trust(TrustError::UnknownRole(String::new())))?,
             body: out_body,
         };
         let upstream_started = Instant::now();
@@ -767,7 +807,11 @@ impl Gateway {
         let (session, secret) = self.sessions.verify(&signed.access_key, token, SystemTime::now())?;
         ctx.identity = Some(session.identity());
         ctx.session = Some(session.clone());
-        ctx.credential = Some(self.roles.get(&session.role).cloned().ok_or_else(|| Failure::UnknownRole(session.role.clone()))?);
+        // Trust is checked again on every call against the roles as they are
+        // now: a reload that revokes an identity ends its sessions at once.
+        let roles = self.roles.load();
+        let (role, _) = roles.admit(&session.role, ctx.identity.as_ref().ok_or(Failure::MissingAuth)?)?;
+        ctx.credential = Some(role.credentials.clone());
         ctx.role = Some(session.role.clone());
         let hashed = sigv4::payload_is_hashed(&signed)?;
         if !hashed && signed.service == "s3" {
@@ -798,29 +842,39 @@ impl Gateway {
         aws::endpoint::check_region(&region)?;
         ctx.region = Some(region);
         let identity = self.verifier.verify(token).await?;
-        let role = match parts.headers.get(ROLE_HEADER).and_then(|v| v.to_str().ok()) {
-            Some(r) => r.to_string(),
-            None if self.roles.len() == 1 => self.roles.keys().next().cloned().unwrap_or_default(),
-            None => return Err(Failure::BadRequest(format!("header {ROLE_HEADER} is required: several roles are configured"))),
+        let roles = self.roles.load();
+        let role = match parts.headers.get(ROLE_HEADER) {
+            Some(r) => r.to_str().map_err(|_| Failure::BadRequest(format!("header {ROLE_HEADER} is not visible ASCII")))?.to_string(),
+            None => match roles.only() {
+                Some(only) => only.arn.clone(),
+                None => return Err(Failure::BadRequest(format!("header {ROLE_HEADER} is required: several roles are configured"))),
+            },
         };
-        ctx.credential = Some(self.roles.get(&role).cloned().ok_or_else(|| Failure::UnknownRole(role.clone()))?);
-        ctx.role = Some(role);
         ctx.identity = Some(identity);
+        let (admitted, _) = roles.admit(&role, ctx.identity.as_ref().ok_or(Failure::MissingAuth)?)?;
+        ctx.credential = Some(admitted.credentials.clone());
+        ctx.role = Some(role);
         Ok(())
     }
 
     /// STS `AssumeRoleWithWebIdentity`, the unsigned form SDKs send.
     async fn sts_web_identity(&self, ctx: &mut Ctx, parts: &Parts, body: &[u8]) -> Result<Response<RespBody>, Failure> {
-        let mut form: HashMap<String, String> = form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes()).into_owned().collect();
-        form.extend(form_urlencoded::parse(body).into_owned());
-        if form.get("Action").map(String::as_str) != Some("AssumeRoleWithWebIdentity") {
+        // Read as strictly as any other query-protocol call: a field given
+        // twice (in the query, the body or both) is refused, not guessed.
+        let mut pairs = aws::wire::form_pairs(parts.uri.query().unwrap_or("").as_bytes(), "query").map_err(|_| Failure::MissingAuth)?;
+        pairs.extend(aws::wire::form_pairs(body, "body").map_err(|_| Failure::MissingAuth)?);
+        if !pairs.iter().any(|(k, v)| k == "Action" && v == "AssumeRoleWithWebIdentity") {
             return Err(Failure::MissingAuth);
         }
+        aws::wire::check_unique(&pairs, "form").map_err(|e| Failure::Classify(e.into()))?;
+        let form: HashMap<String, String> = pairs.into_iter().collect();
         ctx.protocol = Some(Protocol::Query);
         ctx.service = Some("sts".into());
         ctx.action = Some("AssumeRoleWithWebIdentity".into());
         let field = |k: &str| form.get(k).cloned().ok_or_else(|| Failure::BadRequest(format!("{k} is required")));
-        let token = field("WebIdentityToken")?;
+        // Token files often end with a newline (`echo "$TOKEN" > file`), and
+        // SDKs send the file as it is.
+        let token = field("WebIdentityToken")?.trim_matches(|c: char| c.is_ascii_whitespace()).to_string();
         let role = field("RoleArn")?;
         let name = field("RoleSessionName")?;
         if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"=,.@_-".contains(&b)) {
@@ -833,9 +887,13 @@ impl Gateway {
         ctx.rec.role_session.clone_from(&name);
         let identity = self.verifier.verify(&token).await?;
         ctx.identity = Some(identity.clone());
-        if !self.roles.contains_key(&role) {
-            return Err(Failure::UnknownRole(role));
-        }
+        // Trust is checked before any credential is minted.
+        ctx.rec.resource.clone_from(&role);
+        let because = match self.roles.load().admit(&role, &identity) {
+            Ok((_, because)) => because,
+            Err(e) => return Err(Failure::NotAuthorizedToAssume(e)),
+        };
+        ctx.rec.reasons.push(format!("trust: {role} admitted by {because}"));
         let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
         let token_exp = identity.claims.get("exp").and_then(Value::as_u64).unwrap_or(now);
         let exp = (now + duration).min(now + self.max_session.as_secs()).min(token_exp);

@@ -249,6 +249,7 @@ session_key_file = "session.key"
 [[roles]]
 arn = "{ROLE_ARN}"
 credentials = "emulator"
+trust = "any-token-of-these-issuers"
 
 [upstream]
 endpoint = "{moto_url}"

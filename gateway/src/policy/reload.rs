@@ -131,6 +131,11 @@ impl Loader {
         &self.dir
     }
 
+    /// The config file reloads re-read, if any.
+    pub fn config_file(&self) -> Option<&Path> {
+        self.config_file.as_deref()
+    }
+
     /// Build the set the files describe now. `current` lends unchanged policies.
     pub fn build(&self, current: &PolicySet) -> Result<Outcome, Rejection> {
         let _one_build = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
