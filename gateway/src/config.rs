@@ -87,6 +87,11 @@ pub struct Listener {
     /// Open client connections at most; more wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// DNS names clients reach Veil by. An S3 request to `<bucket>.<name>`
+    /// is virtual-hosted addressing; with names set, an S3 request to any
+    /// other host (but an IP address or `localhost`) is refused.
+    #[serde(default)]
+    pub host_names: Vec<String>,
 }
 
 fn default_max_body() -> usize {
@@ -534,6 +539,11 @@ impl Config {
         }
         if !(1..=300).contains(&self.listener.header_timeout_secs) {
             return e("listener.header_timeout_secs", "must be between 1 and 300");
+        }
+        for (i, name) in self.listener.host_names.iter().enumerate() {
+            if !crate::aws::endpoint::is_dns_name(name) {
+                return Err((format!("listener.host_names[{i}]"), format!("{name:?} is not a lower-case DNS name")));
+            }
         }
         if !(1..=1_000_000).contains(&self.listener.max_connections) {
             return e("listener.max_connections", "must be between 1 and 1000000");

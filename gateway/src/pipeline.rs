@@ -187,6 +187,11 @@ struct Ctx {
     verdict: &'static str,
     /// The Veil session, for callers using session credentials.
     session: Option<Session>,
+    /// SQS calls: the origin the caller reached Veil by, which queue URLs
+    /// in the response are rewritten to.
+    queue_origin: Option<aws::sqs::Origin>,
+    /// S3 virtual-hosted calls: their path-style path.
+    virtual_path: Option<String>,
     /// The audit record, filled in stage by stage.
     rec: Record,
 }
@@ -233,6 +238,10 @@ pub struct Gateway {
     /// issuer → audience
     audiences: HashMap<String, String>,
     max_body: usize,
+    /// `listener.host_names`: S3 virtual-hosted addressing.
+    host_names: Vec<String>,
+    /// `https`, or `http` with `listener.insecure_plaintext`.
+    scheme: &'static str,
     max_session: Duration,
     max_skew: Duration,
 }
@@ -259,6 +268,8 @@ impl Gateway {
             roles: ArcSwap::from_pointee(cfg.trust_roles().unwrap_or_default()),
             audiences: cfg.identity.issuers.iter().map(|i| (i.issuer.clone(), i.audience.clone())).collect(),
             max_body: cfg.listener.max_body_bytes,
+            scheme: if cfg.listener.insecure_plaintext { "http" } else { "https" },
+            host_names: cfg.listener.host_names.clone(),
             max_session: Duration::from_secs(cfg.sts.max_session_secs),
             max_skew: Duration::from_secs(cfg.sts.max_clock_skew_secs),
         }
@@ -458,6 +469,31 @@ impl Gateway {
     pub fn policy_status(&self) -> Value {
         self.loader.status(&self.policies.load())
     }
+    /// The scheme, host and port the caller used to reach the gateway (the
+    /// HTTP/2 authority, else the Host header).
+    fn origin(&self, parts: &Parts) -> Option<aws::sqs::Origin> {
+        let authority = match parts.uri.authority() {
+            Some(a) => a.clone(),
+            None => parts.headers.get(http::header::HOST)?.to_str().ok()?.parse::<http::uri::Authority>().ok()?,
+        };
+        if authority.as_str().contains('@') {
+            return None;
+        }
+        Some(aws::sqs::Origin { scheme: self.scheme.to_string(), authority: authority.as_str().to_string() })
+    }
+
+    /// S3 virtual-hosted addressing (`<bucket>.<host name>`): the path of the
+    /// path-style call it is, classified and forwarded as that. Checked as
+    /// soon as the service is known, before identity; the signature is
+    /// verified over the Host and path the client signed.
+    fn s3_virtual_path(&self, ctx: &mut Ctx, service: &str, parts: &Parts) -> Result<(), Failure> {
+        let (true, Some(o)) = (service == "s3", self.origin(parts)) else { return Ok(()) };
+        let host = o.authority.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(o.authority.as_str(), |(h, _)| h);
+        let bucket = aws::endpoint::virtual_bucket(host, &self.host_names).map_err(Failure::BadRequest)?;
+        ctx.virtual_path = bucket.map(|b| format!("/{b}{}", parts.uri.path()));
+        Ok(())
+    }
+
     /// Handle one HTTP request end to end.
     pub async fn handle(&self, req: http::Request<Incoming>, remote: SocketAddr) -> Response<RespBody> {
         let mut rec = Record::new("call", &self.audit.instance);
@@ -476,6 +512,8 @@ impl Gateway {
             protocol: None,
             verdict: "allow",
             session: None,
+            queue_origin: None,
+            virtual_path: None,
             rec,
         };
         let resp = match self.run(&mut ctx, req).await {
@@ -598,15 +636,25 @@ impl Gateway {
         // Stage 2: classify.
         let service = ctx.service.clone().unwrap_or_default();
         let region = ctx.region.clone().unwrap_or_default();
+        let virtual_path = ctx.virtual_path.take();
         let view = RequestView {
             service: &service,
             method: parts.method.as_str(),
-            path: parts.uri.path(),
+            path: virtual_path.as_deref().unwrap_or(parts.uri.path()),
             query: parts.uri.query().unwrap_or(""),
             body: body.as_deref(),
             headers: &parts.headers,
         };
-        let classified = aws::classify(&view)?;
+        let mut classified = aws::classify(&view)?;
+        let upstream_host = aws::endpoint::host(classified.model, &region)?;
+        if service == "sqs" {
+            // Queue URLs: the caller's name for a queue is the gateway's, AWS's its own.
+            let gateway = self.origin(&parts).ok_or_else(|| Failure::BadRequest("the request names no Host".into()))?;
+            let upstream = self.upstream.origin(&upstream_host);
+            let upstream = aws::sqs::Origin { scheme: upstream.0.to_string(), authority: upstream.1.to_string() };
+            aws::sqs::map_request(&mut classified, &gateway, &upstream).map_err(Failure::BadRequest)?;
+            ctx.queue_origin = Some(gateway);
+        }
         ctx.protocol = Some(classified.model.protocol);
         ctx.action = Some(classified.action.clone());
         ctx.rec.resource = classified.resource.clone().unwrap_or_default();
@@ -654,7 +702,7 @@ impl Gateway {
             headers: forward.headers,
             service: service.clone(),
             region: region.clone(),
-            default_host: aws::endpoint::host(classified.model, &region)?,
+            default_host: upstream_host,
             credential: ctx.credential.clone().ok_or_else(|| Failure::Trust(TrustError::UnknownRole(String::new())))?,
             body: out_body,
         };
@@ -725,8 +773,13 @@ impl Gateway {
         if let (Some(original), true) = (&digested, changed) {
             parsed.refresh_sqs_digests(original);
         }
-        let out = if changed {
-            builder = builder.header("x-veil-masked", HeaderValue::from_static("true"));
+        // The record keeps the queue URLs AWS gave; the caller gets Veil's.
+        parsed.audit(&mut ctx.rec, self.audit.response_cap);
+        let rewritten = ctx.queue_origin.as_ref().map_or(0, |o| parsed.rewrite_queue_urls(o));
+        let out = if changed || rewritten > 0 {
+            if changed {
+                builder = builder.header("x-veil-masked", HeaderValue::from_static("true"));
+            }
             parsed.to_bytes()
         } else {
             // Unchanged: keep AWS's length (a HEAD response has none of its body).
@@ -736,9 +789,8 @@ impl Gateway {
             raw
         };
         ctx.rec.mask_us = parse_us + mask_started.elapsed().as_micros() as u64;
-        parsed.audit(&mut ctx.rec, self.audit.response_cap);
         let mut resp = builder.body(full(out)).map_err(|e| Failure::Unparseable(e.to_string()))?;
-        if changed {
+        if changed || rewritten > 0 {
             drop_body_checksums(resp.headers_mut());
         }
         Ok(resp)
@@ -803,6 +855,7 @@ impl Gateway {
         ctx.protocol = aws::protocol_of(&signed.service);
         ctx.service = Some(signed.service.clone());
         ctx.region = Some(signed.region.clone());
+        self.s3_virtual_path(ctx, &signed.service, parts)?;
         let token = signed.security_token.as_deref().ok_or(Failure::Session(SessionError::Invalid))?;
         let (session, secret) = self.sessions.verify(&signed.access_key, token, SystemTime::now())?;
         ctx.identity = Some(session.identity());
@@ -841,6 +894,7 @@ impl Gateway {
         let region = header(REGION_HEADER)?;
         aws::endpoint::check_region(&region)?;
         ctx.region = Some(region);
+        self.s3_virtual_path(ctx, ctx.service.clone().unwrap_or_default().as_str(), parts)?;
         let identity = self.verifier.verify(token).await?;
         let roles = self.roles.load();
         let role = match parts.headers.get(ROLE_HEADER) {
@@ -999,6 +1053,26 @@ impl ParsedBody {
             ParsedBody::Empty => json!({}),
             ParsedBody::Json(doc) => crate::doc::to_value(doc.root()),
             ParsedBody::Xml { view, .. } => view.clone(),
+        }
+    }
+
+    /// Point SQS queue URLs at the gateway ([`aws::sqs::queue_urls_to_gateway`]);
+    /// how many were rewritten.
+    pub fn rewrite_queue_urls(&mut self, gateway: &aws::sqs::Origin) -> usize {
+        match self {
+            ParsedBody::Empty => 0,
+            ParsedBody::Json(doc) => {
+                let mut v = crate::doc::to_value(doc.root());
+                let n = aws::sqs::queue_urls_to_gateway(&mut v, gateway);
+                if n > 0 {
+                    match serde_json::to_vec(&v).map_err(|e| e.to_string()).and_then(|b| JsonDoc::parse(&b).map_err(|e| e.to_string())) {
+                        Ok(fresh) => *doc = fresh,
+                        Err(_) => return 0,
+                    }
+                }
+                n
+            }
+            ParsedBody::Xml { view, .. } => aws::sqs::queue_urls_to_gateway(view, gateway),
         }
     }
 

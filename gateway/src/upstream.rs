@@ -155,10 +155,7 @@ impl Upstream {
         let creds = cred.get().await?;
         // The URI is assembled from typed parts: the host is the checked
         // endpoint, and the caller's path can only ever be a path.
-        let (scheme, authority) = match &self.endpoint {
-            Some((scheme, authority)) => (scheme.clone(), authority.clone()),
-            None => (Scheme::HTTPS, out.default_host.clone()),
-        };
+        let (scheme, authority) = self.origin(&out.default_host);
         let path_and_query = PathAndQuery::from_str(&out.path_and_query)
             .ok()
             .filter(|p| p.as_str().starts_with('/'))
@@ -220,6 +217,14 @@ impl Upstream {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(UpstreamError::Send(crate::error_chain(&e))),
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
+        }
+    }
+
+    /// Where a call goes: the configured endpoint, else `default_host` over HTTPS.
+    pub fn origin(&self, default_host: &Authority) -> (Scheme, Authority) {
+        match &self.endpoint {
+            Some((scheme, authority)) => (scheme.clone(), authority.clone()),
+            None => (Scheme::HTTPS, default_host.clone()),
         }
     }
 

@@ -179,8 +179,14 @@ batch_wait_ms = {batch_wait_ms}
 """
 
 
+# The DNS name of the test gateways for S3 virtual-hosted addressing
+# (`<bucket>.veil.test`); tests resolve it to 127.0.0.1 themselves.
+VIRTUAL_HOST = "veil.test"
+
+
 def make_tls(dirpath):
-    """A test CA and a server certificate for 127.0.0.1/localhost."""
+    """A test CA and a server certificate for 127.0.0.1, localhost, veil.test
+    and *.veil.test."""
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -205,7 +211,8 @@ def make_tls(dirpath):
         x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veil")]))
         .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.DNSName(VIRTUAL_HOST), x509.DNSName("*." + VIRTUAL_HOST),
+                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )

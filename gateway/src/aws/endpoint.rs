@@ -120,6 +120,45 @@ pub fn host(model: &Model, region: &str) -> Result<Authority, EndpointError> {
     Ok(authority)
 }
 
+/// A lower-case DNS name: labels of `[a-z0-9-]`, 1-63 characters, not
+/// starting or ending with `-`; 253 characters at most.
+pub fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|l| {
+            (1..=63).contains(&l.len())
+                && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// The bucket of an S3 virtual-hosted request: `host` (no port) is
+/// `<bucket>.<name>` for one of `names`. `Ok(None)`: path style (the host
+/// is one of the names, an IP address or `localhost`, or no names are
+/// configured). A host under none of the names, or a bucket that is not a
+/// DNS-compatible bucket name, is refused.
+pub fn virtual_bucket<'a>(host: &'a str, names: &[String]) -> Result<Option<&'a str>, String> {
+    if names.is_empty() || host == "localhost" || host.parse::<std::net::IpAddr>().is_ok() || host.starts_with('[') {
+        return Ok(None);
+    }
+    for name in names {
+        if host.eq_ignore_ascii_case(name) {
+            return Ok(None);
+        }
+        let Some(bucket) = host.len().checked_sub(name.len() + 1).and_then(|cut| {
+            (host.is_char_boundary(cut) && host[cut..].eq_ignore_ascii_case(&format!(".{name}"))).then(|| &host[..cut])
+        }) else {
+            continue;
+        };
+        let ok = (3..=63).contains(&bucket.len())
+            && is_dns_name(bucket)
+            && !bucket.contains("..")
+            && bucket.parse::<std::net::Ipv4Addr>().is_err();
+        return if ok { Ok(Some(bucket)) } else { Err(format!("{:?} is not a valid S3 bucket name (3-63 lower-case letters, digits, dots and hyphens)", truncate(bucket, 80))) };
+    }
+    Err(format!("Host {:?} is not one of listener.host_names or a bucket under one", truncate(host, 256)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +201,20 @@ mod tests {
             assert!(check_region(bad).is_err(), "{bad:?} accepted");
             assert!(host(model("s3"), bad).is_err(), "{bad:?} built a host");
         }
+    }
+
+    #[test]
+    fn virtual_hosted_buckets_sit_under_a_configured_name() {
+        let names = vec!["veil.example.com".to_string()];
+        assert_eq!(virtual_bucket("my-bucket.veil.example.com", &names), Ok(Some("my-bucket")));
+        assert_eq!(virtual_bucket("logs.2024.veil.example.com", &names), Ok(Some("logs.2024")));
+        assert_eq!(virtual_bucket("veil.example.com", &names), Ok(None));
+        assert_eq!(virtual_bucket("127.0.0.1", &names), Ok(None));
+        assert_eq!(virtual_bucket("anything.else", &[]), Ok(None));
+        for bad in ["my_bucket.veil.example.com", "ab.veil.example.com", "-x-.veil.example.com", "a..b.veil.example.com", "10.0.0.1.veil.example.com", "b.evil.com", "xveil.example.com"] {
+            assert!(virtual_bucket(bad, &names).is_err(), "{bad}");
+        }
+        assert!(is_dns_name("veil.example.com") && !is_dns_name("Veil.com") && !is_dns_name("a..b") && !is_dns_name("-a.com"));
     }
 
     #[test]

@@ -90,6 +90,108 @@ fn attributes_digest(message: &Value) -> Option<String> {
     Some(hex::encode(md5.finalize()))
 }
 
+/// Where a queue URL points: scheme and host (with port).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// `https` or `http`.
+    pub scheme: String,
+    /// Host and port, as the URL names them.
+    pub authority: String,
+}
+
+/// The members that hold queue URLs, in requests (`QueueUrl`) and in
+/// responses (`QueueUrl`, `QueueUrls`, `queueUrls`; the query protocol's
+/// `ListQueuesResult` repeats `QueueUrl`), per the SQS service model.
+const QUEUE_URL_MEMBERS: &[&str] = &["QueueUrl", "QueueUrls", "queueUrls"];
+
+/// An absolute http(s) URL's origin and path.
+fn split_url(url: &str) -> Option<(Origin, String)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str().filter(|s| matches!(*s, "http" | "https"))?.to_string();
+    let authority = uri.authority()?.as_str().to_string();
+    if authority.contains('@') {
+        return None;
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    Some((Origin { scheme, authority }, path))
+}
+
+/// Point every queue URL in an SQS response at the gateway (`gateway`: the
+/// scheme, host and port the caller used to reach Veil), keeping its path:
+/// SDKs that send later calls to the queue URL itself (the JavaScript SDK's
+/// default) then still go through Veil. Returns how many were rewritten.
+pub fn queue_urls_to_gateway(doc: &mut Value, gateway: &Origin) -> usize {
+    fn rewrite(v: &mut Value, gateway: &Origin) -> usize {
+        match v {
+            Value::String(s) => match split_url(s) {
+                Some((origin, path)) if origin != *gateway => {
+                    *s = format!("{}://{}{path}", gateway.scheme, gateway.authority);
+                    1
+                }
+                _ => 0,
+            },
+            Value::Array(items) => items.iter_mut().map(|i| rewrite(i, gateway)).sum(),
+            _ => 0,
+        }
+    }
+    fn walk(v: &mut Value, gateway: &Origin) -> usize {
+        match v {
+            Value::Object(map) => map
+                .iter_mut()
+                .map(|(k, v)| if QUEUE_URL_MEMBERS.contains(&k.as_str()) { rewrite(v, gateway) } else { walk(v, gateway) })
+                .sum(),
+            Value::Array(items) => items.iter_mut().map(|i| walk(i, gateway)).sum(),
+            _ => 0,
+        }
+    }
+    walk(doc, gateway)
+}
+
+/// The upstream queue URL for one a caller sent: a URL naming the gateway
+/// (as [`queue_urls_to_gateway`] handed it out) maps back to the upstream's
+/// origin; one naming the upstream stays; any other host is refused, so a
+/// call never goes, or is shown to policies, with a queue elsewhere.
+pub fn queue_url_to_upstream(url: &str, gateway: &Origin, upstream: &Origin) -> Result<String, String> {
+    let (origin, path) = split_url(url).ok_or_else(|| format!("QueueUrl {:?} is not an http(s) URL", crate::policy::host::truncate(url, 256)))?;
+    let same = |a: &Origin| a.authority.eq_ignore_ascii_case(&origin.authority);
+    if same(gateway) || same(upstream) {
+        Ok(format!("{}://{}{path}", upstream.scheme, upstream.authority))
+    } else {
+        Err(format!(
+            "QueueUrl names {}, which is neither this gateway ({}) nor its upstream",
+            crate::policy::host::truncate(&origin.authority, 256),
+            gateway.authority
+        ))
+    }
+}
+
+/// Map the queue URL of a classified SQS request back to the upstream's
+/// ([`queue_url_to_upstream`]), in the parameters policies see and in the
+/// body that goes upstream.
+pub fn map_request(c: &mut super::Classified, gateway: &Origin, upstream: &Origin) -> Result<(), String> {
+    let Some(url) = c.params.get("QueueUrl").and_then(Value::as_str) else { return Ok(()) };
+    let mapped = queue_url_to_upstream(url, gateway, upstream)?;
+    if mapped == url {
+        return Ok(());
+    }
+    c.params["QueueUrl"] = Value::String(mapped.clone());
+    c.forward.body = Some(match (c.model.protocol, c.forward.body.take()) {
+        // A form Veil re-serialised: the same pairs with the new URL.
+        (super::Protocol::Query, Some(form)) => {
+            let mut pairs = super::wire::form_pairs(&form, "body").map_err(|e| e.to_string())?;
+            for (k, v) in &mut pairs {
+                if k == "QueueUrl" {
+                    v.clone_from(&mapped);
+                }
+            }
+            bytes::Bytes::from(super::wire::encode_form(&pairs))
+        }
+        // JSON: the parameters are the body, parsed strictly.
+        _ => bytes::Bytes::from(serde_json::to_vec(&c.params).map_err(|e| e.to_string())?),
+    });
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,5 +248,21 @@ mod tests {
         refresh_digests(&original, &mut masked);
         assert_eq!(masked["Messages"][0]["MD5OfBody"], json!("00000000000000000000000000000000"));
         assert_eq!(masked["Messages"][0]["MD5OfMessageAttributes"], json!("x"));
+    }
+
+    #[test]
+    fn queue_urls_point_at_the_gateway_and_back() {
+        let gw = Origin { scheme: "https".into(), authority: "veil.internal:8443".into() };
+        let up = Origin { scheme: "https".into(), authority: "sqs.us-east-1.amazonaws.com".into() };
+        let mut doc = json!({"QueueUrls": ["https://sqs.us-east-1.amazonaws.com/1/a", "http://127.0.0.1:5000/1/b?x=1"], "QueueUrl": "https://queue.amazonaws.com/1/c", "Other": "https://x/1"});
+        assert_eq!(queue_urls_to_gateway(&mut doc, &gw), 3);
+        assert_eq!(doc["QueueUrls"], json!(["https://veil.internal:8443/1/a", "https://veil.internal:8443/1/b?x=1"]));
+        assert_eq!(doc["QueueUrl"], "https://veil.internal:8443/1/c");
+        assert_eq!(doc["Other"], "https://x/1", "only queue URL members");
+        assert_eq!(queue_url_to_upstream("https://VEIL.internal:8443/1/a", &gw, &up).unwrap(), "https://sqs.us-east-1.amazonaws.com/1/a");
+        assert_eq!(queue_url_to_upstream("https://sqs.us-east-1.amazonaws.com/1/a", &gw, &up).unwrap(), "https://sqs.us-east-1.amazonaws.com/1/a");
+        for foreign in ["https://evil.example/1/a", "https://veil.internal:8443@evil/1/a", "ftp://veil.internal:8443/1/a", "queue-name"] {
+            assert!(queue_url_to_upstream(foreign, &gw, &up).is_err(), "{foreign}");
+        }
     }
 }
