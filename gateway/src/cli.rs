@@ -201,7 +201,13 @@ enum PolicyCommand {
 /// Run the CLI; returns the process exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // `serve` sets up logging once its config (`[log] format`) is read.
+    if !matches!(cli.command, Command::Serve { .. }) {
+        if let Err(e) = crate::logging::LogFormat::from_env_or(Default::default()).map(|f| crate::logging::init(f, "warn")) {
+            eprintln!("veil: error: {e}");
+            return ExitCode::from(1);
+        }
+    }
     let result = match cli.command {
         Command::Serve { config } => serve(&config),
         Command::Policy(cmd) => run_policy(cmd),
@@ -230,17 +236,10 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
-    let default = if std::env::args().nth(1).as_deref() == Some("serve") { "info" } else { "warn" };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("VEIL_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).try_init();
-}
-
 /// `veil serve`: load and check everything, then serve until SIGTERM/SIGINT.
 fn serve(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
+    crate::logging::init(crate::logging::LogFormat::from_env_or(cfg.log.format)?, "info");
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let tls = match (&cfg.listener.tls_cert, &cfg.listener.tls_key) {

@@ -57,9 +57,22 @@ pub struct Config {
     /// Human approval of calls policies hold.
     #[serde(default)]
     pub approvals: ApprovalsConfig,
+    /// The gateway's own log.
+    #[serde(default)]
+    pub log: LogConfig,
     /// Directory of the file this was loaded from (relative paths resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    /// `text` (default) or `json`, one object per line; `VEIL_LOG_FORMAT`
+    /// overrides it. Read at start only.
+    #[serde(default)]
+    pub format: crate::logging::LogFormat,
 }
 
 /// `[listener]`
@@ -698,5 +711,24 @@ impl Config {
     /// Each policy's config as JSON, by name.
     pub fn policy_configs(&self) -> serde_json::Value {
         serde_json::to_value(&self.policies.config).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_format_is_a_closed_set() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("p")).unwrap();
+        let base = "[listener]\naddress = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
+                    [identity]\n[[identity.issuers]]\nissuer = \"https://issuer.example\"\naudience = \"veil\"\n\
+                    [policies]\ndir = \"p\"\n";
+        let path = dir.path().join("veil.toml");
+        let cfg = Config::from_text(&format!("{base}[log]\nformat = \"json\"\n"), &path).unwrap();
+        assert_eq!(cfg.log.format, crate::logging::LogFormat::Json);
+        let e = Config::from_text(&format!("{base}[log]\nformat = \"xml\"\n"), &path).unwrap_err().to_string();
+        assert!(e.contains("unknown variant `xml`"), "{e}");
     }
 }

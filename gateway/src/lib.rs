@@ -15,6 +15,7 @@ pub mod doc;
 pub mod identity;
 pub mod json;
 pub mod listener;
+pub mod logging;
 pub mod masking;
 pub mod metrics;
 pub mod pipeline;
