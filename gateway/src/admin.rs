@@ -18,10 +18,14 @@
 //! (`approvals.reviewer_claim` including one of `approvals.reviewer_groups`).
 //! A requester cannot decide their own approval.
 //!
-//! The admin token (`admin.token_file` or `VEIL_ADMIN_TOKEN`, ≥ 32 bytes) is
-//! sent as `Authorization: Bearer <token>` and compared in constant time.
-//! It is kept apart from the AWS listener so no AWS path (an S3 bucket named
-//! like a route) can ever reach it.
+//! The admin token (`admin.token_file` or `VEIL_ADMIN_TOKEN`, ≥ 32 bytes,
+//! read by [`crate::config::Config::secret`], which refuses to start on an
+//! empty or short one) is sent as `Authorization: Bearer <token>`; the
+//! SHA-256 digests of the sent and the configured token are compared in
+//! constant time, so neither its bytes nor its length leak through timing.
+//! Without a token the policy endpoints answer 403 to everyone. The API is
+//! kept apart from the AWS listener so no AWS path (an S3 bucket named like
+//! a route) can ever reach it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,19 +37,25 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
+use sha2::{Digest, Sha256};
+
 use crate::approvals::{now_ms, ApprovalError, Decision, State};
+use crate::config::Secret;
 use crate::pipeline::{Gateway, RespBody};
 
 /// The admin API's state.
 pub struct Admin {
     gateway: Arc<Gateway>,
-    token: Option<Vec<u8>>,
+    /// SHA-256 of the admin token; `None`: the policy endpoints are off.
+    token_digest: Option<[u8; 32]>,
 }
 
 impl Admin {
-    /// An admin API over `gateway`; without a token the policy endpoints answer 403.
-    pub fn new(gateway: Arc<Gateway>, token: Option<Vec<u8>>) -> Admin {
-        Admin { gateway, token }
+    /// An admin API over `gateway`; without a token the policy endpoints
+    /// answer 403. A [`Secret`] comes only from the config's secret loader,
+    /// which holds it to the minimum length.
+    pub fn new(gateway: Arc<Gateway>, token: Option<Secret>) -> Admin {
+        Admin { gateway, token_digest: token.map(|t| Sha256::digest(t.expose()).into()) }
     }
 
     /// Handle one request.
@@ -128,15 +138,22 @@ impl Admin {
     }
 
     fn check_admin(&self, req: &http::Request<Incoming>) -> Result<(), (StatusCode, Value)> {
-        let Some(want) = &self.token else {
-            return Err((StatusCode::FORBIDDEN, json!({"error": "no admin token is configured (admin.token_file or VEIL_ADMIN_TOKEN)"})));
-        };
-        let got = bearer(req).unwrap_or("");
-        if bool::from(got.as_bytes().ct_eq(want)) {
-            Ok(())
-        } else {
-            Err((StatusCode::UNAUTHORIZED, json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"})))
-        }
+        check_token(self.token_digest.as_ref(), bearer(req))
+    }
+}
+
+/// Whether `sent` is the admin token whose digest is `want`.
+fn check_token(want: Option<&[u8; 32]>, sent: Option<&str>) -> Result<(), (StatusCode, Value)> {
+    let Some(want) = want else {
+        return Err((StatusCode::FORBIDDEN, json!({"error": "no admin token is configured (admin.token_file or VEIL_ADMIN_TOKEN)"})));
+    };
+    let wrong = || (StatusCode::UNAUTHORIZED, json!({"error": "missing or wrong admin token (Authorization: Bearer <token>)"}));
+    let Some(sent) = sent.filter(|s| !s.is_empty()) else { return Err(wrong()) };
+    let got: [u8; 32] = Sha256::digest(sent.as_bytes()).into();
+    if bool::from(got.ct_eq(want)) {
+        Ok(())
+    } else {
+        Err(wrong())
     }
 }
 
@@ -171,4 +188,23 @@ pub fn json_response(status: StatusCode, body: &Value) -> Response<RespBody> {
     *resp.status_mut() = status;
     resp.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_policy_endpoints_need_the_exact_token() {
+        let token = "t".repeat(40);
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        assert!(check_token(Some(&digest), Some(&token)).is_ok());
+        for sent in [None, Some(""), Some("t"), Some(&token[..39]), Some("u".repeat(40).as_str())] {
+            assert_eq!(check_token(Some(&digest), sent).unwrap_err().0, StatusCode::UNAUTHORIZED, "{sent:?}");
+        }
+        // No token configured: off for everyone, whatever is sent.
+        for sent in [None, Some(""), Some(token.as_str())] {
+            assert_eq!(check_token(None, sent).unwrap_err().0, StatusCode::FORBIDDEN);
+        }
+    }
 }

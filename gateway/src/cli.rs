@@ -17,7 +17,7 @@ use crate::audit::shipper::{self, ClickHouse, QueryArgs, Shipper};
 use crate::pipeline::{GatewayParts, ParsedBody};
 use crate::policy::reload::{self, Loader};
 use crate::audit::{self as audit_mod, Audit};
-use crate::config::Config;
+use crate::config::{self, Config, Secret};
 use crate::metrics::Metrics;
 use crate::identity::Verifier;
 use crate::listener;
@@ -236,10 +236,39 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// The secrets `veil serve` reads, all through [`Config::secret`].
+struct ServeSecrets {
+    admin_token: Option<Secret>,
+    session_key: Secret,
+    hash_key: Secret,
+    clickhouse_password: Option<String>,
+}
+
+impl ServeSecrets {
+    /// Read every secret before anything else starts, so that a bad one
+    /// stops the gateway at once, naming its key.
+    fn load(cfg: &Config) -> Result<ServeSecrets> {
+        let random = |spec: &config::SecretSpec, found: Option<Secret>| {
+            found.unwrap_or_else(|| {
+                tracing::warn!(key = spec.key, env = spec.env, "neither is set: using a random key for this process only");
+                Secret::random(32)
+            })
+        };
+        let admin_token = match &cfg.admin.address {
+            Some(_) => cfg.secret(&config::ADMIN_TOKEN, cfg.admin.token_file.as_deref())?,
+            None => None,
+        };
+        let session_key = random(&config::SESSION_KEY, cfg.secret(&config::SESSION_KEY, cfg.sts.session_key_file.as_deref())?);
+        let hash_key = random(&config::HASH_KEY, cfg.secret(&config::HASH_KEY, cfg.masking.hash_key_file.as_deref())?);
+        Ok(ServeSecrets { admin_token, session_key, hash_key, clickhouse_password: clickhouse_password(cfg)? })
+    }
+}
+
 /// `veil serve`: load and check everything, then serve until SIGTERM/SIGINT.
 fn serve(path: &Path) -> Result<()> {
     let cfg = Config::load(path)?;
     crate::logging::init(crate::logging::LogFormat::from_env_or(cfg.log.format)?, "info");
+    let secrets = ServeSecrets::load(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let tls = match (&cfg.listener.tls_cert, &cfg.listener.tls_key) {
@@ -250,8 +279,8 @@ fn serve(path: &Path) -> Result<()> {
             }
         };
         let verifier = Verifier::new(&cfg.identity).await.with_context(|| format!("{}: identity.issuers", path.display()))?;
-        let sessions = SessionKeys::new(secret(&cfg, cfg.sts.session_key_file.as_deref(), "VEIL_SESSION_KEY", "sts.session_key_file")?);
-        let hash_key = HashKey::new(secret(&cfg, cfg.masking.hash_key_file.as_deref(), "VEIL_HASH_KEY", "masking.hash_key_file")?);
+        let sessions = SessionKeys::new(secrets.session_key.expose().to_vec());
+        let hash_key = HashKey::new(secrets.hash_key.expose().to_vec());
         let cache = cfg.policy_cache_dir().map(|d| cache::open(&d)).transpose().with_context(|| format!("{}: policies.cache_dir", path.display()))?;
         let host = Host::new(
             Limits {
@@ -292,7 +321,7 @@ fn serve(path: &Path) -> Result<()> {
         }
         if let Some(ch) = &cfg.audit.clickhouse {
             let shipper = Shipper {
-                ch: ClickHouse::new(ch, clickhouse_password(&cfg)?),
+                ch: ClickHouse::new(ch, secrets.clickhouse_password.clone()),
                 spool: audit.spool().clone(),
                 batch_rows: ch.batch_rows,
                 batch_wait: Duration::from_millis(ch.batch_wait_ms),
@@ -314,11 +343,10 @@ fn serve(path: &Path) -> Result<()> {
         tokio::spawn(watch.run(gateway.clone()));
         if let Some(addr) = &cfg.admin.address {
             let addr: std::net::SocketAddr = addr.parse()?;
-            let token = match &cfg.admin.token_file {
-                Some(_) => Some(secret(&cfg, cfg.admin.token_file.as_deref(), "VEIL_ADMIN_TOKEN", "admin.token_file")?),
-                None => std::env::var("VEIL_ADMIN_TOKEN").ok().map(String::into_bytes),
-            };
-            let admin = Arc::new(Admin::new(gateway.clone(), token));
+            if secrets.admin_token.is_none() {
+                tracing::warn!("no admin token (admin.token_file or VEIL_ADMIN_TOKEN): the admin API's policy endpoints are off; the reviewer API is on");
+            }
+            let admin = Arc::new(Admin::new(gateway.clone(), secrets.admin_token));
             let atcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{}: admin.address {addr}", path.display()))?;
             tracing::info!(address = %atcp.local_addr()?, "admin API is listening");
             let (atls, limits) = (tls.clone(), listener::Limits { drain: Duration::ZERO, ..cfg.listener_limits() });
@@ -445,8 +473,11 @@ impl PolicyWatch {
 fn admin_call(a: &AdminArgs, token_env: &str, method: http::Method, path: &str, body: Option<String>) -> Result<()> {
     let token = match &a.token_file {
         Some(f) => std::fs::read_to_string(f).with_context(|| format!("--token-file {}", f.display()))?.trim().to_string(),
-        None => std::env::var(token_env).with_context(|| format!("no token: pass --token-file or set {token_env}"))?,
+        None => std::env::var(token_env).with_context(|| format!("no token: pass --token-file or set {token_env}"))?.trim().to_string(),
     };
+    if token.is_empty() {
+        bail!("the token is empty: check --token-file or {token_env}");
+    }
     let (status, body) = crate::client::request(&a.admin, a.ca.as_deref(), method, path, &token, body)?;
     println!("{}", body.trim_end());
     if !status.is_success() {
@@ -464,37 +495,16 @@ async fn shutdown_signal() {
     }
 }
 
-/// A secret from its configured file, else an environment variable, else
-/// random bytes for this process (with a warning: replicas will disagree).
-fn secret(cfg: &Config, file: Option<&Path>, env: &str, key: &str) -> Result<Vec<u8>> {
-    if let Some(f) = file {
-        let bytes = std::fs::read(cfg.resolve(f)).with_context(|| format!("{key} {}", f.display()))?;
-        let trimmed = bytes.trim_ascii().to_vec();
-        if trimmed.len() < 32 {
-            bail!("{key} {}: the key must be at least 32 bytes", f.display());
-        }
-        return Ok(trimmed);
-    }
-    if let Ok(v) = std::env::var(env) {
-        if v.len() < 32 {
-            bail!("{env}: the key must be at least 32 bytes");
-        }
-        return Ok(v.into_bytes());
-    }
-    tracing::warn!("{key} is not set and {env} is empty: using a random key for this process only");
-    let mut k = vec![0u8; 32];
-    rand::Rng::fill(&mut rand::rng(), &mut k[..]);
-    Ok(k)
-}
-
-/// The ClickHouse password: `audit.clickhouse.password_file`, else `VEIL_CLICKHOUSE_PASSWORD`.
+/// The ClickHouse password (`audit.clickhouse.password_file`, else
+/// `VEIL_CLICKHOUSE_PASSWORD`) when ClickHouse is configured; it goes into
+/// an HTTP header, so it must be text.
 fn clickhouse_password(cfg: &Config) -> Result<Option<String>> {
     let Some(ch) = &cfg.audit.clickhouse else { return Ok(None) };
-    if let Some(f) = &ch.password_file {
-        let p = std::fs::read_to_string(cfg.resolve(f)).with_context(|| format!("audit.clickhouse.password_file {}", f.display()))?;
-        return Ok(Some(p.trim().to_string()));
-    }
-    Ok(std::env::var("VEIL_CLICKHOUSE_PASSWORD").ok())
+    let Some(secret) = cfg.secret(&config::CLICKHOUSE_PASSWORD, ch.password_file.as_deref())? else { return Ok(None) };
+    let text = String::from_utf8(secret.expose().to_vec()).map_err(|_| {
+        anyhow::anyhow!("{}: {} or {}: the password must be UTF-8 text", cfg.source.display(), config::CLICKHOUSE_PASSWORD.key, config::CLICKHOUSE_PASSWORD.env)
+    })?;
+    Ok(Some(text))
 }
 
 fn run_audit(cmd: AuditCommand) -> Result<()> {

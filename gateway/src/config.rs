@@ -4,6 +4,14 @@
 //! types are errors (serde `deny_unknown_fields`); validation names the file,
 //! the key and the reason. Validation never changes anything: a bad file is
 //! rejected as a whole.
+//!
+//! Secrets (admin token, session key, hash key, ClickHouse password) are not
+//! in the file: each comes from its own file (`*_file` keys) or an
+//! environment variable, read by the one loader [`Config::secret`], which
+//! holds both sources to the same documented minimum length. A value that is
+//! set but empty or short stops the gateway with the key's name: an empty
+//! variable left by a compose file or a Helm chart must never mean "no
+//! password" or "any token".
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -63,6 +71,9 @@ pub struct Config {
     /// Directory of the file this was loaded from (relative paths resolve against it).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file this was loaded from, for messages.
+    #[serde(skip)]
+    pub source: PathBuf,
 }
 
 /// `[log]`
@@ -156,8 +167,9 @@ pub struct IssuerConfig {
 #[serde(deny_unknown_fields)]
 pub struct StsConfig {
     /// File holding the key that authenticates session tokens (any bytes,
-    /// ≥ 32). Every replica must share it. Unset: `VEIL_SESSION_KEY`, else a
-    /// random key per process (sessions then die with the process).
+    /// ≥ 32 after trimming whitespace). Every replica must share it. Unset:
+    /// `VEIL_SESSION_KEY` (≥ 32 bytes), else a random key per process
+    /// (sessions then die with the process).
     pub session_key_file: Option<PathBuf>,
     /// Longest session Veil issues, in seconds.
     #[serde(default = "default_max_session")]
@@ -293,9 +305,9 @@ fn default_memory() -> usize {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaskingConfig {
-    /// File holding the key of the `hash` mask style. Unset:
-    /// `VEIL_HASH_KEY`, else a random key per process (hashes then do not
-    /// correlate across restarts).
+    /// File holding the key of the `hash` mask style (≥ 32 bytes). Unset:
+    /// `VEIL_HASH_KEY` (≥ 32 bytes), else a random key per process (hashes
+    /// then do not correlate across restarts).
     pub hash_key_file: Option<PathBuf>,
 }
 
@@ -321,7 +333,8 @@ pub struct AdminConfig {
     /// served with the listener's TLS. Unset: off.
     pub address: Option<String>,
     /// File holding the bearer token of `veil policy reload|status` (≥ 32
-    /// bytes). Unset: `VEIL_ADMIN_TOKEN`, else the policy endpoints are off.
+    /// bytes). Unset: `VEIL_ADMIN_TOKEN` (≥ 32 bytes), else the policy
+    /// endpoints are off.
     pub token_file: Option<PathBuf>,
 }
 
@@ -457,7 +470,8 @@ pub struct ClickHouseConfig {
     /// User.
     #[serde(default = "default_ch_user")]
     pub user: String,
-    /// File holding the password. Unset: `VEIL_CLICKHOUSE_PASSWORD`, else none.
+    /// File holding the password (≥ 16 bytes). Unset:
+    /// `VEIL_CLICKHOUSE_PASSWORD` (≥ 16 bytes), else none.
     pub password_file: Option<PathBuf>,
     /// Ship when this many records are waiting.
     #[serde(default = "default_batch_rows")]
@@ -501,6 +515,7 @@ impl Config {
             err(&key, e.message().to_string())
         })?;
         config.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        config.source = path.to_path_buf();
         config.validate().map_err(|(key, reason)| err(&key, reason))?;
         Ok(config)
     }
@@ -714,9 +729,144 @@ impl Config {
     }
 }
 
+/// A secret the gateway reads: the config key of its file, the environment
+/// variable read when no file is configured, and the shortest value accepted.
+#[derive(Debug, Clone, Copy)]
+pub struct SecretSpec {
+    /// The config key naming its file, e.g. `admin.token_file`.
+    pub key: &'static str,
+    /// The environment variable read when the key is unset.
+    pub env: &'static str,
+    /// Shortest value accepted, in bytes (after trimming whitespace).
+    pub min_len: usize,
+}
+
+/// The admin API's bearer token: guessing it must be hopeless.
+pub const ADMIN_TOKEN: SecretSpec = SecretSpec { key: "admin.token_file", env: "VEIL_ADMIN_TOKEN", min_len: 32 };
+/// The HMAC key of session credentials: 256 bits, like the HMAC-SHA256 it keys.
+pub const SESSION_KEY: SecretSpec = SecretSpec { key: "sts.session_key_file", env: "VEIL_SESSION_KEY", min_len: 32 };
+/// The key of the `hash` mask style: 256 bits, like the HMAC-SHA256 it keys.
+pub const HASH_KEY: SecretSpec = SecretSpec { key: "masking.hash_key_file", env: "VEIL_HASH_KEY", min_len: 32 };
+/// The ClickHouse password. Veil only presents it; the minimum catches an
+/// empty or truncated value before it becomes "no password".
+pub const CLICKHOUSE_PASSWORD: SecretSpec =
+    SecretSpec { key: "audit.clickhouse.password_file", env: "VEIL_CLICKHOUSE_PASSWORD", min_len: 16 };
+
+/// Secret bytes. `Debug` shows the length only, so a secret cannot reach a
+/// log or an error message by accident.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    /// The bytes.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Random bytes, for a key this process alone uses.
+    pub fn random(len: usize) -> Secret {
+        let mut k = vec![0u8; len];
+        rand::Rng::fill(&mut rand::rng(), &mut k[..]);
+        Secret(k)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Secret({} bytes)", self.0.len())
+    }
+}
+
+impl Config {
+    /// The one loader of secrets: the file at `file` (the config's value of
+    /// `spec.key`) when set, else the variable `spec.env` when set, else
+    /// `None`. Either source is trimmed of surrounding whitespace (a trailing
+    /// newline is not part of a key) and must then hold `spec.min_len` bytes:
+    /// an empty or short value is an error naming the key or variable, never
+    /// a missing secret.
+    pub fn secret(&self, spec: &SecretSpec, file: Option<&Path>) -> Result<Option<Secret>, ConfigError> {
+        self.secret_from(spec, file, std::env::var_os(spec.env))
+    }
+
+    /// [`Config::secret`] with the environment variable's value given.
+    fn secret_from(&self, spec: &SecretSpec, file: Option<&Path>, env: Option<std::ffi::OsString>) -> Result<Option<Secret>, ConfigError> {
+        use std::os::unix::ffi::OsStringExt;
+        let (bytes, file_err, key) = match (file, env) {
+            (Some(f), _) => {
+                let path = self.resolve(f);
+                let bytes = std::fs::read(&path).map_err(|e| ConfigError {
+                    file: self.source.display().to_string(),
+                    key: spec.key.into(),
+                    reason: format!("cannot read {}: {e}", path.display()),
+                })?;
+                (bytes, self.source.display().to_string(), format!("{} ({})", spec.key, path.display()))
+            }
+            (None, Some(v)) => (v.into_vec(), "environment".to_string(), spec.env.to_string()),
+            (None, None) => return Ok(None),
+        };
+        let trimmed = bytes.trim_ascii();
+        let reason = if trimmed.is_empty() {
+            Some(format!("is set but empty; give at least {} bytes, or unset it", spec.min_len))
+        } else if trimmed.len() < spec.min_len {
+            Some(format!("is {} bytes long; at least {} are required", trimmed.len(), spec.min_len))
+        } else {
+            None
+        };
+        match reason {
+            Some(reason) => Err(ConfigError { file: file_err, key, reason }),
+            None => Ok(Some(Secret(trimmed.to_vec()))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn config(dir: &Path) -> Config {
+        std::fs::create_dir_all(dir.join("p")).unwrap();
+        let text = "[listener]\naddress = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
+                    [identity]\n[[identity.issuers]]\nissuer = \"https://issuer.example\"\naudience = \"veil\"\n\
+                    [policies]\ndir = \"p\"\n";
+        Config::from_text(text, &dir.join("veil.toml")).unwrap()
+    }
+
+    const SPEC: SecretSpec = SecretSpec { key: "admin.token_file", env: "VEIL_TEST_TOKEN", min_len: 32 };
+
+    #[test]
+    fn file_and_environment_meet_the_same_minimum() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = config(dir.path());
+        let good = "t".repeat(32);
+        std::fs::write(dir.path().join("tok"), format!("{good}\n")).unwrap();
+        let from_file = cfg.secret_from(&SPEC, Some(Path::new("tok")), None).unwrap().unwrap();
+        assert_eq!(from_file.expose(), good.as_bytes(), "trailing newline trimmed");
+        let from_env = cfg.secret_from(&SPEC, None, Some(good.clone().into())).unwrap().unwrap();
+        assert_eq!(from_env, from_file);
+        // The file wins over the variable.
+        let both = cfg.secret_from(&SPEC, Some(Path::new("tok")), Some("x".repeat(40).into())).unwrap().unwrap();
+        assert_eq!(both, from_file);
+        assert!(cfg.secret_from(&SPEC, None, None).unwrap().is_none());
+
+        for bad in ["", "  \n", "x", &"y".repeat(31)] {
+            let e = cfg.secret_from(&SPEC, None, Some(bad.into())).unwrap_err().to_string();
+            assert!(e.starts_with("environment: VEIL_TEST_TOKEN: "), "{e}");
+            assert!(e.contains("at least 32"), "{e}");
+            std::fs::write(dir.path().join("tok"), bad).unwrap();
+            let e = cfg.secret_from(&SPEC, Some(Path::new("tok")), None).unwrap_err().to_string();
+            assert!(e.contains("veil.toml: admin.token_file (") && e.contains("tok)") && e.contains("at least 32"), "{e}");
+            assert!(!bad.trim().is_empty() || e.contains("empty"), "{e}");
+        }
+        let e = cfg.secret_from(&SPEC, Some(Path::new("missing")), None).unwrap_err().to_string();
+        assert!(e.contains("admin.token_file") && e.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = config(dir.path()).secret_from(&SPEC, None, Some("hunter2-hunter2-hunter2-hunter2-x".into())).unwrap().unwrap();
+        assert_eq!(format!("{s:?}"), "Secret(33 bytes)");
+    }
 
     #[test]
     fn log_format_is_a_closed_set() {

@@ -149,3 +149,69 @@ fn eval_rejects_bad_arguments_clearly() {
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("risky-actoins"), "{}", stderr(&o));
 }
+
+/// A config that passes validation without any network: its issuer is
+/// never contacted because the secrets are read (and refused) first.
+fn serve_config(dir: &Path, extra: &str) -> PathBuf {
+    std::fs::create_dir_all(dir.join("policies")).unwrap();
+    let cfg = dir.join("veil.toml");
+    let text = format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
+         [identity]\n[[identity.issuers]]\nissuer = \"http://127.0.0.1:9\"\naudience = \"veil\"\n\
+         [policies]\ndir = \"policies\"\n{extra}"
+    );
+    std::fs::write(&cfg, text).unwrap();
+    cfg
+}
+
+fn serve_with(cfg: &Path, env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_veil"));
+    cmd.args(["serve", "--config", s(cfg)]).env_clear().env("PATH", "/usr/bin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("veil runs")
+}
+
+/// Every secret, from the environment or a file, is held to its minimum:
+/// an empty or short one stops the gateway naming the key or variable.
+#[test]
+fn serve_refuses_empty_or_short_secrets_naming_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let admin = "[admin]\naddress = \"127.0.0.1:0\"\n";
+    let clickhouse = "[audit.clickhouse]\nurl = \"http://127.0.0.1:9\"\n";
+    let cases: &[(&str, &[(&str, &str)], &str)] = &[
+        (admin, &[("VEIL_ADMIN_TOKEN", "")], "environment: VEIL_ADMIN_TOKEN: is set but empty"),
+        (admin, &[("VEIL_ADMIN_TOKEN", "x")], "environment: VEIL_ADMIN_TOKEN: is 1 bytes long; at least 32 are required"),
+        ("", &[("VEIL_SESSION_KEY", "")], "VEIL_SESSION_KEY: is set but empty"),
+        ("", &[("VEIL_SESSION_KEY", "short")], "VEIL_SESSION_KEY: is 5 bytes long"),
+        ("", &[("VEIL_HASH_KEY", " \n")], "VEIL_HASH_KEY: is set but empty"),
+        (clickhouse, &[("VEIL_CLICKHOUSE_PASSWORD", "")], "VEIL_CLICKHOUSE_PASSWORD: is set but empty"),
+        (clickhouse, &[("VEIL_CLICKHOUSE_PASSWORD", "pw")], "VEIL_CLICKHOUSE_PASSWORD: is 2 bytes long; at least 16"),
+        ("", &[("VEIL_LOG_FORMAT", "xml")], "VEIL_LOG_FORMAT: \"xml\" is not a log format"),
+    ];
+    for (i, (extra, env, expect)) in cases.iter().enumerate() {
+        let d = dir.path().join(i.to_string());
+        let o = serve_with(&serve_config(&d, extra), env);
+        assert_eq!(o.status.code(), Some(1), "{env:?}: {}", stderr(&o));
+        assert!(stderr(&o).contains(expect), "{env:?}: expected {expect:?} in: {}", stderr(&o));
+        assert!(!stderr(&o).contains("panicked"), "{}", stderr(&o));
+    }
+    // The same minimum for the files.
+    for (key, extra) in [
+        ("admin.token_file", "[admin]\naddress = \"127.0.0.1:0\"\ntoken_file = \"secret\"\n"),
+        ("sts.session_key_file", "[sts]\nsession_key_file = \"secret\"\n"),
+        ("masking.hash_key_file", "[masking]\nhash_key_file = \"secret\"\n"),
+        ("audit.clickhouse.password_file", "[audit.clickhouse]\nurl = \"http://127.0.0.1:9\"\npassword_file = \"secret\"\n"),
+    ] {
+        for (content, expect) in [("\n", "is set but empty"), ("abc\n", "is 3 bytes long")] {
+            let d = dir.path().join(format!("{key}-{}", content.len()));
+            let cfg = serve_config(&d, extra);
+            std::fs::write(d.join("secret"), content).unwrap();
+            let o = serve_with(&cfg, &[]);
+            assert_eq!(o.status.code(), Some(1), "{key}: {}", stderr(&o));
+            let err = stderr(&o);
+            assert!(err.contains("veil.toml: ") && err.contains(&format!("{key} (")) && err.contains(expect), "{key}: {err}");
+        }
+    }
+}

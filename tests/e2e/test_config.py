@@ -76,3 +76,55 @@ def test_compose_stack_names_the_services_the_tests_start():
     cfg = (harness.ROOT / "deploy" / "veil.toml").read_text()
     assert re.search(r'url = "http://clickhouse:8123"', cfg)
     assert 'endpoint = "http://moto:5000"' in cfg and 'issuer = "http://issuer:9400"' in cfg
+
+
+ADMIN_ON = '[admin]\naddress = "127.0.0.1:0"\n'
+
+
+def test_an_empty_or_short_admin_token_stops_the_gateway(tmp_path, issuer, moto):
+    """The environment is held to the same 32-byte minimum as the token file:
+    an empty variable (as a compose file or Helm value leaves it) must not
+    open the admin API to requests without any Authorization header."""
+    for value, expect in [("", "environment: VEIL_ADMIN_TOKEN: is set but empty"), ("x", "VEIL_ADMIN_TOKEN: is 1 bytes long; at least 32")]:
+        d = tmp_path / f"len{len(value)}"
+        d.mkdir()
+        cfg, _ = harness.veil_config(d, issuer, moto, ADMIN_ON)
+        r = subprocess.run([str(harness.VEIL), "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60,
+                           env={**harness.UPSTREAM_ENV, "PATH": "/usr/bin:/bin", "VEIL_ADMIN_TOKEN": value})
+        assert r.returncode == 1, r.stderr
+        assert expect in r.stderr, r.stderr
+
+
+def test_the_admin_api_opens_only_to_a_configured_token(tmp_path, issuer, moto):
+    import os
+    import requests
+    assert "VEIL_ADMIN_TOKEN" not in os.environ
+    routes = [("GET", "/v1/policies"), ("POST", "/v1/policies/reload")]
+    anonymous = [{}, {"Authorization": "Bearer "}, {"Authorization": "Bearer x"}, {"Authorization": "Bearer " + "k" * 39}]
+    # No token: the policy endpoints are off for everyone.
+    d = tmp_path / "none"
+    d.mkdir()
+    cfg, ca = harness.veil_config(d, issuer, moto, ADMIN_ON)
+    veil = harness.Veil(cfg)
+    try:
+        assert "policy endpoints are off" in veil.proc.output()
+        for headers in anonymous:
+            for method, path in routes:
+                r = requests.request(method, veil.admin_url + path, headers=headers, verify=str(ca), timeout=10)
+                assert r.status_code == 403 and "no admin token is configured" in r.text, (headers, r.text)
+    finally:
+        veil.stop()
+    # A token from the environment: that token only.
+    d = tmp_path / "env"
+    d.mkdir()
+    cfg, ca = harness.veil_config(d, issuer, moto, ADMIN_ON)
+    veil = harness.Veil(cfg, env={"VEIL_ADMIN_TOKEN": "k" * 40})
+    try:
+        for headers in anonymous:
+            for method, path in routes:
+                r = requests.request(method, veil.admin_url + path, headers=headers, verify=str(ca), timeout=10)
+                assert r.status_code == 401, (headers, r.text)
+        r = requests.get(veil.admin_url + "/v1/policies", headers={"Authorization": "Bearer " + "k" * 40}, verify=str(ca), timeout=10)
+        assert r.status_code == 200 and r.json()["policies"], r.text
+    finally:
+        veil.stop()
