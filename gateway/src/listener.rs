@@ -156,7 +156,10 @@ pub async fn serve_metrics(listener: TcpListener, gateway: Arc<Gateway>, limits:
         let gateway = gateway.clone();
         async move {
             let (status, content_type, body) = if req.uri().path() == "/metrics" {
-                (http::StatusCode::OK, "text/plain; version=0.0.4", bytes::Bytes::from(gateway.metrics.render()))
+                // What prometheus-client writes is OpenMetrics (`_total`
+                // samples under a `counter` family, `# EOF`): say so, or
+                // a 0.0.4 text parser files the samples as untyped.
+                (http::StatusCode::OK, crate::metrics::CONTENT_TYPE, bytes::Bytes::from(gateway.metrics.render()))
             } else {
                 (http::StatusCode::NOT_FOUND, "text/plain", bytes::Bytes::from_static(b"not found\n"))
             };

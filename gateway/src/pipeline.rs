@@ -38,7 +38,7 @@ use crate::config::Config;
 use crate::identity::{IdentityError, Verifier};
 use crate::json::JsonDoc;
 use crate::masking::{self, HashKey};
-use crate::metrics::{CallLabels, Metrics, PolicyLabels, ReloadLabels};
+use crate::metrics::{CallLabels, LabelText, Metrics, PolicyLabels, ReloadLabels};
 use crate::policy::reload::{self, Loader, Outcome, Rejection};
 use crate::policy::{CallInput, Identity, Operation, PolicySet, Reason, ResponseDecision, Verdict};
 use crate::sigv4::{self, SigError};
@@ -300,7 +300,7 @@ impl Gateway {
                 rec.verdict = "loaded".into();
                 rec.set_policies(refs);
                 self.policies.store(Arc::new(set));
-                self.metrics.policy_reloads.get_or_create(&ReloadLabels { result: "loaded".into() }).inc();
+                self.metrics.policy_reloads.get_or_create(&ReloadLabels { result: "loaded" }).inc();
                 Ok(true)
             }
             Err(r) => {
@@ -308,7 +308,7 @@ impl Gateway {
                 rec.verdict = "rejected".into();
                 rec.resource.clone_from(&r.file);
                 rec.error.clone_from(&r.reason);
-                self.metrics.policy_reloads.get_or_create(&ReloadLabels { result: "rejected".into() }).inc();
+                self.metrics.policy_reloads.get_or_create(&ReloadLabels { result: "rejected" }).inc();
                 Err(r)
             }
         };
@@ -529,7 +529,7 @@ impl Gateway {
         ctx.verdict = f.verdict();
         if let Failure::Denied(reasons) | Failure::ApprovalRequired { reasons, .. } = &f {
             for r in reasons.iter().filter(|r| r.message.starts_with("on-")) {
-                self.metrics.policy_errors.get_or_create(&PolicyLabels { policy: r.policy.clone() }).inc();
+                self.metrics.policy_errors.get_or_create(&PolicyLabels { policy: LabelText::new(&r.policy) }).inc();
             }
             ctx.rec.reasons = reasons.iter().map(Reason::to_string).collect();
         }
@@ -577,13 +577,11 @@ impl Gateway {
     }
 
     /// The log phase: metrics and one structured line per call (the audit
-    /// trail proper is the audit module's).
+    /// trail proper is the audit module's). Metric labels are closed sets
+    /// ([`CallLabels::of`]); the line shows what the caller sent, which
+    /// the log formatter escapes and caps ([`crate::logging`]).
     fn log(&self, ctx: &Ctx, resp: &Response<RespBody>) {
-        let labels = CallLabels {
-            service: ctx.service.clone().unwrap_or_else(|| "-".into()),
-            action: ctx.action.clone().unwrap_or_else(|| "-".into()),
-            verdict: ctx.verdict.to_string(),
-        };
+        let labels = CallLabels::of(ctx.identity.is_some(), ctx.service.as_deref(), ctx.action.as_deref(), ctx.verdict);
         let elapsed = ctx.started.elapsed();
         self.metrics.requests.get_or_create(&labels).inc();
         self.metrics.latency.get_or_create(&labels).observe(elapsed.as_secs_f64());
@@ -591,8 +589,8 @@ impl Gateway {
             request_id = %ctx.request_id,
             remote = %ctx.remote,
             subject = ctx.identity.as_ref().map(|i| i.subject.as_str()).unwrap_or("-"),
-            service = %labels.service,
-            action = %labels.action,
+            service = ctx.service.as_deref().unwrap_or("-"),
+            action = ctx.action.as_deref().unwrap_or("-"),
             region = ctx.region.as_deref().unwrap_or("-"),
             verdict = ctx.verdict,
             status = resp.status().as_u16(),

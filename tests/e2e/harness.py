@@ -293,6 +293,12 @@ def admin_block(dirpath, token):
     return '[admin]\naddress = "127.0.0.1:0"\ntoken_file = "admin.token"\n'
 
 
+def listening_pattern(message):
+    """The address in a "<message> address=…" log line, text or JSON
+    (VEIL_LOG_FORMAT=json: `{"fields":{"address":"…",…},…,"message":"<message>",…}`)."""
+    return rf'{message} address=(\S+)|"fields":\{{"address":"([^"]+)"[^\n]*"message":"{message}"'
+
+
 class Veil:
     def __init__(self, config, env=None, scheme="https"):
         e = dict(os.environ)
@@ -300,11 +306,14 @@ class Veil:
         e.update(env or {})
         self.proc = Proc("veil", [str(VEIL), "serve", "--config", str(config)], env=e)
         # Generous: compiling Python and JS policies takes a while on 2 cores.
-        m = self.proc.wait_for(r"veil is listening address=(\S+)", timeout=180)
-        self.url = f"{scheme}://" + m.group(1)
-        self.metrics_url = "http://" + self.proc.wait_for(r"metrics endpoint is listening address=(\S+)").group(1) + "/metrics"
-        admin = re.search(r"admin API is listening address=(\S+)", self.proc.output())
-        self.admin_url = f"{scheme}://{admin.group(1)}" if admin else None
+        self.url = f"{scheme}://" + self._address("veil is listening", timeout=180)
+        self.metrics_url = "http://" + self._address("metrics endpoint is listening") + "/metrics"
+        admin = re.search(listening_pattern("admin API is listening"), self.proc.output())
+        self.admin_url = f"{scheme}://{admin.group(1) or admin.group(2)}" if admin else None
+
+    def _address(self, message, timeout=60):
+        m = self.proc.wait_for(listening_pattern(message), timeout=timeout)
+        return m.group(1) or m.group(2)
 
     def stop(self):
         return self.proc.stop()

@@ -7,6 +7,7 @@
 
 pub mod endpoint;
 pub mod error;
+pub mod operations;
 pub mod sqs;
 pub mod wire;
 pub mod xml;
