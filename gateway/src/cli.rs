@@ -152,6 +152,29 @@ enum PolicyCommand {
     Reload(AdminArgs),
     /// List a running gateway's active policies and the last rejected file.
     Status(AdminArgs),
+    /// Sign the policy set of a directory: write its `manifest.json` (every
+    /// `*.wasm` with its sha256, and a version) and `manifest.json.sig`, for
+    /// gateways with `policies.require_signature = true`.
+    Sign {
+        /// The policy directory, as it will be deployed.
+        dir: PathBuf,
+        /// The ed25519 private key, PKCS#8 PEM (`veil policy keygen` or
+        /// `openssl genpkey -algorithm ed25519`).
+        #[arg(long)]
+        key: PathBuf,
+        /// The set's version; it must be higher than any the gateways have
+        /// accepted. Default: the current Unix time, or one more than the
+        /// directory's manifest when that is higher.
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Make an ed25519 signing key: writes the private key (PKCS#8 PEM, mode
+    /// 0600) and prints the public key for `policies.signing_keys`.
+    Keygen {
+        /// Where to write the private key (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Compile and validate a policy component; print its name, version and sha256.
     Check {
         /// The component file (`.wasm`).
@@ -296,7 +319,10 @@ fn serve(path: &Path) -> Result<()> {
         // Watch before the first load, so that no change made while starting
         // is missed: events queue until the reload task runs.
         let watch = PolicyWatch::start(&policy_dir, path, cfg.policies.watch)?;
-        let loader = Loader::new(host, policy_dir.clone(), Some(path.to_path_buf()), cfg.policy_configs(), cfg.signing_keys());
+        let mut loader = Loader::new(host, policy_dir.clone(), Some(path.to_path_buf()), cfg.policy_configs(), cfg.signing_keys());
+        if cfg.policies.require_signature {
+            loader = loader.with_state_file(cfg.resolve(&cfg.policies.state_file)).with_context(|| format!("{}", path.display()))?;
+        }
         // The same build as a reload: signatures, compile, world, self-check.
         let policies = match loader.build(&PolicySet::default()) {
             Ok(reload::Outcome::Loaded(set)) => set,
@@ -305,6 +331,9 @@ fn serve(path: &Path) -> Result<()> {
         };
         for p in policies.policies() {
             tracing::info!(name = %p.compiled.name, version = %p.compiled.version, sha256 = %p.compiled.sha256, cached = p.compiled.from_cache, "policy loaded");
+        }
+        if let Some(m) = loader.status(&policies).get("signed_manifest").filter(|m| !m.is_null()) {
+            tracing::info!(version = %m["version"], sha256 = %m["sha256"].as_str().unwrap_or_default(), "signed policy set verified");
         }
         let upstream = Upstream::new(&cfg.upstream).await.with_context(|| format!("{}: upstream", path.display()))?;
         let audit = Audit::open(&cfg).with_context(|| format!("{}: audit.spool_dir", path.display()))?;
@@ -593,6 +622,23 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
     match cmd {
         PolicyCommand::Reload(a) => admin_call(&a, "VEIL_ADMIN_TOKEN", http::Method::POST, "/v1/policies/reload", None),
         PolicyCommand::Status(a) => admin_call(&a, "VEIL_ADMIN_TOKEN", http::Method::GET, "/v1/policies", None),
+        PolicyCommand::Sign { dir, key, version } => sign(&dir, &key, version),
+        PolicyCommand::Keygen { out } => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let (pem, public) = reload::manifest::generate_key();
+            let mut f = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&out)
+                .with_context(|| format!("--out {}", out.display()))?;
+            f.write_all(pem.as_bytes()).with_context(|| format!("--out {}", out.display()))?;
+            println!("private key: {} (keep it off the gateway's hosts)", out.display());
+            println!("public key:  {public}");
+            println!("in veil.toml: [policies] require_signature = true, signing_keys = [\"{public}\"]");
+            Ok(())
+        }
         PolicyCommand::Test { policy, cases } => conformance(&policy, &cases),
         PolicyCommand::Check { file } => {
             let host = tool_host()?;
@@ -638,6 +684,30 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `veil policy sign`: write the signed manifest of `dir`.
+fn sign(dir: &Path, key: &Path, version: Option<u64>) -> Result<()> {
+    use reload::manifest;
+    let pair = manifest::signing_key(key).context("--key")?;
+    let previous = manifest::current_version(dir);
+    let version = match version {
+        Some(v) => {
+            if let Some(p) = previous.filter(|p| v <= *p) {
+                eprintln!("veil: warning: version {v} is not above the directory's current manifest ({p}); gateways that accepted {p} will refuse it");
+            }
+            v
+        }
+        None => previous.map_or(0, |p| p + 1).max(u64::from(unix_now())),
+    };
+    let m = manifest::describe(dir, version)?;
+    manifest::write_signed(dir, &m, &pair)?;
+    for e in &m.policies {
+        println!("{}  {}", e.sha256, e.file);
+    }
+    println!("signed {} policies as version {version} with key {}", m.policies.len(), manifest::public_key(&pair));
+    println!("wrote {} and {}", dir.join(manifest::MANIFEST).display(), dir.join(manifest::SIGNATURE).display());
+    Ok(())
 }
 
 /// One conformance case (see `tests/conformance/README.md`).

@@ -279,13 +279,20 @@ pub struct PoliciesConfig {
     /// SIGHUP and `veil policy reload` reload.
     #[serde(default = "default_true")]
     pub watch: bool,
-    /// Load only policies signed by one of `signing_keys`: an ed25519
-    /// signature over the file, base64, in `<file>.sig` beside it.
+    /// Load only a policy set signed by one of `signing_keys`: the
+    /// directory's `manifest.json` lists every policy file with its sha256
+    /// and a version, and `manifest.json.sig` holds an ed25519 signature over
+    /// it (see [`crate::policy::reload::manifest`]).
     #[serde(default)]
     pub require_signature: bool,
     /// Trusted ed25519 public keys (32 bytes each, base64).
     #[serde(default)]
     pub signing_keys: Vec<String>,
+    /// With `require_signature`: where the version of the last accepted
+    /// manifest is kept, so that no reload and no restart goes back to an
+    /// older one. The gateway must be able to write it.
+    #[serde(default = "default_policy_state")]
+    pub state_file: PathBuf,
     /// Compiled policies kept between runs; empty: compile at every start.
     #[serde(default = "default_cache_dir")]
     pub cache_dir: PathBuf,
@@ -293,6 +300,9 @@ pub struct PoliciesConfig {
 
 fn default_deadline() -> u64 {
     50
+}
+fn default_policy_state() -> PathBuf {
+    PathBuf::from("veil-policy-state.json")
 }
 fn default_deadline_per_mib() -> u64 {
     150

@@ -215,3 +215,43 @@ fn serve_refuses_empty_or_short_secrets_naming_them() {
         }
     }
 }
+
+#[test]
+fn keygen_and_sign_write_a_manifest_of_the_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signer.pem");
+    let o = veil(&["policy", "keygen", "--out", s(&key)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8(o.stdout).unwrap();
+    let public = out.lines().find_map(|l| l.strip_prefix("public key:  ")).unwrap().to_string();
+    assert_eq!(public.len(), 44, "{out}");
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    let o = veil(&["policy", "keygen", "--out", s(&key)]);
+    assert_eq!(o.status.code(), Some(1), "an existing key is never overwritten");
+
+    let pdir = dir.path().join("policies");
+    std::fs::create_dir(&pdir).unwrap();
+    let o = veil(&["policy", "sign", s(&pdir), "--key", s(&key)]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("no *.wasm policy files"), "{}", stderr(&o));
+    std::fs::copy(policy("risky-actions.wasm"), pdir.join("risky-actions.wasm")).unwrap();
+    std::fs::write(pdir.join(".hidden.wasm"), b"x").unwrap();
+    let o = veil(&["policy", "sign", s(&pdir), "--key", s(&key), "--version", "7"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(pdir.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "veil-policy-manifest/1");
+    assert_eq!(manifest["version"], 7);
+    assert_eq!(manifest["policies"].as_array().unwrap().len(), 1, "{manifest}");
+    assert_eq!(manifest["policies"][0]["file"], "risky-actions.wasm");
+    assert!(pdir.join("manifest.json.sig").is_file());
+    // Without --version: above both the last manifest and the clock.
+    let o = veil(&["policy", "sign", s(&pdir), "--key", s(&key)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let manifest: Value = serde_json::from_slice(&std::fs::read(pdir.join("manifest.json")).unwrap()).unwrap();
+    assert!(manifest["version"].as_u64().unwrap() > 1_700_000_000, "{manifest}");
+    // A key that is not one: refused, naming the file.
+    let o = veil(&["policy", "sign", s(&pdir), "--key", s(&pdir.join("manifest.json"))]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("manifest.json: no -----BEGIN PRIVATE KEY----- block"), "{}", stderr(&o));
+}

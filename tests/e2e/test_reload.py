@@ -237,38 +237,150 @@ def test_sighup_and_the_admin_command_reload_when_watching_is_off(tmp_path, issu
         veil.stop()
 
 
-def test_signed_policies_only(tmp_path, issuer, moto):
+def keypair(tmp_path, name):
+    """An ed25519 key as PKCS#8 PEM, as `openssl genpkey -algorithm ed25519` writes it."""
     import base64
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-    key, other = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    pub = base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / f"{name}.pem"
+    path.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    return key, path, base64.b64encode(key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)).decode()
 
-    from pathlib import Path
 
-    def sign(path, k=key):
-        Path(str(path) + ".sig").write_text(base64.b64encode(k.sign(Path(path).read_bytes())).decode())
+def veil_sign(pdir, key_path, version=None):
+    args = [str(harness.VEIL), "policy", "sign", str(pdir), "--key", str(key_path)] + (["--version", str(version)] if version else [])
+    out = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
 
-    cfg, ca, pdir = prepare(tmp_path, issuer, moto, f'require_signature = true\nsigning_keys = ["{pub}"]')
-    # Unsigned files refuse to start.
-    out = subprocess.run([str(harness.VEIL), "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=60, env=dict(os.environ, **harness.UPSTREAM_ENV))
-    assert out.returncode == 1 and "signature required" in out.stderr, out.stderr
-    for f in pdir.glob("*.wasm"):
-        sign(f)
+
+def serve_once(cfg):
+    return subprocess.run([str(harness.VEIL), "serve", "--config", str(cfg)], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, **harness.UPSTREAM_ENV))
+
+
+def signed_setup(tmp_path, issuer, moto):
+    _, key_path, pub = keypair(tmp_path, "signer")
+    cfg, ca, pdir = prepare(tmp_path, issuer, moto, f'require_signature = true\nsigning_keys = ["{pub}"]\nstate_file = "policy-state.json"')
+    # Held calls answer at once, so a test can see iam:CreateUser is still held.
+    cfg.write_text(cfg.read_text() + "\n[approvals]\nwait_secs = 0\n")
+    return cfg, ca, pdir, key_path
+
+
+def rejected_after(veil, ca, since_ms, expect):
+    """Wait for a rejection newer than `since_ms` whose reason has `expect`; returns the status."""
+    st = wait_for(lambda: (lambda s: s if s["last_rejected"] and s["last_rejected"]["at_ms"] > since_ms and expect in s["last_rejected"]["reason"] else None)(status(veil, ca)))
+    assert st, (expect, status(veil, ca))
+    return st
+
+
+def create_user_is_held(veil, ca, issuer, tmp_path):
+    with harness.agent_session(veil, ca, harness.mint(issuer, sub="signed-agent"), tmp_path) as s:
+        with pytest.raises(ClientError) as e:
+            s.client("iam", config=BotoConfig(retries={"max_attempts": 1})).create_user(UserName=f"u{time.time_ns()}")
+        return e.value.response["Error"]["Code"] == "ApprovalRequired" and "risky-actions" in e.value.response["Error"]["Message"]
+
+
+def test_only_a_signed_set_starts(tmp_path, issuer, moto):
+    cfg, ca, pdir, key_path = signed_setup(tmp_path, issuer, moto)
+    # No manifest: refused, naming it.
+    out = serve_once(cfg)
+    assert out.returncode == 1 and "signature required" in out.stderr and "manifest.json" in out.stderr, out.stderr
+    # Signed by a key the gateway does not trust: refused.
+    _, other_path, _ = keypair(tmp_path, "other")
+    veil_sign(pdir, other_path, 5)
+    out = serve_once(cfg)
+    assert out.returncode == 1 and "does not verify with any of policies.signing_keys" in out.stderr, out.stderr
+    # An unsigned extra policy beside a signed set: refused.
+    printed = veil_sign(pdir, key_path, 5)
+    assert "versioned.wasm" in printed and "version 5" in printed, printed
+    shutil.copy(FIXTURES / "versioned-2.wasm", pdir / "extra.wasm")
+    out = serve_once(cfg)
+    assert out.returncode == 1 and "extra.wasm is not in the signed manifest (version 5)" in out.stderr, out.stderr
+    os.remove(pdir / "extra.wasm")
     veil = harness.Veil(cfg)
     try:
-        assert version_of(status(veil, ca)) == "1.0.0"
-        # Signed by an untrusted key: rejected.
-        v2 = tmp_path / "v2.wasm"
-        shutil.copy(FIXTURES / "versioned-2.wasm", v2)
-        sign(v2, other)
-        shutil.copy(str(v2) + ".sig", pdir / "versioned.wasm.sig")
-        install(v2, pdir)
-        st = wait_for(lambda: (lambda s: s if s["last_rejected"] else None)(status(veil, ca)))
-        assert st and "does not verify" in st["last_rejected"]["reason"], st
+        st = status(veil, ca)
+        assert st["signed_manifest"]["version"] == 5 and version_of(st) == "1.0.0", st
+        assert "signed policy set verified" in veil.proc.output()
+    finally:
+        veil.stop()
+    # A restart with an older signed set than the one accepted: refused
+    # (the state file remembers version 5).
+    veil_sign(pdir, key_path, 4)
+    out = serve_once(cfg)
+    assert out.returncode == 1 and "version 4 is older than version 5" in out.stderr, out.stderr
+
+
+def test_a_signed_set_cannot_lose_gain_or_roll_back_a_policy(tmp_path, issuer, moto):
+    """Deleting a policy, adding or altering one, replaying an older manifest:
+    each rejected as a whole while the last good set serves, with the reason
+    in `veil policy status`, the log and a reload audit record."""
+    cfg, ca, pdir, key_path = signed_setup(tmp_path, issuer, moto)
+    veil_sign(pdir, key_path, 10)
+    old = {n: (pdir / n).read_bytes() for n in ("manifest.json", "manifest.json.sig", "versioned.wasm")}
+    veil = harness.Veil(cfg)
+    try:
+        assert create_user_is_held(veil, ca, issuer, tmp_path)
+        since = 0
+
+        def expect_rejected(reason):
+            nonlocal since
+            st = rejected_after(veil, ca, since, reason)
+            since = st["last_rejected"]["at_ms"]
+            names = [p["name"] for p in st["policies"]]
+            assert "risky-actions" in names and st["signed_manifest"]["version"] in (10, 11), st
+            return st
+
+        # A policy deleted without the key: rejected; iam:CreateUser stays held.
+        risky = (pdir / "risky-actions.wasm").read_bytes()
+        os.remove(pdir / "risky-actions.wasm")
+        expect_rejected("risky-actions.wasm is in the signed manifest (version 10) but not in the policy directory")
+        assert create_user_is_held(veil, ca, issuer, tmp_path), "risky-actions still decides"
+        (pdir / "risky-actions.wasm").write_bytes(risky)
+        # An extra policy no one signed.
+        install(FIXTURES / "versioned-2.wasm", pdir, "extra.wasm")
+        expect_rejected("extra.wasm is not in the signed manifest (version 10)")
+        os.remove(pdir / "extra.wasm")
+        # A signed policy swapped for another build.
+        install(FIXTURES / "versioned-2.wasm", pdir)
+        st = expect_rejected("versioned.wasm: sha256 ")
         assert version_of(st) == "1.0.0"
-        # Signed by the trusted key: loaded.
-        sign(pdir / "versioned.wasm")
-        assert wait_for(lambda: version_of(status(veil, ca)) == "2.0.0")
+        # Signed as version 11: loads.
+        veil_sign(pdir, key_path, 11)
+        assert wait_for(lambda: (lambda s: s["signed_manifest"]["version"] == 11 and version_of(s) == "2.0.0")(status(veil, ca)))
+        # The old signed set put back (files and manifest): a rollback.
+        (pdir / "versioned.wasm").write_bytes(old["versioned.wasm"])
+        (pdir / "manifest.json.sig").write_bytes(old["manifest.json.sig"])
+        (pdir / "manifest.json").write_bytes(old["manifest.json"])
+        st = expect_rejected("version 10 is older than version 11, already accepted: a rollback is refused")
+        assert version_of(st) == "2.0.0"
+        # Version 11 again, signed over other contents: refused too.
+        veil_sign(pdir, key_path, 11)
+        expect_rejected("version 11 was already accepted for a different manifest")
+        # Malformed manifests, validly signed: rejected with the reason.
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+        import base64
+        key = load_pem_private_key(key_path.read_bytes(), None)
+        digest = "a" * 64
+        bad = {
+            "does not parse": b"{not json",
+            "is listed twice": json.dumps({"format": "veil-policy-manifest/1", "version": 20, "policies": [
+                {"file": "versioned.wasm", "sha256": digest}, {"file": "versioned.wasm", "sha256": digest}]}).encode(),
+        }
+        for reason, text in bad.items():
+            (pdir / "manifest.json.sig").write_text(base64.b64encode(key.sign(text)).decode())
+            (pdir / "manifest.json").write_bytes(text)
+            expect_rejected(reason)
+        st = status(veil, ca)
+        assert version_of(st) == "2.0.0" and st["signed_manifest"]["version"] == 11
+        assert create_user_is_held(veil, ca, issuer, tmp_path)
+        log = veil.proc.output()
+        assert "policy reload rejected" in log and "rollback is refused" in log, log[-2000:]
+        rejected = [r for r in spool_records(cfg) if r["kind"] == "reload" and r["verdict"] == "rejected"]
+        errors = " | ".join(r["error"] for r in rejected)
+        for reason in ["not in the policy directory", "extra.wasm is not in the signed manifest", "a rollback is refused", "is listed twice"]:
+            assert reason in errors, errors
     finally:
         veil.stop()

@@ -10,6 +10,10 @@
 //! and is remembered with the file and the reason for `veil policy status`.
 //! A file caught mid-copy fails to compile and is rejected; the write that
 //! completes it triggers the next reload.
+//!
+//! With `policies.require_signature`, the directory must match a signed
+//! manifest of the whole set before anything is compiled ([`manifest`]): a
+//! missing, extra or altered file, or an older manifest, rejects the set.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,9 @@ use serde_json::{json, Value};
 use super::host::MAX_POLICY_FILE;
 use super::{policy_files, CallInput, HookScope, Host, Identity, LoadedPolicy, Operation, PolicySet};
 use crate::config::Config;
+
+pub mod manifest;
+use manifest::{Accepted, ManifestError, Verified};
 
 /// Lower the calling thread's CPU priority (nice 10; Linux's nice is per
 /// thread), so that compiling a new policy set yields to calls being served
@@ -106,6 +113,8 @@ pub struct Loader {
     /// never wait for a compile.
     build_lock: Mutex<()>,
     state: Mutex<State>,
+    /// Where the last accepted manifest is recorded (signed sets only).
+    state_file: Option<PathBuf>,
 }
 
 struct State {
@@ -113,6 +122,9 @@ struct State {
     keys: Option<Vec<[u8; 32]>>,
     loaded_at: Vec<(String, u64)>,
     last_rejected: Option<Rejection>,
+    /// The newest signed manifest accepted, in this process or (through the
+    /// state file) before it.
+    accepted: Option<Accepted>,
 }
 
 fn now_ms() -> u64 {
@@ -123,7 +135,17 @@ impl Loader {
     /// A loader for `dir`, re-reading policy configuration from `config_file` on each reload.
     /// `keys`: when set, only files signed by one of them load.
     pub fn new(host: Host, dir: PathBuf, config_file: Option<PathBuf>, configs: Value, keys: Option<Vec<[u8; 32]>>) -> Loader {
-        Loader { host, dir, config_file, build_lock: Mutex::new(()), state: Mutex::new(State { configs, keys, loaded_at: Vec::new(), last_rejected: None }) }
+        let state = State { configs, keys, loaded_at: Vec::new(), last_rejected: None, accepted: None };
+        Loader { host, dir, config_file, build_lock: Mutex::new(()), state: Mutex::new(state), state_file: None }
+    }
+
+    /// Remember accepted manifests in `path` (`policies.state_file`), and
+    /// start from the one it records: no later build may load an older one.
+    pub fn with_state_file(mut self, path: PathBuf) -> Result<Loader, ManifestError> {
+        let accepted = manifest::read_state(&path)?;
+        self.state.get_mut().unwrap_or_else(|p| p.into_inner()).accepted = accepted;
+        self.state_file = Some(path);
+        Ok(self)
     }
 
     /// The policy directory.
@@ -139,16 +161,33 @@ impl Loader {
     /// Build the set the files describe now. `current` lends unchanged policies.
     pub fn build(&self, current: &PolicySet) -> Result<Outcome, Rejection> {
         let _one_build = self.build_lock.lock().unwrap_or_else(|p| p.into_inner());
-        let (mut configs, mut keys) = {
+        let (mut configs, mut keys, accepted) = {
             let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-            (state.configs.clone(), state.keys.clone())
+            (state.configs.clone(), state.keys.clone(), state.accepted.clone())
         };
-        let result = self.build_inputs(&mut configs, &mut keys, current);
+        let result = self.build_inputs(&mut configs, &mut keys, accepted.as_ref(), current).and_then(|(outcome, verified)| {
+            // Record a newer manifest before its set serves, so that no
+            // restart can go back behind it; a set whose version cannot be
+            // recorded is not loaded. The same manifest again (a restart, a
+            // config change) writes nothing.
+            let newer = verified.map(|v| v.accepted()).filter(|a| accepted.as_ref() != Some(a));
+            if let (Some(a), Some(path)) = (&newer, &self.state_file) {
+                manifest::write_state(path, a).map_err(|e| Rejection { file: path.display().to_string(), reason: e.to_string(), at_ms: now_ms() })?;
+            }
+            Ok((outcome, newer))
+        });
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        if result.is_ok() {
-            state.configs = configs;
-            state.keys = keys;
-        }
+        let result = match result {
+            Ok((outcome, newer)) => {
+                state.configs = configs;
+                state.keys = keys;
+                if newer.is_some() {
+                    state.accepted = newer;
+                }
+                Ok(outcome)
+            }
+            Err(r) => Err(r),
+        };
         match &result {
             Err(r) => state.last_rejected = Some(r.clone()),
             Ok(Outcome::Loaded(set)) => {
@@ -191,10 +230,22 @@ impl Loader {
                 on_response: p.on_response.to_string(),
             })
             .collect();
-        json!({ "dir": self.dir.display().to_string(), "policies": active, "last_rejected": state.last_rejected })
+        let manifest = state.accepted.as_ref().map(|a| json!({ "version": a.version, "sha256": a.digest }));
+        json!({
+            "dir": self.dir.display().to_string(),
+            "policies": active,
+            "signed_manifest": manifest,
+            "last_rejected": state.last_rejected,
+        })
     }
 
-    fn build_inputs(&self, configs: &mut Value, keys: &mut Option<Vec<[u8; 32]>>, current: &PolicySet) -> Result<Outcome, Rejection> {
+    fn build_inputs(
+        &self,
+        configs: &mut Value,
+        keys: &mut Option<Vec<[u8; 32]>>,
+        accepted: Option<&Accepted>,
+        current: &PolicySet,
+    ) -> Result<(Outcome, Option<Verified>), Rejection> {
         let reject = |file: &Path, reason: String| Rejection { file: file.display().to_string(), reason, at_ms: now_ms() };
         if let Some(cfg_file) = &self.config_file {
             let cfg = Config::load(cfg_file).map_err(|e| reject(cfg_file, e.to_string()))?;
@@ -202,14 +253,34 @@ impl Loader {
             *keys = cfg.signing_keys();
         }
         let files = policy_files(&self.dir).map_err(|e| reject(&self.dir, e.to_string()))?;
+        let file_name = |f: &Path| f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        // A signed set is checked as a whole before anything is compiled.
+        let verified = match keys.as_ref() {
+            Some(keys) => {
+                let manifest_file = self.dir.join(manifest::MANIFEST);
+                let v = manifest::load(&self.dir, keys).map_err(|e| reject(&manifest_file, e.to_string()))?;
+                v.check_version(accepted).map_err(|e| reject(&manifest_file, e.to_string()))?;
+                let present: Vec<String> = files.iter().map(|f| file_name(f)).collect();
+                for (file, name) in files.iter().zip(&present) {
+                    if !v.manifest.policies.iter().any(|e| &e.file == name) {
+                        return Err(reject(file, ManifestError::Unlisted { file: name.clone(), version: v.manifest.version }.to_string()));
+                    }
+                }
+                v.check_complete(present.iter().map(String::as_str)).map_err(|e| reject(&manifest_file, e.to_string()))?;
+                Some(v)
+            }
+            None => None,
+        };
         let mut loaded: Vec<Arc<LoadedPolicy>> = Vec::with_capacity(files.len());
         let mut names = HashSet::new();
         for file in &files {
             let bytes = read_capped(file).map_err(|e| reject(file, e))?;
-            if let Some(keys) = keys.as_ref() {
-                check_signature(file, &bytes, keys).map_err(|e| reject(file, e))?;
-            }
             let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            // The digest of the very bytes compiled below: a file replaced
+            // after the manifest was read is caught here.
+            if let Some(v) = &verified {
+                v.check_file(&file_name(file), &sha).map_err(|e| reject(file, e.to_string()))?;
+            }
             let reused = current.policies().iter().find(|p| p.compiled.sha256 == sha).cloned();
             let policy = match reused {
                 Some(p) => {
@@ -244,9 +315,9 @@ impl Loader {
         let same = loaded.len() == current.policies().len()
             && loaded.iter().zip(current.policies()).all(|(a, b)| Arc::ptr_eq(a, b));
         if same {
-            return Ok(Outcome::Unchanged);
+            return Ok((Outcome::Unchanged, verified));
         }
-        Ok(Outcome::Loaded(PolicySet::new(loaded)))
+        Ok((Outcome::Loaded(PolicySet::new(loaded)), verified))
     }
 }
 
@@ -254,24 +325,6 @@ impl Loader {
 pub fn decode_key(text: &str) -> Option<[u8; 32]> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?.try_into().ok()
-}
-
-/// The file's `<file>.sig` must hold a base64 ed25519 signature over the
-/// file's bytes by one of `keys`.
-fn check_signature(file: &Path, bytes: &[u8], keys: &[[u8; 32]]) -> Result<(), String> {
-    use base64::Engine;
-    let mut sig_path = file.as_os_str().to_owned();
-    sig_path.push(".sig");
-    let text = std::fs::read_to_string(&sig_path).map_err(|e| format!("signature required: cannot read {}: {e}", Path::new(&sig_path).display()))?;
-    let sig = base64::engine::general_purpose::STANDARD
-        .decode(text.trim())
-        .map_err(|_| format!("{}: not a base64 signature", Path::new(&sig_path).display()))?;
-    let valid = keys.iter().any(|k| ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, k).verify(bytes, &sig).is_ok());
-    if valid {
-        Ok(())
-    } else {
-        Err("signature does not verify with any of policies.signing_keys".into())
-    }
 }
 
 fn config_for(configs: &Value, name: &str) -> String {
