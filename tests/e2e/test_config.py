@@ -68,6 +68,14 @@ def test_compose_stack_names_the_services_the_tests_start():
     services = compose["services"]
     assert set(services) == {"veil", "clickhouse", "issuer", "moto"}
     assert services["veil"]["build"] == "."
+    # Hardened: the image's unprivileged user, a read-only root, no capabilities.
+    veil = services["veil"]
+    assert veil["user"] == "10001:10001" and veil["read_only"] is True, veil
+    assert veil["cap_drop"] == ["ALL"] and "no-new-privileges:true" in veil["security_opt"], veil
+    assert [v for v in veil["volumes"] if v.endswith(":/var/lib/veil")], veil["volumes"]
+    dockerfile = (harness.ROOT / "Dockerfile").read_text()
+    final_stage = dockerfile.rsplit("FROM ", 1)[1]
+    assert "USER 10001:10001" in final_stage and "useradd --system --uid 10001" in final_stage
     assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server")
     assert "issuer.mjs" in " ".join(services["issuer"]["command"])
     assert "moto.server" in " ".join(services["moto"]["command"])
@@ -76,6 +84,9 @@ def test_compose_stack_names_the_services_the_tests_start():
     cfg = (harness.ROOT / "deploy" / "veil.toml").read_text()
     assert re.search(r'url = "http://clickhouse:8123"', cfg)
     assert 'endpoint = "http://moto:5000"' in cfg and 'issuer = "http://issuer:9400"' in cfg
+    # Every path Veil writes is on the volume (the root filesystem is read-only).
+    for key in ["spool_dir", "cache_dir", "store_file", "state_file"]:
+        assert re.search(rf'^{key} = "/var/lib/veil/', cfg, re.M), key
 
 
 ADMIN_ON = '[admin]\naddress = "127.0.0.1:0"\n'
