@@ -1,5 +1,7 @@
-//! The `veil` command line: `veil policy check|eval`. Errors surface here as
-//! `anyhow` chains printed on stderr with exit code 1.
+//! The `veil` command line: `veil serve`, `veil policy
+//! check|test|eval|sign|keygen|reload|status`, `veil audit …` and `veil
+//! approvals …`. Errors surface here as `anyhow` chains printed on stderr
+//! with exit code 1.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;

@@ -217,6 +217,10 @@ impl TextVisitor {
 
 impl Visit for TextVisitor {
     fn record_str(&mut self, field: &Field, value: &str) {
+        // Most values are short: no copy for them (a log line per call).
+        if value.len() <= cap_of(field.name()) {
+            return self.push(field.name(), value);
+        }
         let v = Capped::of(value, cap_of(field.name())).finish();
         self.push(field.name(), &v);
     }
