@@ -384,3 +384,103 @@ fn calls_in_a_tight_loop_from_many_threads_never_exhaust_the_instance_pool() {
         t.join().expect("no call failed");
     }
 }
+
+/// Every hook that prints or fails, called as the gateway calls it: from a
+/// task on a tokio worker thread (and from the runtime's own thread), where
+/// WASI's blocking stdio once panicked the thread ("Cannot start a runtime
+/// from within a runtime").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hooks_that_print_panic_or_wait_answer_inside_a_tokio_runtime() {
+    let h = host();
+    let compiled = h.load(&policy_path("fixtures/hostile.wasm")).unwrap();
+    let set = |mode: &str| PolicySet::new(vec![Arc::new(LoadedPolicy::new(compiled.clone(), json!({"mode": mode}).to_string()).unwrap())]);
+    let c = call("iam:ListUsers", json!({}), json!({"UserName": "alice"}));
+
+    // On the runtime's own thread, as `block_on` runs the test body.
+    let d = set("print").on_request(&c);
+    assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
+    assert_eq!(d.output.len(), 1, "{d:?}");
+    let o = &d.output[0];
+    assert_eq!((o.policy.as_str(), o.hook, o.dropped_bytes), ("hostile", "on-request", 0));
+    assert!(o.text.contains("hostile on-request stdout: ListUsers for alice\n"), "{o:?}");
+    assert!(o.text.contains("hostile on-request stderr: \u{1b}[31mred\u{1b}[0m and a second\nline"), "{o:?}");
+
+    // On a worker thread, as the gateway runs its calls.
+    let (s, c2) = (set("print"), c.clone());
+    let d = tokio::spawn(async move { s.on_response(&c2, 200, &json!({"Users": []})) }).await.unwrap();
+    assert!(d.deny.is_empty(), "{d:?}");
+    assert!(d.output[0].text.contains("hostile on-response stdout: ListUsers"), "{d:?}");
+
+    let (s, c2) = (set("panic-request"), c.clone());
+    let d = tokio::spawn(async move { s.on_request(&c2) }).await.unwrap();
+    assert_eq!(d.verdict, Verdict::Deny);
+    let m = &d.reasons[0].message;
+    assert!(m.starts_with("on-request trapped") && m.contains("hostile panics in on-request on purpose"), "{m}");
+    assert!(!m.contains('\n'), "one line: {m}");
+    assert!(d.output[0].text.contains("hostile panics in on-request on purpose"), "{d:?}");
+
+    let (s, c2) = (set("panic-response"), c.clone());
+    let d = tokio::spawn(async move { s.on_response(&c2, 200, &json!({})) }).await.unwrap();
+    assert!(d.deny[0].message.starts_with("on-response trapped") && d.deny[0].message.contains("hostile panics in on-response on purpose"), "{d:?}");
+
+    // A megabyte: the first KiBs and the last words kept, the rest counted.
+    let (s, c2) = (set("print-mb"), c.clone());
+    let d = tokio::spawn(async move { s.on_request(&c2) }).await.unwrap();
+    assert_eq!(d.verdict, Verdict::Allow, "{d:?}");
+    let o = &d.output[0];
+    assert_eq!(o.text.len(), veil_gateway::policy::output::KEEP_BYTES);
+    assert_eq!(o.dropped_bytes, (1 << 20) + "hostile on-request printed a megabyte\n".len() as u64 - o.text.len() as u64);
+
+    // A policy that sleeps waits on a timer: refused at once, not at its deadline.
+    let started = Instant::now();
+    let (s, c2) = (set("sleep"), c.clone());
+    let d = tokio::spawn(async move { s.on_request(&c2) }).await.unwrap();
+    assert_eq!(d.verdict, Verdict::Deny);
+    assert!(d.reasons[0].message.contains("waited on I/O or a timer"), "{d:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+
+    // The same component keeps serving after all of that.
+    assert_eq!(set("allow").on_request(&c).verdict, Verdict::Allow);
+}
+
+#[test]
+fn a_panic_message_quoting_the_response_is_redacted_in_the_reason() {
+    let h = host();
+    let set = PolicySet::new(vec![hostile(&h, "panic-with-body")]);
+    let body = json!({"Name": "prod/db", "SecretString": "{\"password\":\"correct-horse-battery\"}", "ARN": "arn:aws:x"});
+    let d = set.on_response(&call("secretsmanager:GetSecretValue", json!({}), json!({"SecretId": "prod/db"})), 200, &body);
+    let m = &d.deny[0].message;
+    assert!(m.contains("hostile cannot handle") && !m.contains("correct-horse-battery"), "{m}");
+    assert!(!d.output[0].text.contains("correct-horse-battery"), "{:?}", d.output);
+}
+
+#[test]
+fn python_and_js_policies_that_print_or_raise_say_so() {
+    let h = host();
+    for (file, name, raise) in [("fixtures/hostile-python.wasm", "hostile-python", "raise"), ("fixtures/hostile-js.wasm", "hostile-js", "throw")] {
+        let compiled = h.load(&policy_path(file)).expect("policy loads");
+        let with = |mode: &str| {
+            PolicySet::new(vec![Arc::new(LoadedPolicy::new(compiled.clone(), json!({"mode": mode}).to_string()).unwrap())])
+        };
+        let c = call("iam:ListUsers", json!({}), json!({}));
+        let d = with("print").on_request(&c);
+        assert_eq!(d.verdict, Verdict::Allow, "{file}: {d:?}");
+        let text = &d.output.first().unwrap_or_else(|| panic!("{file}: nothing printed: {d:?}")).text;
+        assert!(text.contains(&format!("{name} on-request stdout: ListUsers")), "{file}: {text:?}");
+        assert!(text.contains(&format!("{name} on-request stderr: \u{1b}[31mred")), "{file}: {text:?}");
+        let d = with("print").on_response(&c, 200, &json!({}));
+        assert!(d.deny.is_empty() && d.output[0].text.contains(&format!("{name} on-response stdout")), "{file}: {d:?}");
+
+        let d = with(&format!("{raise}-request")).on_request(&c);
+        assert_eq!(d.verdict, Verdict::Deny, "{file}");
+        eprintln!("{file} request: {}", d.reasons[0].message);
+        assert!(d.reasons[0].message.contains(&format!("{name} {raise}s in on-request on purpose")), "{file}: {d:?}");
+        let d = with(&format!("{raise}-response")).on_response(&c, 200, &json!({}));
+        eprintln!("{file} response: {}", d.deny[0].message);
+        assert!(d.deny[0].message.contains(&format!("{name} {raise}s in on-response on purpose")), "{file}: {d:?}");
+
+        let d = with("print-mb").on_request(&c);
+        assert_eq!(d.verdict, Verdict::Allow, "{file}: {:?}", d.reasons);
+        assert!(d.output[0].dropped_bytes >= 1 << 19, "{file}: {:?}", d.output[0].dropped_bytes);
+    }
+}

@@ -7,6 +7,24 @@
 //! nothing a guest does can panic the host: traps, timeouts and limit hits
 //! come back as [`HookError`]s, which the caller turns into denies.
 //!
+//! Guest code never blocks a thread and never touches an async runtime.
+//! Hooks are called from tokio worker threads, the background thread and the
+//! CLI alike, so WASI is linked in its async form and every instantiation and
+//! call is driven by [`run_now`], which polls its future once in place with a
+//! waker that does nothing. WASI's sync form cannot be used: it wraps each
+//! blocking host function (a stream's flush, a pollable's wait, a resource
+//! drop) in `block_on` on the current tokio runtime, which panics on a worker
+//! thread, so a policy that printed took its call down. Nothing a policy can
+//! reach waits: its stdout and stderr are an in-memory sink that is always
+//! ready ([`super::output`]), stdin is empty and closed, there is no
+//! filesystem or network, and a clock's pollable is either ready at once or
+//! never (see [`Timer`]). A guest that waits on something that is not ready
+//! (a sleep, a timer) leaves the future pending: the call is dropped and
+//! fails closed with [`HookError::Blocked`] at once, not at its deadline.
+//!
+//! What a hook printed comes back with its result ([`Hooked`]), kept within
+//! the bounds of [`super::output`].
+//!
 //! Instantiation is kept off the request path: each policy keeps a few
 //! ready, never-used instances, refilled by a background thread. When the
 //! pool is empty a call instantiates inline, so the pool affects speed,
@@ -16,19 +34,30 @@
 //! gather their jobs and wake it only when a pool runs low or a batch is
 //! full; the epoch ticker sends what is left within a tick.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::{Component, ComponentExportIndex, Instance, Linker, ResourceTable};
+use wasmtime::component::{Component, ComponentExportIndex, HasSelf, Instance, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::clocks::WasiClocksView;
+use wasmtime_wasi::p2::bindings::clocks::monotonic_clock;
+use wasmtime_wasi::p2::{DynPollable, Pollable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use super::output::{OutputSink, Printed};
+
 mod bindings {
+    // Async exports: a call goes through a fiber whose future `run_now`
+    // polls, so a WASI host function that would wait suspends it instead of
+    // blocking the thread (see the module docs).
     wasmtime::component::bindgen!({
         path: "../wit",
         world: "policy",
+        exports: { default: async },
     });
 }
 
@@ -118,6 +147,19 @@ pub enum HookError {
     /// Any other trap (panic, unreachable, stack overflow …).
     #[error("trapped: {0}")]
     Trap(String),
+    /// The guest waited for something that is not ready (a sleep, a timer):
+    /// policies are pure functions of their inputs and cannot wait.
+    #[error("waited on I/O or a timer, which policies cannot do")]
+    Blocked,
+}
+
+/// A hook call's result and what the guest printed during it.
+#[derive(Debug)]
+pub struct Hooked<T> {
+    /// What the hook returned, or why it failed.
+    pub result: Result<T, HookError>,
+    /// What it printed on stdout and stderr; `None` when nothing.
+    pub printed: Option<Printed>,
 }
 
 /// Per-call host state: one per store, dropped with it.
@@ -126,6 +168,8 @@ pub struct HostState {
     table: ResourceTable,
     limits: StoreLimits,
     findings: Option<Findings>,
+    /// The guest's stdout and stderr.
+    output: OutputSink,
 }
 
 impl wit_scan::Host for HostState {
@@ -151,6 +195,65 @@ impl wit_scan::Host for HostState {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// A `wasi:clocks/monotonic-clock` pollable that never needs a runtime:
+/// WASI's own sleeps on tokio's timer, which panics where no runtime is
+/// current (the background thread, the CLI) and would only make a policy
+/// wait where one is. A deadline already passed is ready at once; a later
+/// one never, so a guest that sleeps fails at once ([`HookError::Blocked`]).
+struct Timer {
+    passed: bool,
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Timer {
+    async fn ready(&mut self) {
+        if !self.passed {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+impl HostState {
+    fn timer(&mut self, passed: bool) -> wasmtime::Result<Resource<DynPollable>> {
+        let timer = self.table.push(Timer { passed })?;
+        wasmtime_wasi::p2::subscribe(&mut self.table, timer)
+    }
+}
+
+/// Shadows WASI's monotonic clock in the linker: the same clock, and
+/// [`Timer`]s for its pollables.
+impl monotonic_clock::Host for HostState {
+    fn now(&mut self) -> wasmtime::Result<monotonic_clock::Instant> {
+        monotonic_clock::Host::now(&mut self.clocks())
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<monotonic_clock::Duration> {
+        monotonic_clock::Host::resolution(&mut self.clocks())
+    }
+
+    fn subscribe_instant(&mut self, when: monotonic_clock::Instant) -> wasmtime::Result<Resource<DynPollable>> {
+        let now = monotonic_clock::Host::now(&mut self.clocks())?;
+        self.timer(when <= now)
+    }
+
+    fn subscribe_duration(&mut self, duration: monotonic_clock::Duration) -> wasmtime::Result<Resource<DynPollable>> {
+        self.timer(duration == 0)
+    }
+}
+
+/// Run `fut` to completion on this thread without a runtime, or give up:
+/// poll it once with a waker that does nothing. Guest code and the host
+/// functions it reaches never wait (see the module docs), so a future that
+/// is not ready after one poll waits for something that will not come; it is
+/// dropped (its fiber unwound, its store not used again) and `None` returned.
+fn run_now<F: Future>(fut: F) -> Option<F::Output> {
+    let mut fut = std::pin::pin!(fut);
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(out) => Some(out),
+        Poll::Pending => None,
     }
 }
 
@@ -246,6 +349,9 @@ struct Inner {
     uses_scan: bool,
     ready: std::sync::Mutex<Vec<Ready>>,
     refilling: std::sync::atomic::AtomicBool,
+    /// The policy's allowance of logged outputs, shared by every
+    /// configuration of it and kept across reloads that keep it.
+    output_budget: super::output::Budget,
 }
 
 /// Two engines, alike but for how an instance's memory gets its initial
@@ -350,7 +456,7 @@ impl Host {
         let uses_scan = component.component_type().imports(&runtime.engine).any(|(name, _)| name.starts_with("veil:policy/scan@"));
         let mut compiled = Compiled {
             host: self.clone(),
-            inner: Arc::new(Inner { pre, scope, uses_scan, ready: Default::default(), refilling: Default::default() }),
+            inner: Arc::new(Inner { pre, scope, uses_scan, ready: Default::default(), refilling: Default::default(), output_budget: Default::default() }),
             name: String::new(),
             version: String::new(),
             sha256,
@@ -358,8 +464,9 @@ impl Host {
             from_cache,
         };
         let info = compiled
-            .with_instance(self.limits.deadline, |p, s, _| p.call_info(s))
-            .map_err(|e| LoadError::Info { path: path.into(), reason: e.to_string() })?;
+            .with_instance(self.limits.deadline, async |p, s, _| p.call_info(s).await)
+            .explained()
+            .map_err(|reason| LoadError::Info { path: path.into(), reason })?;
         if !valid_name(&info.name) || info.version.is_empty() || info.version.len() > 64 {
             return Err(LoadError::Info {
                 path: path.into(),
@@ -374,16 +481,20 @@ impl Host {
         compiled.version = info.version;
         if let Some(index) = &compiled.inner.scope {
             compiled
-                .with_instance(self.limits.deadline, |_, s, instance| instance.get_typed_func::<(&str,), (wit::Scope,)>(s, index).map(drop))
-                .map_err(|e| LoadError::WrongScope { path: path.into(), reason: e.to_string() })?;
+                .with_instance(self.limits.deadline, async |_, s, instance| instance.get_typed_func::<(&str,), (wit::Scope,)>(s, index).map(drop))
+                .explained()
+                .map_err(|reason| LoadError::WrongScope { path: path.into(), reason })?;
         }
         compiled.refill();
         Ok(compiled)
     }
 
     fn new_store(&self, engine: &Engine) -> Store<HostState> {
+        // stdout and stderr: one bounded sink; stdin: the builder's default,
+        // empty and closed.
+        let output = OutputSink::default();
         let state = HostState {
-            wasi: WasiCtx::builder().build(),
+            wasi: WasiCtx::builder().stdout(output.clone()).stderr(output.clone()).build(),
             table: ResourceTable::new(),
             limits: StoreLimitsBuilder::new()
                 .memory_size(self.limits.memory_bytes)
@@ -393,6 +504,7 @@ impl Host {
                 .trap_on_grow_failure(true)
                 .build(),
             findings: None,
+            output,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -437,20 +549,26 @@ impl Host {
         self.background.gather(job, urgent);
     }
 
-    fn instantiate(&self, pre: &PolicyPre<HostState>) -> Result<Ready, HookError> {
+    /// A fresh instance in its own store; on failure, why and what its
+    /// start-up printed.
+    fn instantiate(&self, pre: &PolicyPre<HostState>) -> Result<Ready, (HookError, Option<Printed>)> {
         let mut store = self.new_store(pre.instance_pre().engine());
         store.set_epoch_deadline(Self::ticks(self.limits.deadline));
         let started = Instant::now();
-        let instantiate = |store: &mut Store<HostState>| {
-            let instance = pre.instance_pre().instantiate(&mut *store)?;
-            let policy = bindings::Policy::new(&mut *store, &instance)?;
+        let made = run_now(async {
+            let instance = pre.instance_pre().instantiate_async(&mut store).await?;
+            let policy = bindings::Policy::new(&mut store, &instance)?;
             Ok::<_, wasmtime::Error>((instance, policy))
+        });
+        let error = match made {
+            Some(Ok((instance, policy))) => return Ok(Ready { store, instance, policy }),
+            Some(Err(e)) => match classify_trap(e, self.limits.deadline, self.limits.memory_bytes, started) {
+                HookError::Trap(m) => HookError::Instantiate(m),
+                other => other,
+            },
+            None => HookError::Blocked,
         };
-        let (instance, policy) = instantiate(&mut store).map_err(|e| match classify_trap(e, self.limits.deadline, self.limits.memory_bytes, started) {
-            HookError::Trap(m) => HookError::Instantiate(m),
-            other => other,
-        })?;
-        Ok(Ready { store, instance, policy })
+        Err((error, store.data().output.take()))
     }
 }
 
@@ -495,35 +613,46 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Run `f` on a fresh, never-used instance with the host's limits.
+    /// Run `f` on a fresh, never-used instance with the host's limits,
+    /// driven by [`run_now`]; what the guest printed comes with the result.
     fn with_instance<R>(
         &self,
         deadline: Duration,
-        f: impl FnOnce(&bindings::Policy, &mut Store<HostState>, &Instance) -> wasmtime::Result<R>,
-    ) -> Result<R, HookError> {
+        f: impl AsyncFnOnce(&bindings::Policy, &mut Store<HostState>, &Instance) -> wasmtime::Result<R>,
+    ) -> Hooked<R> {
         let (ready, left) = match self.inner.ready.lock() {
             Ok(mut r) => (r.pop(), r.len()),
             Err(_) => (None, 0),
         };
         let Ready { mut store, instance, policy } = match ready {
             Some(r) => r,
-            None => self.host.instantiate(&self.inner.pre)?,
+            None => match self.host.instantiate(&self.inner.pre) {
+                Ok(r) => r,
+                Err((e, printed)) => return Hooked { result: Err(e), printed },
+            },
         };
+        // What the instance printed while it started belongs to no call
+        // (and is the same for every instance: policies are pure).
+        store.data().output.clear();
         // The deadline counts from now, not from when the instance was made.
         store.set_epoch_deadline(Host::ticks(deadline));
         let started = Instant::now();
-        let result = f(&policy, &mut store, &instance).map_err(|e| classify_trap(e, deadline, self.host.limits.memory_bytes, started));
+        let result = match run_now(f(&policy, &mut store, &instance)) {
+            Some(r) => r.map_err(|e| classify_trap(e, deadline, self.host.limits.memory_bytes, started)),
+            None => Err(HookError::Blocked),
+        };
+        let printed = store.data().output.take();
         // One background job frees the store and tops up the pool; it
         // waits for the next batch unless the pool runs low.
         self.host.release(store, self.refill_job(), left < REFILL_BELOW);
-        result
+        Hooked { result, printed }
     }
 
     /// Instantiate a fresh instance inline: what the background thread pays
     /// per call, and a call when the ready pool is empty (benchmarks time it;
     /// dropping the result frees the instance).
     pub fn instantiate_inline(&self) -> Result<impl Drop, HookError> {
-        self.host.instantiate(&self.inner.pre).map(|r| r.store)
+        self.host.instantiate(&self.inner.pre).map(|r| r.store).map_err(|(e, _)| e)
     }
 
     /// Top up the ready pool inline, now (benchmarks use it to time a hook
@@ -556,8 +685,13 @@ impl Compiled {
     }
 
     /// Run `on-request` on a fresh instance.
-    pub fn on_request(&self, call: &wit::Call) -> Result<wit::Verdict, HookError> {
-        self.with_instance(self.host.deadline(0), |p, s, _| p.call_on_request(s, call))
+    pub fn on_request(&self, call: &wit::Call) -> Hooked<wit::Verdict> {
+        self.with_instance(self.host.deadline(0), async |p, s, _| p.call_on_request(s, call).await)
+    }
+
+    /// How much of what this policy prints may still be logged now.
+    pub fn output_budget(&self) -> &super::output::Budget {
+        &self.inner.output_budget
     }
 
     /// Whether the policy calls the detectors (`scan.findings`).
@@ -567,20 +701,20 @@ impl Compiled {
 
     /// Run `on-response` on a fresh instance, its deadline extended in
     /// proportion to the response body; `findings` answers `scan.findings`.
-    pub fn on_response(&self, call: &wit::Call, resp: &wit::Response, findings: Option<Findings>) -> Result<wit::ResponseVerdict, HookError> {
-        self.with_instance(self.host.deadline(resp.body_json.len()), |p, s, _| {
+    pub fn on_response(&self, call: &wit::Call, resp: &wit::Response, findings: Option<Findings>) -> Hooked<wit::ResponseVerdict> {
+        self.with_instance(self.host.deadline(resp.body_json.len()), async |p, s, _| {
             s.data_mut().findings = findings;
-            p.call_on_response(s, call, resp)
+            p.call_on_response(s, call, resp).await
         })
     }
 
     /// Run `scope` with `config_json` on a fresh instance; `None` for a
     /// component of the plain `policy` world (its hooks see every call).
-    pub fn scope(&self, config_json: &str) -> Result<Option<wit::Scope>, HookError> {
-        let Some(index) = &self.inner.scope else { return Ok(None) };
-        self.with_instance(self.host.deadline(0), |_, s, instance| {
+    pub fn scope(&self, config_json: &str) -> Hooked<Option<wit::Scope>> {
+        let Some(index) = &self.inner.scope else { return Hooked { result: Ok(None), printed: None } };
+        self.with_instance(self.host.deadline(0), async |_, s, instance| {
             let scope = instance.get_typed_func::<(&str,), (wit::Scope,)>(&mut *s, index)?;
-            let (result,) = scope.call(&mut *s, (config_json,))?;
+            let (result,) = scope.call_async(&mut *s, (config_json,)).await?;
             Ok(Some(result))
         })
     }
@@ -627,8 +761,13 @@ impl Runtime {
         let mut linker = Linker::new(&engine);
         // WASI only as far as guest toolchains need it: the context below has
         // no preopened directories, no network, no environment, no arguments.
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        wit_scan::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(&mut linker, |s| s)?;
+        // Its async form, driven by `run_now` (see the module docs), with the
+        // monotonic clock's timers replaced by ones that need no runtime.
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        linker.allow_shadowing(true);
+        monotonic_clock::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        linker.allow_shadowing(false);
+        wit_scan::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
         Ok(Runtime { engine, linker })
     }
 }
@@ -640,7 +779,7 @@ fn top_up(host: &Host, inner: &Inner) -> Result<(), HookError> {
         if have >= READY_PER_POLICY {
             return Ok(());
         }
-        let r = host.instantiate(&inner.pre)?;
+        let r = host.instantiate(&inner.pre).map_err(|(e, _)| e)?;
         if let Ok(mut ready) = inner.ready.lock() {
             ready.push(r);
         }
@@ -662,7 +801,15 @@ fn classify_trap(e: wasmtime::Error, deadline: Duration, memory_bytes: usize, st
             } else if started.elapsed() >= deadline && text.contains("interrupt") {
                 HookError::Timeout(deadline.as_millis())
             } else {
-                HookError::Trap(truncate(&text, 512).to_string())
+                // The trap itself (`wasm \`unreachable\` instruction
+                // executed`, `call stack exhausted`) or the host's error,
+                // without the wasm backtrace: the reason a caller reads
+                // quotes what the guest printed instead (its panic message).
+                let cause = match e.downcast_ref::<wasmtime::Trap>() {
+                    Some(trap) => trap.to_string(),
+                    None => e.root_cause().to_string(),
+                };
+                HookError::Trap(truncate(&cause, 512).to_string())
             }
         }
     }

@@ -2,12 +2,16 @@
 //! answers into one decision.
 //!
 //! Invariants (fail closed): no policy loaded → deny; any policy that traps,
-//! times out, hits its memory cap, returns a selector that does not parse or
-//! too many masks → deny naming the policy and the cause. Verdicts combine as
-//! deny > approval-required > allow; masks are the union.
+//! times out, hits its memory cap, waits, returns a selector that does not
+//! parse or too many masks → deny naming the policy and the cause (with what
+//! it printed last: a panic message, a traceback, redacted and escaped, see
+//! [`output`]). Verdicts combine as deny > approval-required > allow; masks
+//! are the union. What hooks printed comes with the decision, redacted and
+//! rate-limited per policy, for the caller of the set to log.
 
 pub mod cache;
 pub mod host;
+pub mod output;
 pub mod reload;
 
 use std::path::{Path, PathBuf};
@@ -18,8 +22,9 @@ use serde_json::Value;
 
 use crate::doc::Tree;
 use crate::masking::{Mask, MaskStyle, Selector};
-pub use host::{Compiled, Host, HookError, Limits, LoadError};
+pub use host::{Compiled, Hooked, Host, HookError, Limits, LoadError};
 use host::{truncate, wit};
+pub use output::{PolicyOutput, Printed};
 
 /// Most masks one policy may return for one response.
 pub const MAX_MASKS: usize = 10_000;
@@ -117,6 +122,8 @@ pub struct RequestDecision {
     pub verdict: Verdict,
     /// Reasons of every policy that did not allow.
     pub reasons: Vec<Reason>,
+    /// What hooks printed, to be logged with the call ([`output::log`]).
+    pub output: Vec<PolicyOutput>,
 }
 
 /// The combined decision on a response.
@@ -126,6 +133,8 @@ pub struct ResponseDecision {
     pub deny: Vec<Reason>,
     /// Union of every policy's masks.
     pub masks: Vec<Mask>,
+    /// What hooks printed, to be logged with the call ([`output::log`]).
+    pub output: Vec<PolicyOutput>,
 }
 
 /// What an audit record says about a policy that decided a call.
@@ -227,11 +236,11 @@ impl LoadedPolicy {
     /// Pair a compiled policy with its configuration and ask the policy
     /// which calls its hooks need (`scope`); an error names the cause.
     pub fn new(compiled: Compiled, config_json: String) -> Result<Self, String> {
-        let (on_request, on_response) = match compiled.scope(&config_json).map_err(|e| format!("scope {e}"))? {
+        let (on_request, on_response) = match compiled.scope(&config_json).explained().map_err(|e| format!("scope {e}"))? {
             None => (HookScope::all(), HookScope::all()),
             Some(s) => (HookScope::parse("on-request", s.on_request)?, HookScope::parse("on-response", s.on_response)?),
         };
-        Ok(LoadedPolicy { compiled, config_json, on_request, on_response })
+        Ok(LoadedPolicy { compiled, config_json, on_request, on_response, })
     }
 
     /// Audit reference.
@@ -248,12 +257,35 @@ impl LoadedPolicy {
 #[derive(Default, Clone)]
 pub struct PolicySet {
     policies: Vec<Arc<LoadedPolicy>>,
+    /// Outputs as printed, every one (see [`PolicySet::for_authors`]).
+    authors: bool,
 }
 
 impl PolicySet {
     /// A set from loaded policies, in evaluation order.
     pub fn new(policies: Vec<Arc<LoadedPolicy>>) -> Self {
-        PolicySet { policies }
+        PolicySet { policies, authors: false }
+    }
+
+    /// The set as `veil policy eval|test` runs it, the author's debugging
+    /// loop on the author's own inputs: decisions carry every output as it
+    /// was printed, neither redacted nor rate-limited. Deny reasons are
+    /// redacted as in the gateway.
+    pub fn for_authors(mut self) -> Self {
+        self.authors = true;
+        self
+    }
+
+    /// What a hook printed, as the decision carries it; `None` when it
+    /// printed nothing or the policy's log allowance is spent.
+    fn output<'a>(&self, p: &LoadedPolicy, hook: &'static str, printed: Option<&Printed>, params: &Value, body: Option<impl Tree<'a>>) -> Option<PolicyOutput> {
+        let printed = printed?;
+        let (text, suppressed) = if self.authors {
+            (printed.text.clone(), 0)
+        } else {
+            (output::redact(&printed.text, params, body), p.compiled.output_budget().admit()?)
+        };
+        Some(PolicyOutput { policy: p.compiled.name.clone(), hook, text, dropped_bytes: printed.dropped, suppressed })
     }
 
     /// The policies, in order.
@@ -287,28 +319,32 @@ impl PolicySet {
     /// Run every policy's `on-request` and combine.
     pub fn on_request(&self, call: &CallInput) -> RequestDecision {
         if self.policies.is_empty() {
-            return RequestDecision { verdict: Verdict::Deny, reasons: vec![no_policy()] };
+            return RequestDecision { verdict: Verdict::Deny, reasons: vec![no_policy()], output: Vec::new() };
         }
         let op = call.operation.qualified();
         let scoped: Vec<&Arc<LoadedPolicy>> = self.policies.iter().filter(|p| p.on_request.matches(&op)).collect();
         let mut verdict = Verdict::Allow;
         let mut reasons = Vec::new();
+        let mut outputs = Vec::new();
         if scoped.is_empty() {
-            return RequestDecision { verdict, reasons };
+            return RequestDecision { verdict, reasons, output: outputs };
         }
         let mut wcall = Self::wit_call(call);
+        let no_body = None::<&Value>;
         for p in scoped {
             wcall.config_json.clone_from(&p.config_json);
-            let (v, message) = match p.compiled.on_request(&wcall) {
+            let Hooked { result, printed } = p.compiled.on_request(&wcall);
+            outputs.extend(self.output(p, "on-request", printed.as_ref(), &call.params, no_body));
+            let (v, message) = match result {
                 Ok(wit::Verdict::Allow) => continue,
                 Ok(wit::Verdict::Deny(r)) => (Verdict::Deny, r),
                 Ok(wit::Verdict::ApprovalRequired(r)) => (Verdict::ApprovalRequired, r),
-                Err(e) => (Verdict::Deny, format!("on-request {e}")),
+                Err(e) => (Verdict::Deny, format!("on-request {}", failure(&e, printed.as_ref(), &call.params, no_body))),
             };
             verdict = verdict.max(v);
             reasons.push(reason(&p.compiled.name, &message));
         }
-        RequestDecision { verdict, reasons }
+        RequestDecision { verdict, reasons, output: outputs }
     }
 
     /// Run every policy's `on-response` and combine.
@@ -322,14 +358,15 @@ impl PolicySet {
     /// re-serialisation), and the detectors walk `body` once for all.
     pub fn on_response_doc<'a>(&self, call: &CallInput, status: u16, body: impl Tree<'a>, text: impl FnOnce() -> String) -> ResponseDecision {
         if self.policies.is_empty() {
-            return ResponseDecision { deny: vec![no_policy()], masks: Vec::new() };
+            return ResponseDecision { deny: vec![no_policy()], masks: Vec::new(), output: Vec::new() };
         }
         let op = call.operation.qualified();
         let scoped: Vec<&Arc<LoadedPolicy>> = self.policies.iter().filter(|p| p.on_response.matches(&op)).collect();
         let mut deny = Vec::new();
         let mut masks = Vec::new();
+        let mut outputs = Vec::new();
         if scoped.is_empty() {
-            return ResponseDecision { deny, masks };
+            return ResponseDecision { deny, masks, output: outputs };
         }
         let mut wcall = Self::wit_call(call);
         let body_json = text();
@@ -339,8 +376,10 @@ impl PolicySet {
         for p in scoped {
             wcall.config_json.clone_from(&p.config_json);
             let name = &p.compiled.name;
-            match p.compiled.on_response(&wcall, &resp, findings.clone()) {
-                Err(e) => deny.push(reason(name, &format!("on-response {e}"))),
+            let Hooked { result, printed } = p.compiled.on_response(&wcall, &resp, findings.clone());
+            outputs.extend(self.output(p, "on-response", printed.as_ref(), &call.params, Some(body)));
+            match result {
+                Err(e) => deny.push(reason(name, &format!("on-response {}", failure(&e, printed.as_ref(), &call.params, Some(body))))),
                 Ok(v) => {
                     if let Some(r) = v.deny {
                         deny.push(reason(name, &r));
@@ -352,7 +391,33 @@ impl PolicySet {
                 }
             }
         }
-        ResponseDecision { deny, masks }
+        ResponseDecision { deny, masks, output: outputs }
+    }
+}
+
+/// Why a hook failed, as its deny reason says it: the error, then what the
+/// guest printed last when it printed anything (a panic message, an
+/// exception's traceback: at most [`output::LAST_WORDS_BYTES`]), redacted
+/// ([`output::redact`]: no string of the inputs the hook saw) and escaped
+/// onto one line.
+fn failure<'a>(e: &HookError, printed: Option<&Printed>, params: &Value, body: Option<impl Tree<'a>>) -> String {
+    // Rust's panic handler ends with advice for whoever runs the program;
+    // the caller cannot take it.
+    const RUST_NOTE: &str = "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace";
+    let Some(last) = printed.map(|p| p.last.trim().trim_end_matches(RUST_NOTE).trim_end()).filter(|l| !l.is_empty()) else {
+        return e.to_string();
+    };
+    let words = output::escape_controls(&output::redact(last, params, body));
+    format!("{e}; it printed: {words}")
+}
+
+impl<T> Hooked<T> {
+    /// The result, a failure said as [`failure`] says it: for the calls
+    /// made at load (`info`, `scope`), whose only input is the policy's
+    /// configuration.
+    pub fn explained(self) -> Result<T, String> {
+        let printed = self.printed;
+        self.result.map_err(|e| failure(&e, printed.as_ref(), &Value::Null, None::<&Value>))
     }
 }
 
@@ -360,8 +425,11 @@ fn no_policy() -> Reason {
     Reason { policy: "veil".into(), message: "no policy is loaded; Veil denies every call until one is".into() }
 }
 
+/// A reason as callers, reviewers, the audit trail and the log see it: one
+/// line (a policy's text may hold newlines or terminal escapes), at most
+/// [`MAX_REASON`] bytes.
 fn reason(policy: &str, message: &str) -> Reason {
-    Reason { policy: policy.to_string(), message: truncate(message, MAX_REASON).to_string() }
+    Reason { policy: policy.to_string(), message: truncate(&output::escape_controls(message), MAX_REASON).to_string() }
 }
 
 fn convert_masks(masks: Vec<wit::Mask>) -> Result<Vec<Mask>, String> {

@@ -1,8 +1,15 @@
 //! A policy that misbehaves on purpose, for the host's tests. The policy
 //! config's `mode` picks the misbehaviour; `trigger` (when set) makes it
-//! misbehave only for calls whose action equals it, allowing everything else.
+//! misbehave only for calls whose action equals it, allowing everything else;
+//! `modes` (when set) maps actions to modes instead, allowing other actions.
 //! `scope` (when set) is what `scope` returns: `"trap"`, `"spin"`, or an
 //! object `{"on_request": [...], "on_response": [...]}` returned as is.
+//!
+//! Output modes, in both hooks unless named for one: `print` (a line on
+//! stdout and one on stderr, then allow), `print-mb` (a megabyte, then
+//! allow), `panic-request` / `panic-response` (a panic with a message in
+//! that hook), `panic-with-body` (on-response panics quoting the response
+//! body), `sleep` (waits on a timer).
 
 use serde_json::Value;
 use veil_policy_sdk::{export_policy, Config, Mask, Policy, Request, Response, ResponseDecision, Scope, Verdict};
@@ -10,6 +17,10 @@ use veil_policy_sdk::{export_policy, Config, Mask, Policy, Request, Response, Re
 struct Hostile;
 
 fn mode(req: &Request) -> &str {
+    // `modes` maps actions to modes: one gateway runs every mode.
+    if let Some(modes) = req.config().get("modes") {
+        return modes.get(req.action()).and_then(Value::as_str).unwrap_or("allow");
+    }
     let triggered = match req.config().get("trigger").and_then(Value::as_str) {
         Some(action) => action == req.action(),
         None => true,
@@ -32,9 +43,30 @@ fn config_scope(config: &Config, hook: &str) -> Vec<String> {
     patterns.iter().filter_map(|p| p.as_str().map(String::from)).collect()
 }
 
+/// What the output modes do in `hook`; the request's action goes into the
+/// printed text so tests can tell calls apart.
+fn speak(m: &str, hook: &str, req: &Request) {
+    match m {
+        "print" => {
+            println!("hostile {hook} stdout: {} for {}", req.action(), req.param_str("UserName").unwrap_or("-"));
+            eprintln!("hostile {hook} stderr: \u{1b}[31mred\u{1b}[0m and a second\nline");
+        }
+        "print-mb" => {
+            let line = "m".repeat(1023);
+            for _ in 0..1024 {
+                println!("{line}");
+            }
+            eprintln!("hostile {hook} printed a megabyte");
+        }
+        "sleep" => std::thread::sleep(std::time::Duration::from_millis(5)),
+        _ => {}
+    }
+}
+
 fn misbehave(m: &str) {
     match m {
         "trap" => panic!("hostile policy traps on purpose"),
+        "panic-request" => panic!("hostile panics in on-request on purpose"),
         "spin" => {
             let mut x = 0u64;
             loop {
@@ -83,6 +115,7 @@ impl Policy for Hostile {
 
     fn on_request(req: &Request) -> Verdict {
         let m = mode(req);
+        speak(m, "on-request", req);
         misbehave(m);
         match m {
             "deny" => Verdict::Deny("hostile denies".into()),
@@ -92,8 +125,12 @@ impl Policy for Hostile {
         }
     }
 
-    fn on_response(req: &Request, _resp: &Response) -> ResponseDecision {
-        match mode(req) {
+    fn on_response(req: &Request, resp: &Response) -> ResponseDecision {
+        let m = mode(req);
+        speak(m, "on-response", req);
+        match m {
+            "panic-response" => panic!("hostile panics in on-response on purpose"),
+            "panic-with-body" => panic!("hostile cannot handle {}", resp.body()),
             "bad-selector" => ResponseDecision::masks(vec![Mask::redact("Secret[[")]),
             "many-masks" => ResponseDecision::masks((0..20_000).map(|i| Mask::redact(format!("a{i}"))).collect()),
             "huge-reason" => ResponseDecision::deny("x".repeat(100 << 20)),
