@@ -12,6 +12,9 @@
 //! (method, path, query, allow-listed headers, a re-serialised body where
 //! the protocol allows), never the caller's request as such; the upstream
 //! host is built from the checked region and service ([`aws::endpoint`]).
+//!
+//! What policies printed is logged with the request id (target
+//! `veil::policy_output`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,7 +43,7 @@ use crate::json::JsonDoc;
 use crate::masking::{self, HashKey};
 use crate::metrics::{CallLabels, LabelText, Metrics, PolicyLabels, ReloadLabels};
 use crate::policy::reload::{self, Loader, Outcome, Rejection};
-use crate::policy::{CallInput, Identity, Operation, PolicySet, Reason, ResponseDecision, Verdict};
+use crate::policy::{self, CallInput, Identity, Operation, PolicySet, Reason, ResponseDecision, Verdict};
 use crate::sigv4::{self, SigError};
 use crate::sts::{self, Session, SessionError, SessionKeys};
 use crate::trust::{Roles, TrustError};
@@ -668,6 +671,7 @@ impl Gateway {
         let policy_started = Instant::now();
         let decision = policies.on_request(&call);
         ctx.rec.policy_us = policy_started.elapsed().as_micros() as u64;
+        policy::output::log(&ctx.request_id, &decision.output);
         match decision.verdict {
             Verdict::Allow => {}
             Verdict::Deny => return Err(Failure::Denied(decision.reasons)),
@@ -737,6 +741,7 @@ impl Gateway {
             }
             // Streamed bodies pass unparsed; policies still see the call and may deny it.
             let d = policies.on_response(&call, status, &json!({}));
+            policy::output::log(&ctx.request_id, &d.output);
             if !d.deny.is_empty() {
                 return Err(Failure::Denied(d.deny));
             }
@@ -760,6 +765,7 @@ impl Gateway {
         let policy_started = Instant::now();
         let d = parsed.decide(&policies, &call, status);
         ctx.rec.policy_us += policy_started.elapsed().as_micros() as u64;
+        policy::output::log(&ctx.request_id, &d.output);
         if !d.deny.is_empty() {
             return Err(Failure::Denied(d.deny));
         }
@@ -815,6 +821,7 @@ impl Gateway {
         };
         let d = policies.on_response(call, status, &doc);
         ctx.rec.policy_us += policy_started.elapsed().as_micros() as u64;
+        policy::output::log(&ctx.request_id, &d.output);
         if !d.deny.is_empty() {
             return Err(Failure::Denied(d.deny));
         }
