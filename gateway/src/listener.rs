@@ -4,13 +4,16 @@
 //! Limits live here because they protect the process before a call has a
 //! context: header read timeout and header size (slowloris, oversize
 //! headers), HTTP/2 stream and reset limits (stream floods, rapid reset),
-//! and a whole-call timeout.
+//! and a whole-call timeout. A handler that panics answers 500 and its
+//! connection keeps serving.
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use futures_util::FutureExt;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -122,7 +125,19 @@ where
         let handler = handler.clone();
         let service = service_fn(move |req| {
             let fut = handler(req, remote);
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
+            // A handler that panics answers 500 instead of ending the
+            // connection's task (and every request on the connection with
+            // it). The gateway's own handler already turns its stages'
+            // panics into audited AWS errors; this guards the rest.
+            async move {
+                let resp = AssertUnwindSafe(fut).catch_unwind().await.unwrap_or_else(|_| {
+                    tracing::error!(%remote, "request handler panicked; answered 500");
+                    let mut resp = http::Response::new(crate::pipeline::full(bytes::Bytes::from_static(b"internal error\n")));
+                    *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+                    resp
+                });
+                Ok::<_, std::convert::Infallible>(resp)
+            }
         });
         let (builder, acceptor, watcher) = (builder.clone(), acceptor.clone(), graceful.watcher());
         tokio::spawn(async move {
@@ -207,5 +222,30 @@ mod tests {
         drop(first);
         let answer = tokio::time::timeout(Duration::from_secs(10), response(&mut second)).await.expect("served once a slot is free");
         assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
+    #[tokio::test]
+    async fn a_handler_that_panics_answers_500_and_the_connection_keeps_serving() {
+        let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let limits = Limits { header_timeout: Duration::from_secs(30), drain: Duration::ZERO, max_connections: 4 };
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let handler = move |_req, _remote| {
+            let first = calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0;
+            async move {
+                if first {
+                    panic!("a handler bug");
+                }
+                http::Response::new(crate::pipeline::full(bytes::Bytes::from_static(b"ok")))
+            }
+        };
+        tokio::spawn(serve(tcp, None, handler, limits, std::future::pending()));
+        let mut conn = TcpStream::connect(addr).await.unwrap();
+        conn.write_all(REQUEST).await.unwrap();
+        let answer = response(&mut conn).await;
+        assert!(answer.starts_with("HTTP/1.1 500"), "{answer}");
+        conn.write_all(REQUEST).await.unwrap();
+        let answer = response(&mut conn).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "same connection: {answer}");
     }
 }

@@ -13,16 +13,21 @@
 //! the protocol allows), never the caller's request as such; the upstream
 //! host is built from the checked region and service ([`aws::endpoint`]).
 //!
-//! What policies printed is logged with the request id (target
-//! `veil::policy_output`).
+//! Every call ends in an answer and one audit record: [`Gateway::handle`]
+//! runs the stages so that a panic anywhere in them (a codec's, the policy
+//! host's) becomes [`Failure::Internal`], an AWS-shaped 500, and the log and
+//! audit phases still run; the connection stays usable. What policies
+//! printed is logged with the request id (target `veil::policy_output`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::request::Parts;
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::combinators::BoxBody;
@@ -122,6 +127,13 @@ pub enum Failure {
     /// The call cannot be recorded, so it is not made (fail closed).
     #[error("the audit trail cannot record calls, so none are served: {0}")]
     Audit(#[from] SpoolError),
+    /// Processing the call panicked (a bug in Veil): the caller gets a
+    /// generic message, the audit record and the log get `detail`.
+    #[error("Veil failed internally while processing this call; it was stopped and audited")]
+    Internal {
+        /// The panic's message.
+        detail: String,
+    },
 }
 
 fn reasons_text(r: &[Reason]) -> String {
@@ -160,6 +172,7 @@ impl Failure {
             Failure::Unparseable(_) => AwsError::new(S::BAD_GATEWAY, "InternalFailure", msg),
             Failure::BodyRead(_) => AwsError::new(S::BAD_REQUEST, "IncompleteBody", msg),
             Failure::Audit(_) => AwsError::new(S::SERVICE_UNAVAILABLE, "ServiceUnavailable", msg),
+            Failure::Internal { .. } => AwsError::new(S::INTERNAL_SERVER_ERROR, "InternalFailure", msg),
         }
     }
 
@@ -519,7 +532,7 @@ impl Gateway {
             virtual_path: None,
             rec,
         };
-        let resp = match self.run(&mut ctx, req).await {
+        let resp = match guarded(self.run(&mut ctx, req)).await {
             Ok(resp) => resp,
             Err(f) => self.refuse(&mut ctx, f),
         };
@@ -539,8 +552,13 @@ impl Gateway {
         if ctx.verdict == "unauthenticated" {
             self.metrics.auth_failures.inc();
         }
-        tracing::info!(request_id = %ctx.request_id, error = %f, "call refused");
         ctx.rec.error = f.to_string();
+        if let Failure::Internal { detail } = &f {
+            tracing::error!(request_id = %ctx.request_id, panic = ?detail, "call processing panicked; answered InternalFailure");
+            ctx.rec.error = format!("{f}: panicked: {detail}");
+        } else {
+            tracing::info!(request_id = %ctx.request_id, error = %f, "call refused");
+        }
         if let Failure::ApprovalRequired { id, .. } | Failure::ApprovalDenied { id, .. } = &f {
             ctx.rec.approval_id.clone_from(id);
         }
@@ -977,7 +995,31 @@ impl Gateway {
     }
 }
 
-/// A complete in-memory response body.
+/// Run a call's stages so that a panic in any of them (a codec's, the
+/// policy host's) becomes [`Failure::Internal`] instead of taking the
+/// connection's task down without an answer or an audit record. The stages'
+/// context is only read afterwards, to log and audit the call, so whatever
+/// a stage left half-written there is harmless (hence `AssertUnwindSafe`).
+async fn guarded<T>(stages: impl std::future::Future<Output = Result<T, Failure>>) -> Result<T, Failure> {
+    match AssertUnwindSafe(stages).catch_unwind().await {
+        Ok(result) => result,
+        Err(panic) => Err(Failure::Internal { detail: panic_message(panic.as_ref()) }),
+    }
+}
+
+/// The message of a caught panic (its payload is a `&str` or a `String`
+/// for `panic!` with a message), cut to 512 bytes, with anything the secret
+/// detectors recognise masked: it goes to the log and the audit record, and
+/// a bug's message may quote a value.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    let text = payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)");
+    policy::output::redact(policy::host::truncate(text, 512), &Value::Null, None::<&Value>)
+}
+
 /// Remove the checksums of a body Veil changed: the original's would fail
 /// the SDK's check (JSON protocols' CRC32, S3's flexible checksums, MD5).
 fn drop_body_checksums(headers: &mut http::HeaderMap) {
@@ -991,6 +1033,7 @@ fn drop_body_checksums(headers: &mut http::HeaderMap) {
     }
 }
 
+/// A complete in-memory response body.
 pub(crate) fn full(b: Bytes) -> RespBody {
     Full::new(b).map_err(|never| match never {}).boxed()
 }
@@ -1117,5 +1160,24 @@ impl ParsedBody {
                 Bytes::from(doc.to_bytes())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panic_in_the_stages_becomes_an_aws_shaped_internal_failure() {
+        let f = guarded(async { panic!("a codec bug at byte {}", 7) }).await.map(|()| ()).unwrap_err();
+        assert!(matches!(&f, Failure::Internal { detail } if detail == "a codec bug at byte 7"), "{f:?}");
+        let e = f.to_aws();
+        assert_eq!((e.status, e.code), (StatusCode::INTERNAL_SERVER_ERROR, "InternalFailure"));
+        assert!(!e.message.contains("codec bug"), "the caller gets no internals: {}", e.message);
+        let r = e.render(Some(Protocol::Json), "req-1");
+        assert_eq!(r.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        // Failures and answers pass through as they are.
+        assert!(matches!(guarded(async { Err::<(), _>(Failure::MissingAuth) }).await, Err(Failure::MissingAuth)));
+        assert_eq!(guarded(async { Ok::<_, Failure>(5) }).await.unwrap(), 5);
     }
 }
