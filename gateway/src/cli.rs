@@ -674,7 +674,7 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
                 .transpose()?;
 
             let host = tool_host()?;
-            let set = load_set(&host, &policies, &configs)?;
+            let set = load_set(&host, &policies, &configs)?.for_authors();
             let identity = Identity {
                 issuer: claims.get("iss").and_then(Value::as_str).unwrap_or("https://issuer.example").to_string(),
                 subject: claims.get("sub").and_then(Value::as_str).unwrap_or("eval").to_string(),
@@ -811,7 +811,7 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
         };
         let out = match LoadedPolicy::new(compiled.clone(), Value::Object(case.config).to_string()) {
             Ok(policy) => {
-                let set = PolicySet::new(vec![Arc::new(policy)]);
+                let set = PolicySet::new(vec![Arc::new(policy)]).for_authors();
                 let call = CallInput { identity, operation: op, params: Value::Object(case.params) };
                 evaluate(&set, &call, case.status, response.as_mut(), &HashKey::new(b"veil-conformance".to_vec()))
             }
@@ -864,6 +864,13 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
         if !case.description.is_empty() && !problems.is_empty() {
             println!("    ({})", case.description);
         }
+        // What the policy printed, under its case: the author's debugging
+        // loop. Escaped (`{:?}`), one line per hook.
+        for o in out["output"].as_array().into_iter().flatten() {
+            let dropped = o["dropped_bytes"].as_u64().unwrap_or(0);
+            let more = if dropped > 0 { format!(" (+{dropped} bytes not kept)") } else { String::new() };
+            println!("    {} printed: {:?}{more}", o["hook"].as_str().unwrap_or("?"), o["text"].as_str().unwrap_or(""));
+        }
     }
     println!("{} cases, {} passed, {} failed", files.len(), files.len() - failed, failed);
     if failed > 0 {
@@ -905,15 +912,18 @@ pub fn load_set(host: &Host, paths: &[PathBuf], configs: &Value) -> Result<Polic
     Ok(PolicySet::new(loaded))
 }
 
-/// Run both hooks as the gateway would and describe the result.
+/// Run both hooks as the gateway would and describe the result, with what
+/// the policies printed (`output`).
 fn evaluate(set: &PolicySet, call: &CallInput, status: u16, response: Option<&mut ParsedBody>, key: &HashKey) -> Value {
     let req = set.on_request(call);
     let mut verdict = req.verdict;
     let mut reasons = req.reasons;
+    let mut output = req.output;
     let mut masks = Vec::new();
     let mut body = Value::Null;
     if let (Some(parsed), false) = (response, verdict == Verdict::Deny) {
         let resp = parsed.decide(set, call, status);
+        output.extend(resp.output);
         if resp.deny.is_empty() {
             parsed.mask(&resp.masks, aws::blob_outputs(&call.operation.service, &call.operation.action), key);
             body = parsed.view();
@@ -929,6 +939,7 @@ fn evaluate(set: &PolicySet, call: &CallInput, status: u16, response: Option<&mu
         "masks": masks,
         "body": body,
         "policies": set.references(),
+        "output": output,
     })
 }
 

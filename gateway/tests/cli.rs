@@ -1,4 +1,5 @@
-//! `veil policy check` and `veil policy eval` driven through the real binary.
+//! The `veil` commands (`policy check|eval|test|sign`, `serve`'s checks)
+//! driven through the real binary.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -254,4 +255,47 @@ fn keygen_and_sign_write_a_manifest_of_the_directory() {
     let o = veil(&["policy", "sign", s(&pdir), "--key", s(&pdir.join("manifest.json"))]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("manifest.json: no -----BEGIN PRIVATE KEY----- block"), "{}", stderr(&o));
+}
+
+#[test]
+fn eval_and_test_show_what_the_policy_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let params = write_json(d, "params.json", json!({"UserName": "alice"}));
+    let response = write_json(d, "response.json", json!({"Users": []}));
+    let config = write_json(d, "config.json", json!({"hostile": {"mode": "print"}}));
+    let hostile = policy("fixtures/hostile.wasm");
+    let out = eval(&[s(&hostile), "--operation", "iam:ListUsers", "--params", &params, "--response", &response, "--config", &config]);
+    assert_eq!(out["verdict"], "allow", "{out}");
+    let output = out["output"].as_array().unwrap();
+    assert_eq!(output.len(), 2, "{out}");
+    assert_eq!((output[0]["policy"].as_str(), output[0]["hook"].as_str()), (Some("hostile"), Some("on-request")));
+    // The author's own inputs, as printed: not masked.
+    assert_eq!(
+        output[0]["text"],
+        "hostile on-request stdout: ListUsers for alice\nhostile on-request stderr: \u{1b}[31mred\u{1b}[0m and a second\nline\n"
+    );
+    assert_eq!(output[1]["hook"], "on-response");
+
+    let config = write_json(d, "config.json", json!({"hostile": {"mode": "panic-request"}}));
+    let out = eval(&[s(&hostile), "--operation", "iam:ListUsers", "--config", &config]);
+    assert_eq!(out["verdict"], "deny");
+    let reason = out["reasons"][0]["message"].as_str().unwrap();
+    assert!(reason.contains("hostile panics in on-request on purpose") && !reason.contains('\n'), "{reason}");
+    assert!(out["output"][0]["text"].as_str().unwrap().contains("panicked at"), "{out}");
+
+    // `veil policy test`: the output under its case, escaped on one line.
+    let cases = d.join("cases");
+    std::fs::create_dir(&cases).unwrap();
+    write_json(&cases, "prints.json", json!({
+        "operation": "iam:ListUsers", "params": {"UserName": "bob"}, "config": {"mode": "print"},
+        "response": {"Users": []}, "expect": {"verdict": "allow"}
+    }));
+    let o = veil(&["policy", "test", s(&hostile), s(&cases)]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let stdout = String::from_utf8(o.stdout).unwrap();
+    let printed: Vec<&str> = stdout.lines().filter(|l| l.trim_start().starts_with("on-request printed: ")).collect();
+    assert_eq!(printed.len(), 1, "{stdout}");
+    assert!(printed[0].contains(r#""hostile on-request stdout: ListUsers for bob\nhostile on-request stderr: \u{1b}[31mred"#), "{stdout}");
+    assert!(stdout.contains("on-response printed: "), "{stdout}");
 }
