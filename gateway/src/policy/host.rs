@@ -106,6 +106,13 @@ impl Default for Limits {
 
 /// The epoch ticks once per this period; deadlines are counted in ticks.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
+/// Bound on instantiating a component (its start functions). They run
+/// when the policy loads, with no input, so one that spins never loads; the
+/// bound is generous because it only has to stop that, and the first
+/// instance in a fresh pool slot of an interpreter's component (a 12-19 MB
+/// memory image written in) can take tens of milliseconds of wall clock on
+/// a busy host. A hook's own deadline starts after it.
+const INSTANTIATE_DEADLINE: Duration = Duration::from_secs(1);
 /// Largest policy file accepted.
 pub const MAX_POLICY_FILE: u64 = 256 << 20;
 
@@ -553,7 +560,8 @@ impl Host {
     /// start-up printed.
     fn instantiate(&self, pre: &PolicyPre<HostState>) -> Result<Ready, (HookError, Option<Printed>)> {
         let mut store = self.new_store(pre.instance_pre().engine());
-        store.set_epoch_deadline(Self::ticks(self.limits.deadline));
+        let deadline = self.limits.deadline.max(INSTANTIATE_DEADLINE);
+        store.set_epoch_deadline(Self::ticks(deadline));
         let started = Instant::now();
         let made = run_now(async {
             let instance = pre.instance_pre().instantiate_async(&mut store).await?;
@@ -562,7 +570,7 @@ impl Host {
         });
         let error = match made {
             Some(Ok((instance, policy))) => return Ok(Ready { store, instance, policy }),
-            Some(Err(e)) => match classify_trap(e, self.limits.deadline, self.limits.memory_bytes, started) {
+            Some(Err(e)) => match classify_trap(e, deadline, self.limits.memory_bytes, started) {
                 HookError::Trap(m) => HookError::Instantiate(m),
                 other => other,
             },
