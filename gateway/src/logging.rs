@@ -9,8 +9,8 @@
 //! the one visitor here, which
 //!
 //! - caps it ([`FIELD_CAP`] bytes, [`TEXT_CAP`] for `message`, `error` and
-//!   `reason`), marking the cut with how much was left out, so a 64 KiB
-//!   header does not make a 64 KiB line;
+//!   `reason`, a policy's kept output for `output`), marking the cut with
+//!   how much was left out, so a 64 KiB header does not make a 64 KiB line;
 //! - escapes it: in text mode a value that is not a plain token is quoted,
 //!   with quotes, backslashes, control characters (newline, carriage return,
 //!   ESC …) and other unprintable characters escaped as Rust's `{:?}` does;
@@ -95,6 +95,9 @@ pub fn init(format: LogFormat, default_level: &str) {
 fn cap_of(field: &str) -> usize {
     match field {
         "message" | "error" | "reason" => TEXT_CAP,
+        // What a policy printed (target `veil::policy_output`): already
+        // bounded per call, rate-limited per policy, and only useful whole.
+        "output" => crate::policy::output::KEEP_BYTES,
         _ => FIELD_CAP,
     }
 }
@@ -446,6 +449,17 @@ mod tests {
         let v: Value = serde_json::from_str(out.trim_end()).unwrap();
         let action = v["fields"]["action"].as_str().unwrap();
         assert!(action.len() <= FIELD_CAP + 32 && action.ends_with("…[79744 more bytes]"), "{action}");
+    }
+
+    #[test]
+    fn a_policys_output_is_logged_whole_and_escaped_on_one_line() {
+        use crate::policy::output::{self, PolicyOutput, KEEP_BYTES};
+        let text = format!("{}\x1b[31mred", "ab\n".repeat((KEEP_BYTES - 8) / 3));
+        let o = PolicyOutput { policy: "p".into(), hook: "on-request", text, dropped_bytes: 9, suppressed: 2 };
+        let out = capture(LogFormat::Text, || output::log("req-1", std::slice::from_ref(&o)));
+        assert_eq!(out.lines().count(), 1, "{out}");
+        assert!(out.contains("veil::policy_output: policy printed request_id=req-1 policy=p hook=on-request dropped_bytes=9 suppressed=2 output=\"ab\\nab"), "{out}");
+        assert!(out.trim_end().ends_with(r#"ab\n\u{1b}[31mred""#) && !out.contains("more bytes"), "kept whole: {out}");
     }
 
     #[test]

@@ -554,7 +554,7 @@ impl Gateway {
         }
         ctx.rec.error = f.to_string();
         if let Failure::Internal { detail } = &f {
-            tracing::error!(request_id = %ctx.request_id, panic = ?detail, "call processing panicked; answered InternalFailure");
+            tracing::error!(request_id = %ctx.request_id, panic = detail.as_str(), "call processing panicked; answered InternalFailure");
             ctx.rec.error = format!("{f}: panicked: {detail}");
         } else {
             tracing::info!(request_id = %ctx.request_id, error = %f, "call refused");

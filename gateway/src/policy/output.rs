@@ -9,7 +9,8 @@
 //! printed plus its last [`LAST_WORDS_BYTES`] (where a panic message or a
 //! traceback ends), and counts the rest as dropped. Printed text is guest
 //! text: it is shown escaped (no raw newlines or terminal escapes reach a
-//! log line) and only after [`redact`] masked what it may have copied from
+//! log line: the log formatter escapes it, eval/test print it as JSON or
+//! `{:?}`, deny reasons escape it) and only after [`redact`] masked what it may have copied from
 //! the call's inputs. The log is rate-limited per policy ([`Budget`]).
 
 use std::pin::Pin;
@@ -187,18 +188,19 @@ pub struct PolicyOutput {
 
 /// Log a call's policy outputs under the target `veil::policy_output`
 /// (INFO; `VEIL_LOG=info,veil::policy_output=warn` silences it). The text
-/// is logged escaped (`?`): a guest cannot forge log lines or send
-/// terminal escapes.
+/// goes in as it is: the log formatter escapes every field
+/// ([`crate::logging`]), so a guest cannot forge log lines or send terminal
+/// escapes, and lets `output` keep its [`KEEP_BYTES`].
 pub fn log(request_id: &str, outputs: &[PolicyOutput]) {
     for o in outputs {
         tracing::info!(
             target: "veil::policy_output",
-            request_id = %request_id,
-            policy = %o.policy,
-            hook = %o.hook,
+            request_id,
+            policy = o.policy.as_str(),
+            hook = o.hook,
             dropped_bytes = o.dropped_bytes,
             suppressed = o.suppressed,
-            output = ?o.text,
+            output = o.text.as_str(),
             "policy printed"
         );
     }
