@@ -47,8 +47,13 @@ for name, version in want.items():
 PY
 done
 
-# Node: the real OIDC issuer used by the end-to-end tests.
-if [ ! -d tests/e2e/node_modules/oauth2-mock-server ]; then
+# Node: the real OIDC issuer used by the end-to-end tests and the AWS SDK for
+# JavaScript v3 they drive; reinstalled when any package.json pin is missing.
+if ! node -e '
+const dir = process.argv[1], want = require(dir + "/package.json").dependencies;
+for (const [name, version] of Object.entries(want))
+  if (require(dir + "/node_modules/" + name + "/package.json").version !== version) process.exit(1);
+' "$PWD/tests/e2e" 2>/dev/null; then
   step npm ci --prefix tests/e2e --no-audit --no-fund
 fi
 # Node: componentize-js, which builds JavaScript policies.
