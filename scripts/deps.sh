@@ -32,12 +32,20 @@ fi
 
 rustup target list --installed | grep -qx wasm32-wasip2 || step rustup target add wasm32-wasip2
 
-# Python: the AWS emulator (moto), real AWS clients (boto3, AWS CLI), pytest;
-# componentize-py, which builds Python policies.
-reqs=(tests/requirements.txt policy-sdk/python/requirements.txt)
-if [ "$mode" = bench ]; then reqs+=(bench/requirements.txt); fi
-for req in "${reqs[@]}"; do
-  python3 - "$req" <<'PY' 2>/dev/null || step python3 -m pip install --quiet --disable-pip-version-check -r "$req"
+# Python: the AWS emulator (moto), real AWS clients (boto3, AWS CLI), pytest,
+# the MCP client; componentize-py, which builds Python policies. And in an
+# environment of its own, the MCP server the agent tests start.
+reqs=(python3:tests/requirements.txt python3:policy-sdk/python/requirements.txt)
+if [ "$mode" = bench ]; then
+  reqs+=(python3:bench/requirements.txt)
+else
+  mcp_venv=tests/e2e/.venv-mcp
+  "$mcp_venv/bin/python" -c '' 2>/dev/null || { rm -rf "$mcp_venv"; step python3 -m venv "$mcp_venv"; }
+  reqs+=("$mcp_venv/bin/python:tests/mcp-server-requirements.txt")
+fi
+for entry in "${reqs[@]}"; do
+  python=${entry%%:*} req=${entry#*:}
+  "$python" - "$req" <<'PY' 2>/dev/null || step "$python" -m pip install --quiet --disable-pip-version-check -r "$req"
 import importlib.metadata as m, sys
 want = dict(l.strip().split("==") for l in open(sys.argv[1]) if "==" in l and not l.startswith("#"))
 for name, version in want.items():
@@ -47,8 +55,13 @@ for name, version in want.items():
 PY
 done
 
-# Node: the real OIDC issuer used by the end-to-end tests.
-if [ ! -d tests/e2e/node_modules/oauth2-mock-server ]; then
+# Node: the real OIDC issuer used by the end-to-end tests and the AWS SDK for
+# JavaScript v3 they drive; reinstalled when any package.json pin is missing.
+if ! node -e '
+const dir = process.argv[1], want = require(dir + "/package.json").dependencies;
+for (const [name, version] of Object.entries(want))
+  if (require(dir + "/node_modules/" + name + "/package.json").version !== version) process.exit(1);
+' "$PWD/tests/e2e" 2>/dev/null; then
   step npm ci --prefix tests/e2e --no-audit --no-fund
 fi
 # Node: componentize-js, which builds JavaScript policies.

@@ -52,7 +52,7 @@ use crate::policy::{self, CallInput, Identity, Operation, PolicySet, Reason, Res
 use crate::sigv4::{self, SigError};
 use crate::sts::{self, Session, SessionError, SessionKeys};
 use crate::trust::{Roles, TrustError};
-use crate::upstream::{self, OutBody, Outgoing, Upstream, UpstreamError};
+use crate::upstream::{self, OutBody, Outgoing, StreamedPayload, Upstream, UpstreamError};
 
 /// Response body type.
 pub type RespBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -711,9 +711,10 @@ impl Gateway {
         // Stage 4: forward what was classified (see aws::Forward): its
         // method, path, query, headers and, where re-serialised, its body.
         let forward = classified.forward;
+        let payload_check = payload_mode.as_ref().and_then(|s| s.check.clone());
         let out_body = match (forward.body, body, payload_mode) {
             (Some(b), _, _) | (None, Some(b), _) => OutBody::Buffered(b),
-            (None, None, Some((stream, trailer))) => OutBody::Streaming { body: stream, trailer },
+            (None, None, Some(s)) => OutBody::Streaming { body: s.body, payload: s.payload },
             (None, None, None) => OutBody::Buffered(Bytes::new()),
         };
         let out = Outgoing {
@@ -727,7 +728,12 @@ impl Gateway {
             body: out_body,
         };
         let upstream_started = Instant::now();
-        let resp = self.upstream.send(out).await?;
+        let resp = self.upstream.send(out).await;
+        // A streamed body unlike its signed hash was cut short upstream.
+        if payload_check.is_some_and(|c| c.failed()) {
+            return Err(Failure::Signature(SigError::PayloadMismatch));
+        }
+        let resp = resp?;
         // Stage 5: check and mask the response.
         let (rparts, rbody) = resp.into_parts();
         let status = rparts.status.as_u16();
@@ -873,7 +879,7 @@ impl Gateway {
         ctx: &mut Ctx,
         parts: &Parts,
         body: Incoming,
-    ) -> Result<(Option<Bytes>, Option<(upstream::UpBody, bool)>), Failure> {
+    ) -> Result<(Option<Bytes>, Option<Streamed>), Failure> {
         let signed = sigv4::parse(parts)?;
         ctx.protocol = aws::protocol_of(&signed.service);
         ctx.service = Some(signed.service.clone());
@@ -893,9 +899,23 @@ impl Gateway {
         if !hashed && signed.service == "s3" {
             // Unsigned S3 payloads (uploads) stream through without buffering.
             sigv4::verify(parts, &signed, &secret, None, SystemTime::now(), self.max_skew)?;
-            let trailer = signed.payload_hash == sigv4::STREAMING_UNSIGNED_TRAILER;
+            let payload = if signed.payload_hash == sigv4::STREAMING_UNSIGNED_TRAILER {
+                StreamedPayload::UnsignedTrailer
+            } else {
+                StreamedPayload::Unsigned
+            };
             let stream = body.map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>).boxed();
-            return Ok((None, Some((stream, trailer))));
+            return Ok((None, Some(Streamed { body: stream, payload, check: None })));
+        }
+        let declared_len = parts.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if signed.service == "s3" && signed.payload_hash.len() == 64 && declared_len.is_some_and(|n| n > self.max_body as u64) {
+            // An S3 upload too large to buffer whose payload hash is signed
+            // (the JavaScript SDK signs a body it holds in memory): streamed,
+            // checked against that hash on the way, which AWS checks again.
+            sigv4::verify(parts, &signed, &secret, Some(&signed.payload_hash), SystemTime::now(), self.max_skew)?;
+            let (checked, check) = sigv4::CheckedPayload::new(body, &signed.payload_hash);
+            let payload = StreamedPayload::Sha256(signed.payload_hash.to_ascii_lowercase());
+            return Ok((None, Some(Streamed { body: checked.boxed(), payload, check: Some(check) })));
         }
         let bytes = read_body(body, self.max_body, "request").await?;
         let hash = hex::encode(Sha256::digest(&bytes));
@@ -1036,6 +1056,14 @@ fn drop_body_checksums(headers: &mut http::HeaderMap) {
 /// A complete in-memory response body.
 pub(crate) fn full(b: Bytes) -> RespBody {
     Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+/// A request body that streams upstream instead of being read.
+struct Streamed {
+    body: upstream::UpBody,
+    payload: StreamedPayload,
+    /// For a signed payload hash: whether the body turned out unlike it.
+    check: Option<sigv4::PayloadCheck>,
 }
 
 async fn read_body<B>(body: B, max: usize, what: &'static str) -> Result<Bytes, Failure>

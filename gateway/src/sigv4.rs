@@ -5,14 +5,22 @@
 //! the derived signing key, constant-time compare; the request time must lie
 //! within the configured skew of now. Both forms are accepted: the
 //! `Authorization` header and presigned query parameters. Payload forms: a
-//! hex SHA-256 (checked against the body), `UNSIGNED-PAYLOAD` and
+//! hex SHA-256 (checked against the body: read whole, or as it streams
+//! through [`CheckedPayload`]), `UNSIGNED-PAYLOAD` and
 //! `STREAMING-UNSIGNED-PAYLOAD-TRAILER`; the signed-chunk streaming forms are
 //! refused with a clear error (SDKs use them only over plain HTTP).
 //!
 //! Invariants: nothing here trusts a value it has not checked; every parse
 //! failure is a [`SigError`] naming the field.
 
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
 
 use hmac::{Hmac, Mac};
 use http::request::Parts;
@@ -396,6 +404,109 @@ fn signature(secret: &str, req: &SignedRequest, canonical: &str) -> String {
     hex::encode(hmac(&k, to_sign.as_bytes()))
 }
 
+/// A streamed body checked against the SHA-256 its signature declared,
+/// without buffering it. Bytes pass on as they arrive, except the last
+/// chunk, held back until the stream ends and the hash is compared: on a
+/// mismatch the stream ends in an error instead, so the request it feeds
+/// upstream falls short of its Content-Length and never completes.
+pub struct CheckedPayload<B> {
+    inner: B,
+    hasher: Sha256,
+    declared: String,
+    held: Option<Bytes>,
+    /// A trailers frame, passed on after the held chunk.
+    trailers: Option<Frame<Bytes>>,
+    done: bool,
+    mismatch: Arc<AtomicBool>,
+}
+
+/// Whether a [`CheckedPayload`] found its body unlike its signed hash.
+#[derive(Clone, Debug)]
+pub struct PayloadCheck(Arc<AtomicBool>);
+
+impl PayloadCheck {
+    /// True once the stream ended with a body that does not match.
+    pub fn failed(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+impl<B> CheckedPayload<B> {
+    /// Check `inner` against `declared`, the hex SHA-256 the caller signed.
+    pub fn new(inner: B, declared: &str) -> (CheckedPayload<B>, PayloadCheck) {
+        let mismatch = Arc::new(AtomicBool::new(false));
+        let body = CheckedPayload {
+            inner,
+            hasher: Sha256::new(),
+            declared: declared.to_ascii_lowercase(),
+            held: None,
+            trailers: None,
+            done: false,
+            mismatch: mismatch.clone(),
+        };
+        (body, PayloadCheck(mismatch))
+    }
+
+    /// The end of the body: the held chunk if the hash matches, else an error.
+    fn finish(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        self.done = true;
+        let actual = hex::encode(std::mem::take(&mut self.hasher).finalize());
+        if actual != self.declared {
+            self.mismatch.store(true, Ordering::Release);
+            self.held = None;
+            self.trailers = None;
+            return Some(Err(Box::new(SigError::PayloadMismatch)));
+        }
+        self.held.take().map(Frame::data).or_else(|| self.trailers.take()).map(Ok)
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+impl<B> Body for CheckedPayload<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.done {
+                return Poll::Ready(this.held.take().map(Frame::data).or_else(|| this.trailers.take()).map(Ok));
+            }
+            match ready!(Pin::new(&mut this.inner).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) => {
+                        this.hasher.update(&data);
+                        if let Some(previous) = this.held.replace(data) {
+                            return Poll::Ready(Some(Ok(Frame::data(previous))));
+                        }
+                    }
+                    // Trailers end the data.
+                    Err(trailers) => {
+                        this.trailers = Some(trailers);
+                        return Poll::Ready(this.finish());
+                    }
+                },
+                Some(Err(e)) => return Poll::Ready(Some(Err(e.into()))),
+                None => return Poll::Ready(this.finish()),
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done && self.held.is_none() && self.trailers.is_none()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -475,5 +586,61 @@ mod tests {
         assert!(matches!(payload_is_hashed(&r), Err(SigError::Unsupported(_))));
         r.payload_hash = UNSIGNED_PAYLOAD.into();
         assert_eq!(payload_is_hashed(&r), Ok(false));
+    }
+
+    /// Every frame of a body, then the error it ended in (if any).
+    async fn drain<B: Body<Data = Bytes> + Unpin>(mut body: B) -> (Vec<Frame<Bytes>>, Option<String>)
+    where
+        B::Error: std::fmt::Display,
+    {
+        use http_body_util::BodyExt;
+        let mut frames = Vec::new();
+        while let Some(f) = body.frame().await {
+            match f {
+                Ok(f) => frames.push(f),
+                Err(e) => return (frames, Some(e.to_string())),
+            }
+        }
+        (frames, None)
+    }
+
+    fn chunks(parts: &[&'static str], trailers: bool) -> http_body_util::StreamBody<futures_util::stream::Iter<std::vec::IntoIter<Result<Frame<Bytes>, std::convert::Infallible>>>> {
+        let mut frames: Vec<_> = parts.iter().map(|p| Ok(Frame::data(Bytes::from_static(p.as_bytes())))).collect();
+        if trailers {
+            let mut t = http::HeaderMap::new();
+            t.insert("x-amz-checksum-crc32", "AAAAAA==".parse().unwrap());
+            frames.push(Ok(Frame::trailers(t)));
+        }
+        http_body_util::StreamBody::new(futures_util::stream::iter(frames))
+    }
+
+    fn data(frames: &[Frame<Bytes>]) -> Vec<u8> {
+        frames.iter().filter_map(|f| f.data_ref()).flat_map(|d| d.to_vec()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_streamed_payload_passes_when_it_matches_its_hash() {
+        let hash = hex::encode(Sha256::digest(b"abcdef"));
+        for trailers in [false, true] {
+            let (body, check) = CheckedPayload::new(chunks(&["ab", "", "cd", "ef"], trailers), &hash.to_ascii_uppercase());
+            let (frames, err) = drain(body).await;
+            assert_eq!((data(&frames), err), (b"abcdef".to_vec(), None));
+            assert_eq!(frames.last().is_some_and(Frame::is_trailers), trailers);
+            assert!(!check.failed());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_streamed_payload_unlike_its_hash_is_cut_before_its_last_chunk() {
+        let hash = hex::encode(Sha256::digest(b"abcdef"));
+        let (body, check) = CheckedPayload::new(chunks(&["ab", "cd", "eX"], true), &hash);
+        let (frames, err) = drain(body).await;
+        assert_eq!(data(&frames), b"abcd", "the last chunk is never passed on");
+        assert!(frames.iter().all(Frame::is_data), "nor the trailers");
+        assert_eq!(err.as_deref(), Some(SigError::PayloadMismatch.to_string().as_str()));
+        assert!(check.failed());
+        let (body, check) = CheckedPayload::new(chunks(&["abcdeX"], false), &hash);
+        let (frames, err) = drain(body).await;
+        assert!(frames.is_empty() && err.is_some() && check.failed());
     }
 }

@@ -108,8 +108,20 @@ pub struct Outgoing {
 pub enum OutBody {
     /// Fully read; signed with its hash.
     Buffered(Bytes),
-    /// Streamed; signed with the caller's unsigned payload form.
-    Streaming { body: UpBody, trailer: bool },
+    /// Streamed; signed with the caller's payload form.
+    Streaming { body: UpBody, payload: StreamedPayload },
+}
+
+/// The payload form of a streamed body, as the caller signed it and so as
+/// it is signed upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamedPayload {
+    /// `UNSIGNED-PAYLOAD`.
+    Unsigned,
+    /// `STREAMING-UNSIGNED-PAYLOAD-TRAILER` (aws-chunked, checksum trailer).
+    UnsignedTrailer,
+    /// The body's hex SHA-256, which AWS checks again.
+    Sha256(String),
 }
 
 const HOP_BY_HOP: &[&str] = &[
@@ -192,8 +204,9 @@ impl Upstream {
             .into();
         let (signable_body, len) = match &out.body {
             OutBody::Buffered(b) => (SignableBody::Bytes(b), Some(b.len())),
-            OutBody::Streaming { trailer: true, .. } => (SignableBody::StreamingUnsignedPayloadTrailer, None),
-            OutBody::Streaming { trailer: false, .. } => (SignableBody::UnsignedPayload, None),
+            OutBody::Streaming { payload: StreamedPayload::UnsignedTrailer, .. } => (SignableBody::StreamingUnsignedPayloadTrailer, None),
+            OutBody::Streaming { payload: StreamedPayload::Unsigned, .. } => (SignableBody::UnsignedPayload, None),
+            OutBody::Streaming { payload: StreamedPayload::Sha256(hash), .. } => (SignableBody::Precomputed(hash.clone()), None),
         };
         let header_pairs: Vec<(&str, &str)> =
             headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect();

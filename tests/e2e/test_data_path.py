@@ -93,6 +93,33 @@ def test_s3_streams_20_mb_byte_exact(stack, tmp_path):
         assert s3.head_object(Bucket=bucket, Key="big/blob.bin")["ContentLength"] == len(data)
 
 
+def test_large_s3_upload_with_a_signed_payload_hash_streams_and_must_match_it(stack, tmp_path):
+    # The JavaScript SDK signs the SHA-256 of a body it holds in memory. One
+    # larger than listener.max_body_bytes (10 MiB here) streams through,
+    # checked against that hash on the way: a body unlike it never
+    # completes upstream.
+    bucket = f"signed{time.time_ns()}"
+    s3 = harness.moto_client(stack["moto"], "s3")
+    s3.create_bucket(Bucket=bucket)
+    creds = session_credentials(stack, harness.mint(stack["issuer"]))
+    data = os.urandom(12 * 1024 * 1024)
+
+    def put(key, body, signed_body):
+        url = f"{stack['veil'].url}/{bucket}/{key}"
+        req = botocore.awsrequest.AWSRequest(method="PUT", url=url, data=signed_body,
+                                             headers={"X-Amz-Content-SHA256": hashlib.sha256(signed_body).hexdigest()})
+        botocore.auth.SigV4Auth(creds, "s3", "us-east-1").add_auth(req)
+        return requests.put(url, data=body, headers=dict(req.prepare().headers), verify=str(stack["ca"]), timeout=60)
+
+    r = put("good.bin", data, data)
+    assert r.status_code == 200, r.text
+    assert hashlib.sha256(s3.get_object(Bucket=bucket, Key="good.bin")["Body"].read()).digest() == hashlib.sha256(data).digest()
+    tampered = data[:-1] + bytes([data[-1] ^ 1])
+    r = put("tampered.bin", tampered, data)
+    assert r.status_code == 403 and "x-amz-content-sha256 does not match" in r.text, r.text
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]] == ["good.bin"], "the tampered upload must not complete"
+
+
 def test_lambda_get_function_rest_json(stack, tmp_path):
     name = harness.create_function(stack["moto"])
     with harness.agent(stack, tmp_path) as s:

@@ -288,7 +288,7 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
         let (prefix, action) = target.rsplit_once('.').ok_or_else(|| unknown("X-Amz-Target is not Prefix.Operation"))?;
         let model = models
             .iter()
-            .find(|m| m.target.as_deref() == Some(prefix))
+            .find(|m| m.target.as_deref().is_some_and(|t| target_prefix_matches(t, prefix)))
             .ok_or_else(|| unknown("X-Amz-Target prefix does not belong to this service"))?;
         let params = json_body(body)?;
         let forward = Forward {
@@ -430,6 +430,15 @@ fn finish(model: &'static Model, action: &str, params: Value, resource: Option<S
         })
     });
     Classified { model, action: action.to_string(), params, resource, forward }
+}
+
+/// Whether an `X-Amz-Target` prefix names the model whose botocore
+/// `targetPrefix` is `model`. Smithy-generated SDKs (JavaScript v3, Go v2)
+/// send the service shape's name, which for the few namespaced prefixes
+/// (`com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101`) is the last
+/// part (`CloudTrail_20131101`); AWS accepts both.
+fn target_prefix_matches(model: &str, prefix: &str) -> bool {
+    model == prefix || model.rsplit_once('.').is_some_and(|(_, shape)| shape == prefix)
 }
 
 fn json_body(body: &[u8]) -> Result<Value, ClassifyError> {
@@ -581,6 +590,24 @@ mod tests {
         assert_eq!(c.resource.as_deref(), Some("prod/db"));
         let h = headers(&[("x-amz-target", "Other.GetSecretValue")]);
         assert!(classify(&RequestView { headers: &h, ..v }).is_err());
+    }
+
+    #[test]
+    fn namespaced_targets_match_in_both_spellings() {
+        // botocore sends the namespaced prefix, the JavaScript SDK v3 the shape name.
+        let body: &[u8] = br#"{"Name":"trail"}"#;
+        for target in ["com.amazonaws.cloudtrail.v20131101.CloudTrail_20131101.StopLogging", "CloudTrail_20131101.StopLogging"] {
+            let h = headers(&[("x-amz-target", target), ("content-type", "application/x-amz-json-1.1")]);
+            let c = classify(&RequestView { headers: &h, ..view("cloudtrail", "POST", "/", "", Some(body)) }).unwrap();
+            assert_eq!((c.model.model.as_str(), c.action.as_str()), ("cloudtrail", "StopLogging"), "{target}");
+        }
+        let h = headers(&[("x-amz-target", "CodeStar_connections_20191201.ListConnections"), ("content-type", "application/x-amz-json-1.0")]);
+        assert_eq!(classify(&RequestView { headers: &h, ..view("codestar-connections", "POST", "/", "", Some(b"{}")) }).unwrap().action, "ListConnections");
+        // Only the whole last part: not any suffix, nor another service's shape.
+        for target in ["Trail_20131101.StopLogging", "v20131101.CloudTrail_20131101.StopLogging", "secretsmanager.StopLogging"] {
+            let h = headers(&[("x-amz-target", target), ("content-type", "application/x-amz-json-1.1")]);
+            assert!(classify(&RequestView { headers: &h, ..view("cloudtrail", "POST", "/", "", Some(body)) }).is_err(), "{target}");
+        }
     }
 
     #[test]

@@ -174,6 +174,10 @@ pub fn map_request(c: &mut super::Classified, gateway: &Origin, upstream: &Origi
     if mapped == url {
         return Ok(());
     }
+    // The queue is the call's resource: policies and the audit trail see AWS's URL.
+    if c.resource.as_deref() == Some(url) {
+        c.resource = Some(mapped.clone());
+    }
     c.params["QueueUrl"] = Value::String(mapped.clone());
     c.forward.body = Some(match (c.model.protocol, c.forward.body.take()) {
         // A form Veil re-serialised: the same pairs with the new URL.
@@ -264,5 +268,23 @@ mod tests {
         for foreign in ["https://evil.example/1/a", "https://veil.internal:8443@evil/1/a", "ftp://veil.internal:8443/1/a", "queue-name"] {
             assert!(queue_url_to_upstream(foreign, &gw, &up).is_err(), "{foreign}");
         }
+    }
+
+    #[test]
+    fn a_mapped_request_names_the_upstream_queue_everywhere() {
+        let gw = Origin { scheme: "https".into(), authority: "veil.internal:8443".into() };
+        let up = Origin { scheme: "https".into(), authority: "sqs.us-east-1.amazonaws.com".into() };
+        let mut h = http::HeaderMap::new();
+        h.insert("x-amz-target", "AmazonSQS.SendMessage".parse().unwrap());
+        h.insert("content-type", "application/x-amz-json-1.0".parse().unwrap());
+        let body = br#"{"QueueUrl":"https://veil.internal:8443/1/jobs","MessageBody":"hi"}"#;
+        let view = super::super::RequestView { service: "sqs", method: "POST", path: "/", query: "", body: Some(body), headers: &h };
+        let mut c = super::super::classify(&view).unwrap();
+        map_request(&mut c, &gw, &up).unwrap();
+        let upstream_url = "https://sqs.us-east-1.amazonaws.com/1/jobs";
+        assert_eq!(c.params["QueueUrl"], upstream_url);
+        assert_eq!(c.resource.as_deref(), Some(upstream_url), "the resource policies and the audit trail see");
+        let sent: Value = serde_json::from_slice(c.forward.body.as_deref().unwrap()).unwrap();
+        assert_eq!(sent["QueueUrl"], upstream_url);
     }
 }
