@@ -1,6 +1,6 @@
 //! The closed set of AWS service and operation names: every operation of
 //! every service in botocore's models (`models/operations.json`, generated
-//! by `models/generate_operations.py` from the same botocore version as
+//! by `models/generate.py` from the same botocore version as
 //! `services.json`), by SigV4 signing name.
 //!
 //! Used where a name must not be caller text: a metric label is one of

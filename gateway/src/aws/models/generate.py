@@ -17,6 +17,9 @@ For every service, keyed by its SigV4 signing name, one entry per model:
   blobs        {operation: [selectors]}: output values of type blob (base64 text
                on the wire), in wire names, so a mask keeps them base64
 
+operations.json: every operation name per signing name, a closed set for
+metric labels (gateway/src/aws/operations.rs);
+
 and partitions.json, from botocore's endpoints data: per partition, the DNS
 suffix of its endpoints and the region prefixes its region pattern accepts
 (`^(us|eu)\-\w+\-\d+$` becomes ["us", "eu"]: a region is <prefix>-<word>-<digits>).
@@ -45,7 +48,7 @@ GLOBAL = {"iam", "route53", "cloudfront", "organizations", "globalaccelerator", 
 
 def main():
     loader = Loader()
-    out = {}
+    out, operations = {}, {}
     for name in sorted(loader.list_available_services("service-2")):
         model = loader.load_service_model(name, "service-2")
         meta = model["metadata"]
@@ -110,15 +113,22 @@ def main():
         if blobs:
             entry["blobs"] = blobs
         out.setdefault(signing, []).append(entry)
-    dest = os.path.join(os.path.dirname(os.path.abspath(__file__)), "services.json")
+        operations.setdefault(signing, set()).update(model["operations"])
+    write_table("services.json", "services", out)
+    write_table("operations.json", "operations", {k: sorted(v) for k, v in operations.items()})
+    write_partitions(loader)
+
+
+def write_table(file, key, table):
+    """One line per signing name, sorted, so a regeneration diffs by service."""
+    dest = os.path.join(os.path.dirname(os.path.abspath(__file__)), file)
     with open(dest, "w") as f:
-        f.write('{"_source": "botocore %s", "services": {\n' % botocore.__version__)
-        items = sorted(out.items())
+        f.write('{"_source": "botocore %s", "%s": {\n' % (botocore.__version__, key))
+        items = sorted(table.items())
         for i, (k, v) in enumerate(items):
             f.write("%s: %s%s\n" % (json.dumps(k), json.dumps(v, separators=(",", ":")), "," if i + 1 < len(items) else ""))
         f.write("}}\n")
-    print("wrote %s: %d signing names" % (dest, len(out)), file=sys.stderr)
-    write_partitions(loader)
+    print("wrote %s: %d signing names" % (dest, len(table)), file=sys.stderr)
 
 
 def write_partitions(loader):
