@@ -184,43 +184,70 @@ batch_wait_ms = {batch_wait_ms}
 VIRTUAL_HOST = "veil.test"
 
 
-def make_tls(dirpath):
-    """A test CA and a server certificate for 127.0.0.1, localhost, veil.test
-    and *.veil.test."""
+def test_ca(common_name, days=30):
+    """A self-signed CA for tests: (certificate, key)."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
-    import ipaddress
 
     now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Veil test CA")])
-    ca = (
-        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    cert = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
         .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
+        .not_valid_after(now + datetime.timedelta(days=days))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
                                      key_encipherment=False, data_encipherment=False, key_agreement=False,
                                      encipher_only=False, decipher_only=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
+        .sign(key, hashes.SHA256())
     )
+    return cert, key
+
+
+def server_cert(ca, common_name, dns_names, ips=(), days=30):
+    """A TLS server certificate issued by `ca` ((certificate, key), as
+    test_ca returns) for these names and IP addresses: (certificate, key)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+    import ipaddress
+
+    ca_cert, ca_key = ca
+    now = datetime.datetime.now(datetime.timezone.utc)
     key = ec.generate_private_key(ec.SECP256R1())
+    sans = [x509.DNSName(n) for n in dns_names] + [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
     cert = (
-        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "veil")]))
-        .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.DNSName(VIRTUAL_HOST), x509.DNSName("*." + VIRTUAL_HOST),
-                                                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+        .issuer_name(ca_cert.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
         .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    return cert, key
+
+
+def write_pem(path, cert=None, key=None):
+    """Write a certificate or a private key as PEM to `path`; returns it."""
+    from cryptography.hazmat.primitives import serialization
+    if cert is not None:
+        Path(path).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    else:
+        Path(path).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return Path(path)
+
+
+def make_tls(dirpath):
+    """A test CA and a server certificate for 127.0.0.1, localhost, veil.test
+    and *.veil.test."""
+    ca = test_ca("Veil test CA")
+    cert, key = server_cert(ca, "veil", ["localhost", VIRTUAL_HOST, "*." + VIRTUAL_HOST], ips=["127.0.0.1"])
     d = Path(dirpath)
-    (d / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (d / "veil.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (d / "veil-key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-    return d / "ca.pem", d / "veil.pem", d / "veil-key.pem"
+    return write_pem(d / "ca.pem", cert=ca[0]), write_pem(d / "veil.pem", cert=cert), write_pem(d / "veil-key.pem", key=key)
 
 
 # The shipped policies' configuration in the test gateways.

@@ -2,49 +2,25 @@
 stands in for chosen internet hosts with canned documents, under
 certificates from a CA of its own, and refuses every other destination.
 It records each request it was asked to carry."""
-import datetime
 import http.server
 import socketserver
 import ssl
 import threading
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+import harness
 
 
 def _certificates(dirpath, hosts):
     """A CA, and for each host a certificate and key; returns the CA's path
     and {host: (cert path, key path)}."""
-    now = datetime.datetime.now(datetime.timezone.utc)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Veil test stand-in CA")])
-    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
-          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
-          .not_valid_after(now + datetime.timedelta(days=7))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-          .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-                                       key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                       encipher_only=False, decipher_only=False), critical=True)
-          .sign(ca_key, hashes.SHA256()))
+    ca = harness.test_ca("Veil test stand-in CA", days=7)
     d = Path(dirpath)
-    ca_path = d / "standin-ca.pem"
-    ca_path.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    ca_path = harness.write_pem(d / "standin-ca.pem", cert=ca[0])
     out = {}
     for i, host in enumerate(hosts):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
-                .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=7))
-                .add_extension(x509.SubjectAlternativeName([x509.DNSName(host)]), critical=False)
-                .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-                .sign(ca_key, hashes.SHA256()))
-        cert_path, key_path = d / f"standin-{i}.pem", d / f"standin-{i}-key.pem"
-        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
-        out[host] = (cert_path, key_path)
+        cert, key = harness.server_cert(ca, host, [host], days=7)
+        out[host] = (harness.write_pem(d / f"standin-{i}.pem", cert=cert), harness.write_pem(d / f"standin-{i}-key.pem", key=key))
     return ca_path, out
 
 
