@@ -887,14 +887,15 @@ impl Gateway {
         self.s3_virtual_path(ctx, &signed.service, parts)?;
         let token = signed.security_token.as_deref().ok_or(Failure::Session(SessionError::Invalid))?;
         let (session, secret) = self.sessions.verify(&signed.access_key, token, SystemTime::now())?;
-        ctx.identity = Some(session.identity());
-        ctx.session = Some(session.clone());
+        let identity = session.identity();
         // Trust is checked again on every call against the roles as they are
         // now: a reload that revokes an identity ends its sessions at once.
         let roles = self.roles.load();
-        let (role, _) = roles.admit(&session.role, ctx.identity.as_ref().ok_or(Failure::MissingAuth)?)?;
-        ctx.credential = Some(role.credentials.clone());
+        let admitted = roles.admit(&session.role, &identity).map(|(admitted, _)| admitted.credentials.clone());
+        ctx.identity = Some(identity);
         ctx.role = Some(session.role.clone());
+        ctx.session = Some(session);
+        ctx.credential = Some(admitted?);
         let hashed = sigv4::payload_is_hashed(&signed)?;
         if !hashed && signed.service == "s3" {
             // Unsigned S3 payloads (uploads) stream through without buffering.
@@ -933,11 +934,11 @@ impl Gateway {
         let service = header(SERVICE_HEADER)?;
         aws::endpoint::check_service(&service)?;
         ctx.protocol = aws::protocol_of(&service);
-        ctx.service = Some(service);
         let region = header(REGION_HEADER)?;
         aws::endpoint::check_region(&region)?;
         ctx.region = Some(region);
-        self.s3_virtual_path(ctx, ctx.service.clone().unwrap_or_default().as_str(), parts)?;
+        self.s3_virtual_path(ctx, &service, parts)?;
+        ctx.service = Some(service);
         let identity = self.verifier.verify(token).await?;
         let roles = self.roles.load();
         let role = match parts.headers.get(ROLE_HEADER) {
@@ -947,10 +948,10 @@ impl Gateway {
                 None => return Err(Failure::BadRequest(format!("header {ROLE_HEADER} is required: several roles are configured"))),
             },
         };
+        let admitted = roles.admit(&role, &identity).map(|(admitted, _)| admitted.credentials.clone());
         ctx.identity = Some(identity);
-        let (admitted, _) = roles.admit(&role, ctx.identity.as_ref().ok_or(Failure::MissingAuth)?)?;
-        ctx.credential = Some(admitted.credentials.clone());
         ctx.role = Some(role);
+        ctx.credential = Some(admitted?);
         Ok(())
     }
 
