@@ -8,10 +8,11 @@
 //! touches an async runtime; a call keeps at most [`KEEP_BYTES`] of what it
 //! printed plus its last [`LAST_WORDS_BYTES`] (where a panic message or a
 //! traceback ends), and counts the rest as dropped. Printed text is guest
-//! text: it is shown escaped (no raw newlines or terminal escapes reach a
-//! log line: the log formatter escapes it, eval/test print it as JSON or
-//! `{:?}`, deny reasons escape it) and only after [`redact`] masked what it may have copied from
-//! the call's inputs. The log is rate-limited per policy ([`Budget`]).
+//! text: it is shown escaped, so no raw newline or terminal escape reaches
+//! a log line (the log formatter escapes it, eval/test print it as JSON or
+//! `{:?}`, deny reasons escape it), and in the gateway only after
+//! [`redact`] masked what it may have copied from the call's inputs. The
+//! log is rate-limited per policy ([`Budget`]).
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
