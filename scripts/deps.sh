@@ -15,12 +15,14 @@ step() {
   fi
 }
 
-# Debian: ClickHouse (the audit store the tests ship to) and Chromium (the
-# reviewer page's browser test); for the bench, wrk and nginx instead of Chromium.
+# Debian: ClickHouse (the audit store the tests ship to) and PostgreSQL (the
+# shared approval store); Chromium for the reviewer page's browser test, or
+# for the bench wrk and nginx instead.
+debs=(clickhouse-server:/usr/sbin/clickhouse-server postgresql-15:/usr/lib/postgresql/15/bin/initdb)
 if [ "$mode" = bench ]; then
-  debs=(clickhouse-server:/usr/sbin/clickhouse-server wrk:/usr/bin/wrk nginx-light:/usr/sbin/nginx)
+  debs+=(wrk:/usr/bin/wrk nginx-light:/usr/sbin/nginx)
 else
-  debs=(clickhouse-server:/usr/sbin/clickhouse-server chromium:/usr/bin/chromium)
+  debs+=(chromium:/usr/bin/chromium)
 fi
 missing=()
 for d in "${debs[@]}"; do [ -x "${d#*:}" ] || missing+=("${d%%:*}"); done

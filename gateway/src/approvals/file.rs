@@ -1,7 +1,7 @@
 //! The embedded approval store, for a single gateway: entries in memory,
 //! every change persisted to one JSON file (write, fsync, rename) before it
 //! is visible, so pending approvals survive a restart. One process owns the
-//! file: several gateways need a shared store.
+//! file; several gateways need [`super::PgStore`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -8,17 +8,22 @@
 //! that fingerprint before it expires (`approvals.ttl_secs`); used, denied
 //! and expired entries never admit anything.
 //!
-//! Storage is behind [`Store`], whose operations are async and atomic so
-//! that a store shared by several gateways (a database with a conditional
-//! update to consume a grant once) can implement the same semantics: one
-//! pending entry per fingerprint, a grant consumed once, the decision rules
-//! of [`Entry::decide`]. [`FileStore`] (one gateway) keeps entries in memory
-//! and persists every change to one JSON file (write, fsync, rename), so
-//! pending approvals survive a restart.
+//! Storage is behind [`Store`], with two implementations of the same
+//! semantics (one pending entry per fingerprint, a grant consumed once, the
+//! decision rules of [`Entry::decide`]):
 //!
-//! Each store owns the [`Wakeups`] its waiting calls sleep on and wakes the
-//! waiters of an entry when it changes; a shared store would also wake them
-//! from other gateways' changes. Waiters re-read their entry every
+//! - [`FileStore`] (the default, one gateway): entries in memory, every
+//!   change persisted to one JSON file (write, fsync, rename), so pending
+//!   approvals survive a restart.
+//! - [`PgStore`] (`[approvals.postgres]`, several gateways): entries in a
+//!   PostgreSQL table. A partial unique index keeps one pending entry per
+//!   fingerprint, a conditional `UPDATE … WHERE state = 'approved' …
+//!   RETURNING` hands a grant to exactly one call in the cluster, and
+//!   `NOTIFY` tells every gateway's waiting calls that an entry changed.
+//!
+//! Each store owns the [`Wakeups`] its waiting calls sleep on: the file
+//! store wakes them itself, the PostgreSQL store also from the
+//! notifications of other gateways. Waiters re-read their entry every
 //! [`RECHECK`] as well, a safety net for a lost notification, never a tight
 //! poll. Only calls that need an approval touch a store.
 //!
@@ -27,6 +32,7 @@
 //! audit record and posts the webhook.
 
 mod file;
+pub mod postgres;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +44,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::Notify;
 
 pub use file::FileStore;
+pub use postgres::{PgSettings, PgStartError, PgStore};
 
 /// How often a waiting call re-reads its entry even without a wake-up: the
 /// safety net for a notification lost with a dropped connection. Wake-ups
@@ -497,7 +504,8 @@ impl Approvals {
 
 /// The semantics every store must have, as scenarios over two
 /// [`Approvals`] that share one store (two gateways, or one twice for the
-/// file store), for every store to run.
+/// file store). The file store runs them here, the PostgreSQL store in
+/// `postgres::tests` against a real server.
 #[cfg(test)]
 pub(crate) mod conformance {
     use super::*;
