@@ -6,8 +6,8 @@ included). Each part also prints as it goes.
 Parts: policy hooks per language (criterion), policy decisions against
 regorus and cedar-policy, masking throughput (criterion), the gateway's
 cost ladder from nginx and a bare proxy up to Veil as shipped (wrk, CPU
-per call), durable audit and shipping into ClickHouse, hot reload, memory
-with 20 policies.
+per call), durable audit and shipping into ClickHouse, hot reload, the
+approval round trip across replicas, memory with 20 policies.
 
 Environment: QUICK=1 shortens every part (a smoke run, not for publishing).
 """
@@ -252,6 +252,10 @@ def main():
          lambda: captured("audit.py", "The durable spool's cost on the request path, and the spool → ClickHouse (Debian 18.16 server) shipping rate.")),
         ("Hot reload", lambda: captured("reload.py", "A policy file renamed into the watched directory until the gateway serves it, and call latency during reloads.",
                                          env={"SWAPS": "5" if QUICK else "20"})),
+        ("Approvals across replicas",
+         lambda: captured("approvals.py", "Reviewer approves on one replica → the call waiting on another is forwarded: two gateways sharing "
+                                          "a PostgreSQL approval store (LISTEN/NOTIFY wakes the waiting call).",
+                          env={"ROUNDS": "10" if QUICK else "40"})),
         ("Memory", memory),
     ]
     facts = machine()

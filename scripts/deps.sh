@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the tests need on a fresh Debian machine; idempotent and
 # quiet on success. Output of each step is kept in a log shown on failure.
-# `deps.sh bench`: what `make bench` needs instead (no browser; wrk, nginx
-# and the plotting library).
+# `deps.sh bench`: what `make bench` needs instead (no browser; wrk and the
+# plotting library).
 set -euo pipefail
 mode=${1:-test}
 log=$(mktemp)
@@ -15,15 +15,20 @@ step() {
   fi
 }
 
-# Debian: ClickHouse (the audit store the tests ship to) and Chromium (the
-# reviewer page's browser test); for the bench, wrk and nginx instead of Chromium.
+# Debian: ClickHouse (the audit store the tests ship to), PostgreSQL (the
+# shared approval store) and nginx with its stream module (the TCP load
+# balancer in front of several gateways, and the bench's reverse proxy);
+# Chromium for the reviewer page's browser test, or for the bench wrk.
+debs=(clickhouse-server:/usr/sbin/clickhouse-server postgresql-15:/usr/lib/postgresql/15/bin/initdb
+      nginx-light:/usr/sbin/nginx libnginx-mod-stream:/usr/lib/nginx/modules/ngx_stream_module.so)
 if [ "$mode" = bench ]; then
-  debs=(clickhouse-server:/usr/sbin/clickhouse-server wrk:/usr/bin/wrk nginx-light:/usr/sbin/nginx)
+  debs+=(wrk:/usr/bin/wrk)
 else
-  debs=(clickhouse-server:/usr/sbin/clickhouse-server chromium:/usr/bin/chromium)
+  debs+=(chromium:/usr/bin/chromium)
 fi
 missing=()
-for d in "${debs[@]}"; do [ -x "${d#*:}" ] || missing+=("${d%%:*}"); done
+# -e, not -x: the stream module is a library, not an executable.
+for d in "${debs[@]}"; do [ -e "${d#*:}" ] || missing+=("${d%%:*}"); done
 if [ ${#missing[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   step apt-get update -q

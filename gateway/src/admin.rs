@@ -95,10 +95,14 @@ impl Admin {
         let ap = self.gateway.approvals();
         let rest: Vec<&str> = path.trim_start_matches("/v1/approvals").split('/').filter(|p| !p.is_empty()).collect();
         match (method, rest.as_slice()) {
-            (Method::GET, []) => (StatusCode::OK, json!({"pending": ap.store.list(State::Pending)})),
-            (Method::GET, [id]) => match ap.store.get(id) {
-                Some(e) => (StatusCode::OK, json!(e)),
-                None => (StatusCode::NOT_FOUND, json!({"error": format!("no approval {id}")})),
+            (Method::GET, []) => match ap.store.list(State::Pending).await {
+                Ok(pending) => (StatusCode::OK, json!({"pending": pending})),
+                Err(err) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": err.to_string()})),
+            },
+            (Method::GET, [id]) => match ap.store.get(id).await {
+                Ok(Some(e)) => (StatusCode::OK, json!(e)),
+                Ok(None) => (StatusCode::NOT_FOUND, json!({"error": format!("no approval {id}")})),
+                Err(err) => (StatusCode::SERVICE_UNAVAILABLE, json!({"error": err.to_string()})),
             },
             (Method::POST, [id, verb @ ("approve" | "deny")]) => {
                 let body = match Limited::new(req.into_body(), 16 * 1024).collect().await {
@@ -114,7 +118,7 @@ impl Admin {
                     }
                 };
                 let decision = Decision { reviewer: reviewer.subject.clone(), issuer: reviewer.issuer.clone(), approve: *verb == "approve", reason, at_ms: now_ms() };
-                match ap.decide(id, decision.clone()) {
+                match ap.decide(id, decision.clone()).await {
                     Ok(e) => {
                         let step = if decision.approve { "approved" } else { "denied" };
                         tracing::info!(approval = %e.id, reviewer = %decision.reviewer, step, "approval decided");

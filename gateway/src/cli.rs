@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 
 use crate::admin::Admin;
-use crate::approvals::{Approvals, FileStore, Webhook};
+use crate::approvals::{Approvals, FileStore, PgSettings, PgStore, Store, Webhook};
 use crate::audit::shipper::{self, ClickHouse, QueryArgs, Shipper};
 use crate::pipeline::{GatewayParts, ParsedBody};
 use crate::policy::reload::{self, Loader};
@@ -340,9 +340,12 @@ fn serve(path: &Path) -> Result<()> {
         let upstream = Upstream::new(&cfg.upstream).await.with_context(|| format!("{}: upstream", path.display()))?;
         let audit = Audit::open(&cfg).with_context(|| format!("{}: audit.spool_dir", path.display()))?;
         let metrics = Arc::new(Metrics::default());
-        let store = FileStore::open(cfg.resolve(&cfg.approvals.store_file)).with_context(|| format!("{}: approvals.store_file", path.display()))?;
+        let store: Box<dyn Store> = match PgSettings::from_config(&cfg)? {
+            Some(pg) => Box::new(PgStore::connect(pg).await.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?),
+            None => Box::new(FileStore::open(cfg.resolve(&cfg.approvals.store_file)).with_context(|| format!("{}: approvals.store_file", path.display()))?),
+        };
         let mut approvals = Approvals::new(
-            Box::new(store),
+            store,
             Duration::from_secs(cfg.approvals.wait_secs),
             Duration::from_secs(cfg.approvals.ttl_secs),
             cfg.approvals.min_approvals,

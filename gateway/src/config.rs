@@ -372,6 +372,39 @@ pub struct ApprovalsConfig {
     pub store_file: PathBuf,
     /// Slack-compatible webhook told of requests and decisions. Unset: none.
     pub webhook_url: Option<String>,
+    /// Approvals shared by several gateways through PostgreSQL. Unset: the
+    /// embedded `store_file`, for one gateway.
+    pub postgres: Option<ApprovalsPostgresConfig>,
+}
+
+/// `[approvals.postgres]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApprovalsPostgresConfig {
+    /// `postgres://user@host:port/database`, without a password.
+    pub url: String,
+    /// File holding the password. Unset: `VEIL_APPROVALS_PG_PASSWORD`, else none.
+    pub password_file: Option<PathBuf>,
+    /// Connections per gateway (calls that need an approval and the reviewer
+    /// API share them; one more is kept for notifications).
+    #[serde(default = "default_pg_pool_size")]
+    pub pool_size: usize,
+    /// Time to connect, and to wait for a free connection, seconds.
+    #[serde(default = "default_pg_connect_timeout")]
+    pub connect_timeout_secs: u64,
+    /// Longest a statement may run (PostgreSQL's `statement_timeout`), milliseconds.
+    #[serde(default = "default_pg_statement_timeout")]
+    pub statement_timeout_ms: u64,
+}
+
+fn default_pg_pool_size() -> usize {
+    8
+}
+fn default_pg_connect_timeout() -> u64 {
+    5
+}
+fn default_pg_statement_timeout() -> u64 {
+    5000
 }
 
 impl Default for ApprovalsConfig {
@@ -679,6 +712,23 @@ impl Config {
         if let Some(u) = &ap.webhook_url {
             if u.parse::<http::Uri>().ok().and_then(|u| u.scheme_str().map(str::to_owned)).is_none() {
                 return e("approvals.webhook_url", "must be a URL like https://hooks.example/...");
+            }
+        }
+        if let Some(pg) = &ap.postgres {
+            crate::approvals::postgres::check_url(&pg.url).map_err(|r| ("approvals.postgres.url".to_string(), r))?;
+            if let Some(f) = &pg.password_file {
+                if !self.resolve(f).is_file() {
+                    return e("approvals.postgres.password_file", "file does not exist");
+                }
+            }
+            if !(1..=256).contains(&pg.pool_size) {
+                return e("approvals.postgres.pool_size", "must be between 1 and 256");
+            }
+            if !(1..=60).contains(&pg.connect_timeout_secs) {
+                return e("approvals.postgres.connect_timeout_secs", "must be between 1 and 60");
+            }
+            if !(100..=60_000).contains(&pg.statement_timeout_ms) {
+                return e("approvals.postgres.statement_timeout_ms", "must be between 100 and 60000");
             }
         }
         let a = &self.audit;

@@ -384,15 +384,22 @@ impl Gateway {
             request_digest,
         };
         let fp = requested.fingerprint();
-        let granted = match ap.store.take_grant(&fp, approvals::now_ms())? {
+        // The store is consulted only here, on calls that need an approval.
+        let granted = match ap.store.take_grant(&fp, approvals::now_ms()).await? {
             Some(g) => g,
             None => {
                 let texts: Vec<String> = reasons.iter().map(Reason::to_string).collect();
                 let resource = call.operation.resource.clone().unwrap_or_default();
                 let new = ap.entry(&requested, &resource, audit::redact(&call.params), texts);
-                let (entry, created) = ap.store.request(new)?;
+                let opened = ap.store.request(new).await?;
+                for stale in &opened.expired {
+                    tracing::info!(approval = %stale.id, "approval expired");
+                    self.approval_event(stale, "expired", None).await;
+                }
+                let entry = opened.entry;
                 ctx.rec.approval_id.clone_from(&entry.id);
-                if created {
+                // Only the call that created the entry (on whichever gateway) announces it.
+                if opened.created {
                     tracing::info!(approval = %entry.id, subject = %id.subject, operation = %op, "approval requested");
                     self.approval_event(&entry, "requested", None).await;
                 }
@@ -468,9 +475,10 @@ impl Gateway {
         }
     }
 
-    /// Expire stale approvals and audit each one.
+    /// Expire stale approvals and audit each one. With a shared store every
+    /// gateway sweeps; each expiry is returned to (and audited by) one.
     pub async fn expire_approvals(&self) {
-        match self.approvals.store.expire(approvals::now_ms()) {
+        match self.approvals.store.expire(approvals::now_ms()).await {
             Ok(expired) => {
                 for e in expired {
                     tracing::info!(approval = %e.id, "approval expired");

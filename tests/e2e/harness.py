@@ -422,3 +422,121 @@ def agent(stack, tmpdir, **claims):
 
 def aws_cli(env, *args, check=False):
     return subprocess.run(["aws", *args, "--output", "json"], env=env, capture_output=True, text=True, timeout=120)
+
+
+PG_BIN = Path(os.environ.get("VEIL_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+class Postgres:
+    """Debian's PostgreSQL 15 initialised into a temporary directory, run as
+    the unprivileged `postgres` user when the tests run as root (CI), on a
+    free port with its socket in that directory. A `veil` role owns the
+    `veil` database. stop() and start() keep the data; close() removes it."""
+
+    PASSWORD = "veil-e2e-password"
+
+    def __init__(self):
+        if not (PG_BIN / "initdb").exists():
+            raise RuntimeError(f"PostgreSQL is not installed ({PG_BIN}/initdb is missing): run scripts/deps.sh")
+        self.as_postgres = os.geteuid() == 0
+        # Not under pytest's tmp_path: its parents are private to the test
+        # user, and the server runs as another.
+        self.dir = Path(tempfile.mkdtemp(prefix="veil-e2e-pg-"))
+        try:
+            self._init()
+        except BaseException:
+            self.close()
+            raise
+
+    def _init(self):
+        pw = self.dir / "pw"
+        pw.write_text("superuser-e2e-password")
+        if self.as_postgres:
+            shutil.chown(self.dir, "postgres", "postgres")
+            shutil.chown(pw, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.dir / "data"), "-U", "postgres", f"--pwfile={pw}", "--auth-local=trust",
+                  "--auth-host=scram-sha-256", "-N", "-E", "UTF8", "--locale=C")
+        self.port = free_port()
+        self.start()
+        self.sql(f"CREATE ROLE veil LOGIN PASSWORD '{self.PASSWORD}'", db="postgres")
+        self.sql("CREATE DATABASE veil OWNER veil", db="postgres")
+        self.url = f"postgres://veil@127.0.0.1:{self.port}/veil"
+
+    def _run(self, tool, *args, check=True):
+        cmd = [str(PG_BIN / tool), *args]
+        if self.as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"{tool} failed: {out.stdout}{out.stderr}")
+        return out.stdout
+
+    def start(self):
+        opts = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-o", opts, "-l", str(self.dir / "log"), "-w", "-t", "60", "start")
+
+    def stop(self, mode="fast"):
+        self._run("pg_ctl", "-D", str(self.dir / "data"), "-m", mode, "-w", "stop", check=False)
+
+    def sql(self, sql, db="veil"):
+        return self._run("psql", "-h", str(self.dir), "-p", str(self.port), "-U", "postgres", "-d", db, "-v", "ON_ERROR_STOP=1", "-Atqc", sql).strip()
+
+    def close(self):
+        self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def config(self, password_file):
+        """The [approvals.postgres] block, with the password in `password_file`."""
+        Path(password_file).write_text(self.PASSWORD + "\n")
+        return f'\n[approvals.postgres]\nurl = "{self.url}"\npassword_file = "{password_file}"\nconnect_timeout_secs = 2\nstatement_timeout_ms = 2000\n'
+
+
+NGINX = "/usr/sbin/nginx"
+NGINX_STREAM = "/usr/lib/nginx/modules/ngx_stream_module.so"
+
+
+class Balancer:
+    """A TCP load balancer in front of `backends` (host:port strings): nginx's
+    stream module, round robin, TLS passed through; one listening port per
+    group. A backend that refuses connections is skipped for the next one."""
+
+    def __init__(self, dirpath, groups):
+        d = Path(dirpath)
+        d.mkdir(parents=True, exist_ok=True)
+        self.ports = {name: free_port() for name in groups}
+        blocks = []
+        for name, backends in groups.items():
+            servers = " ".join(f"server {b} max_fails=0;" for b in backends)
+            blocks.append(f"upstream {name} {{ {servers} }}\n"
+                          f"server {{ listen 127.0.0.1:{self.ports[name]}; proxy_pass {name}; proxy_connect_timeout 1s; }}")
+        conf = d / "nginx.conf"
+        conf.write_text(f"""
+load_module {NGINX_STREAM};
+worker_processes 1;
+pid {d}/nginx.pid;
+error_log {d}/nginx-error.log warn;
+events {{ worker_connections 1024; }}
+stream {{
+{chr(10).join(blocks)}
+}}
+""")
+        if not Path(NGINX).exists() or not Path(NGINX_STREAM).exists():
+            raise RuntimeError(f"nginx with its stream module is not installed ({NGINX}, {NGINX_STREAM}): run scripts/deps.sh")
+        self.proc = Proc("nginx", [NGINX, "-e", str(d / "nginx-error.log"), "-c", str(conf), "-g", "daemon off;"])
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", next(iter(self.ports.values()))), timeout=1):
+                    return
+            except OSError:
+                if self.proc.p.poll() is not None:
+                    raise RuntimeError(f"nginx exited:\n{self.proc.output()}\n{(d / 'nginx-error.log').read_text(errors='replace')}")
+                time.sleep(0.05)
+        self.proc.stop()
+        raise RuntimeError(f"nginx did not listen:\n{self.proc.output()}")
+
+    def url(self, group):
+        return f"https://127.0.0.1:{self.ports[group]}"
+
+    def stop(self):
+        return self.proc.stop()

@@ -66,26 +66,44 @@ def test_compose_stack_names_the_services_the_tests_start():
     import yaml
     compose = yaml.safe_load((harness.ROOT / "docker-compose.yml").read_text())
     services = compose["services"]
-    assert set(services) == {"veil", "clickhouse", "issuer", "moto"}
-    assert services["veil"]["build"] == "."
-    # Hardened: the image's unprivileged user, a read-only root, no capabilities.
-    veil = services["veil"]
-    assert veil["user"] == "10001:10001" and veil["read_only"] is True, veil
-    assert veil["cap_drop"] == ["ALL"] and "no-new-privileges:true" in veil["security_opt"], veil
-    assert [v for v in veil["volumes"] if v.endswith(":/var/lib/veil")], veil["volumes"]
+    assert set(services) == {"veil-1", "veil-2", "lb", "postgres", "clickhouse", "issuer", "moto"}
     dockerfile = (harness.ROOT / "Dockerfile").read_text()
     final_stage = dockerfile.rsplit("FROM ", 1)[1]
     assert "USER 10001:10001" in final_stage and "useradd --system --uid 10001" in final_stage
+    volumes = set()
+    for name in ("veil-1", "veil-2"):
+        veil = services[name]
+        assert veil["build"] == "." and veil["hostname"] == name, veil
+        # Hardened: the image's unprivileged user, a read-only root, no capabilities.
+        assert veil["user"] == "10001:10001" and veil["read_only"] is True, veil
+        assert veil["cap_drop"] == ["ALL"] and "no-new-privileges:true" in veil["security_opt"], veil
+        # Each replica its own spool volume; the same keys and approval store.
+        mine = [v for v in veil["volumes"] if v.endswith(":/var/lib/veil")]
+        assert len(mine) == 1, veil["volumes"]
+        volumes.add(mine[0])
+        assert len(veil["environment"]["VEIL_SESSION_KEY"]) >= 32 and len(veil["environment"]["VEIL_HASH_KEY"]) >= 32
+        assert veil["environment"]["VEIL_APPROVALS_PG_PASSWORD"] == services["postgres"]["environment"]["POSTGRES_PASSWORD"]
+        assert veil["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert len(volumes) == 2, "each replica has its own spool"
+    assert services["postgres"]["image"].startswith("postgres:15")
     assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server")
     assert "issuer.mjs" in " ".join(services["issuer"]["command"])
     assert "moto.server" in " ".join(services["moto"]["command"])
+    # The balancer: TCP round robin over both replicas, for calls and reviewers.
+    lb = (harness.ROOT / "deploy" / "nginx-lb.conf").read_text()
+    assert "stream {" in lb and "http {" not in lb
+    for port in ("8443", "9443"):
+        assert f"server veil-1:{port};" in lb and f"server veil-2:{port};" in lb and f"listen {port};" in lb
+    assert {"8443:8443", "9443:9443"} <= set(services["lb"]["ports"])
     # The gateway config it mounts is valid apart from the network it names.
     import re
     cfg = (harness.ROOT / "deploy" / "veil.toml").read_text()
     assert re.search(r'url = "http://clickhouse:8123"', cfg)
     assert 'endpoint = "http://moto:5000"' in cfg and 'issuer = "http://issuer:9400"' in cfg
+    assert '[approvals.postgres]\nurl = "postgres://veil@postgres:5432/veil"' in cfg
+    assert "instance =" not in cfg, "each replica is named by its host name"
     # Every path Veil writes is on the volume (the root filesystem is read-only).
-    for key in ["spool_dir", "cache_dir", "store_file", "state_file"]:
+    for key in ["spool_dir", "cache_dir", "state_file"]:
         assert re.search(rf'^{key} = "/var/lib/veil/', cfg, re.M), key
 
 
