@@ -411,7 +411,7 @@ def main():
             noop_dir = Path(d) / "policies-noop"
             noop_dir.mkdir()
             shutil.copy(harness.POLICIES / "risky-actions.wasm", noop_dir)
-            # Veil logs at its default level (info: a line per call), as shipped.
+            # Veil logs at its default level (info: no line per call), as shipped.
             logs = {}
             veils = {}
             for mode in MODES:
@@ -478,7 +478,7 @@ def main():
         finally:
             for p in reversed(procs):
                 p.stop()
-                # A line per call: hundreds of MB of logs, kept only if the run failed.
+                # Logs are kept only if the run failed.
                 if ok:
                     os.unlink(p.log.name)
 

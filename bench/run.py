@@ -221,7 +221,7 @@ def gateway():
             "(`Authorization: Bearer`, verified on every call: the one way in without SigV4); (4) the same gateway, the caller "
             "signing with Veil session credentials instead (so the marginal is SigV4 + session minus the OIDC token check); (5) the "
             "shipped policies (the SecretString masked), audit not durable; (6) + durable audit: Veil as shipped. Veil logs at its "
-            "default level (a line per call). Each cell is the median of 3 wrk runs of 2 s, the rungs taking turns; a run of 2 s "
+            "default level (info: refusals, no line per call). Each cell is the median of 3 wrk runs of 2 s, the rungs taking turns; a run of 2 s "
             "is thousands of calls even at one connection (the CPU counters tick every 10 ms), and repeats taken in turn "
             "answer the shared machine's noise better than longer runs; the spread is in brackets.\n"
             + text.strip() + "\n\n![cost ladder](results/cost-ladder.png)\n![gateway latency](results/gateway-latency.png)")

@@ -29,7 +29,8 @@ VERDICTS = {"allow", "deny", "approval-required", "unauthenticated", "error"}
 
 def start(tmp_path, issuer, moto, fmt):
     cfg, ca = harness.veil_config(tmp_path, issuer, moto, harness.admin_block(tmp_path, ADMIN_TOKEN) + "[approvals]\nwait_secs = 0\n")
-    return harness.Veil(cfg, env={"VEIL_LOG_FORMAT": fmt}), ca
+    # The line per call is at debug.
+    return harness.Veil(cfg, env={"VEIL_LOG_FORMAT": fmt, "VEIL_LOG": "info,veil_gateway::pipeline=debug"}), ca
 
 
 def session_credentials(veil, ca, token):
