@@ -9,11 +9,12 @@ call at each CONNS, over TLS and plain HTTP, through each rung:
    rustls, hyper-util) and a pooled hyper-util client, bodies buffered, no
    logging: the floor of Veil's stack;
 3. Veil, no-op policy: the whole pipeline (classify, policy set, re-sign,
-   response parsed, audit record, the per-call log line at the default
-   level), with only risky-actions loaded, which has no hook in scope for
+   response parsed, audit record; logs at the default level, which has no
+   line per call), with only risky-actions loaded, which has no hook in scope for
    GetSecretValue, and `audit.require_durable = false`. The caller sends
    `Authorization: Bearer <OIDC token>`, the one way in without SigV4: Veil
-   verifies the token (RS256) on every call;
+   checks the token (RS256) on its first call and then remembers it by
+   digest until its `exp`;
 4. + SigV4/session: the same gateway, the caller signing with Veil session
    credentials (session token checked, SigV4 verified) instead; the
    marginal is SigV4 and the session minus the OIDC token check, which

@@ -218,7 +218,7 @@ def gateway():
             "(2) the bare proxy `gateway/examples/bench_proxy.rs`, Veil's own listener (tokio, rustls, hyper-util) and a pooled "
             "hyper-util client, bodies buffered, no logging: the floor of Veil's stack; (3) Veil's whole pipeline with a no-op policy "
             "(risky-actions alone: no hook in scope for GetSecretValue) and audit not durable, the caller sending an OIDC token "
-            "(`Authorization: Bearer`, verified on every call: the one way in without SigV4); (4) the same gateway, the caller "
+            "(`Authorization: Bearer`, the one way in without SigV4; the token checked once, then remembered until its `exp`); (4) the same gateway, the caller "
             "signing with Veil session credentials instead (so the marginal is SigV4 + session minus the OIDC token check); (5) the "
             "shipped policies (the SecretString masked), audit not durable; (6) + durable audit: Veil as shipped. Veil logs at its "
             "default level (info: refusals, no line per call). Each cell is the median of 3 wrk runs of 2 s, the rungs taking turns; a run of 2 s "

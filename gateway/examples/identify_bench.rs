@@ -2,7 +2,8 @@
 //! cannot run the pipeline without one: what a caller's proof of identity
 //! costs each way in, timed in process on one thread (no I/O), with the
 //! calls `pipeline` makes. An OIDC token (`Authorization: Bearer`: the
-//! gateway's `Verifier`, keys already fetched) and a SigV4 signature with
+//! gateway's `Verifier`, keys already fetched; after the first call the
+//! token is remembered, so this times what every later call pays) and a SigV4 signature with
 //! Veil session credentials (signature claims parsed, session token
 //! checked, body hashed, signature verified).
 //!

@@ -8,8 +8,16 @@
 //! leeway. An unknown `kid` refreshes the JWKS, at most once per
 //! `jwks_min_refresh_secs` per issuer, so a flood of bad tokens cannot turn
 //! Veil into a load generator against the issuer.
+//!
+//! A token that passed is remembered by its SHA-256 digest until its `exp`
+//! ([`TokenCache`]): its signature and claims cannot change, so the next
+//! call with it skips the RSA check (most of a Bearer call's CPU). An entry
+//! is dropped when its issuer's keys are refreshed, so a token signed with
+//! a key the issuer withdrew is checked again against the keys as they are.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -17,6 +25,7 @@ use base64::Engine as _;
 use openidconnect::core::{CoreIdToken, CoreIdTokenVerifier, CoreJsonWebKeySet, CoreJwsSigningAlgorithm, CoreProviderMetadata};
 use openidconnect::{ClaimsVerificationError, ClientId, IssuerUrl, JsonWebKeySetUrl, Nonce, SignatureVerificationError};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::sync::Mutex;
 
 use crate::config::IdentityConfig;
@@ -53,6 +62,9 @@ struct Issuer {
     audience: String,
     jwks_uri: JsonWebKeySetUrl,
     keys: ArcSwap<CoreJsonWebKeySet>,
+    /// Bumped whenever `keys` is replaced: cached tokens of an older
+    /// generation are checked again.
+    generation: AtomicU64,
     last_refresh: Mutex<Instant>,
 }
 
@@ -62,6 +74,7 @@ pub struct Verifier {
     http: openidconnect::reqwest::Client,
     leeway: Duration,
     min_refresh: Duration,
+    cache: TokenCache,
 }
 
 fn http_client() -> Result<openidconnect::reqwest::Client, IdentityError> {
@@ -90,6 +103,7 @@ impl Verifier {
                 audience: i.audience.clone(),
                 jwks_uri: meta.jwks_uri().clone(),
                 keys: ArcSwap::from_pointee(meta.jwks().clone()),
+                generation: AtomicU64::new(0),
                 last_refresh: Mutex::new(Instant::now()),
             });
         }
@@ -98,21 +112,30 @@ impl Verifier {
             http,
             leeway: Duration::from_secs(cfg.leeway_secs),
             min_refresh: Duration::from_secs(cfg.jwks_min_refresh_secs),
+            cache: TokenCache::default(),
         })
     }
 
     /// Validate `token` and return the caller's identity.
     pub async fn verify(&self, token: &str) -> Result<Identity, IdentityError> {
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let generation = |i: usize| self.issuers.get(i).map(|i| i.generation.load(Ordering::Acquire));
+        if let Some(identity) = self.cache.get(&digest, unix_now(), generation) {
+            return Ok(identity);
+        }
         let (alg, claims) = preparse(token)?;
         if alg != "RS256" && alg != "ES256" {
             return Err(IdentityError::Algorithm(alg));
         }
         let iss = claims.get("iss").and_then(Value::as_str).ok_or_else(|| IdentityError::Malformed("no iss claim".into()))?;
-        let issuer = self
+        let index = self
             .issuers
             .iter()
-            .find(|i| i.url.as_str() == iss)
+            .position(|i| i.url.as_str() == iss)
             .ok_or_else(|| IdentityError::UnknownIssuer(iss.chars().take(200).collect()))?;
+        let issuer = &self.issuers[index];
+        // Read before the check: a refresh during it makes the entry stale.
+        let generation = issuer.generation.load(Ordering::Acquire);
         let parsed: CoreIdToken = token.parse().map_err(|e: serde_json::Error| IdentityError::Malformed(e.to_string()))?;
         match self.check(issuer, &parsed) {
             Err(ClaimsVerificationError::SignatureVerification(SignatureVerificationError::NoMatchingKey)) => {
@@ -124,7 +147,12 @@ impl Verifier {
         }
         not_yet_valid(&claims, unix_now(), self.leeway.as_secs() as i64)?;
         let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
-        Ok(Identity { issuer: iss.to_string(), subject: sub, claims })
+        let exp = claims.get("exp").and_then(Value::as_f64);
+        let identity = Identity { issuer: iss.to_string(), subject: sub, claims };
+        if let Some(exp) = exp {
+            self.cache.insert(digest, &identity, exp, index, generation, unix_now());
+        }
+        Ok(identity)
     }
 
     fn check(&self, issuer: &Issuer, token: &CoreIdToken) -> Result<(), ClaimsVerificationError> {
@@ -160,6 +188,7 @@ impl Verifier {
             reason: format!("JWKS refresh failed: {}", crate::error_chain(&e)),
         })?;
         issuer.keys.store(Arc::new(keys));
+        issuer.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(issuer = %issuer.url.as_str(), "refreshed JWKS after an unknown key id");
         Ok(())
     }
@@ -169,6 +198,53 @@ fn claims_error(e: ClaimsVerificationError) -> IdentityError {
     match e {
         ClaimsVerificationError::Expired(m) => IdentityError::Expired(m),
         other => IdentityError::Invalid(crate::error_chain(&other)),
+    }
+}
+
+/// Most tokens remembered: past this, expired entries are dropped, and all
+/// of them if none had expired.
+const MAX_CACHED_TOKENS: usize = 4096;
+
+/// Tokens that passed every check, by SHA-256 digest, until their `exp`.
+#[derive(Default)]
+struct TokenCache(std::sync::Mutex<HashMap<[u8; 32], Cached>>);
+
+struct Cached {
+    identity: Identity,
+    /// Unix seconds: a hit needs `now < exp` (no leeway: a token close to
+    /// its end gets the full check, leeway and all).
+    exp: i64,
+    issuer: usize,
+    generation: u64,
+}
+
+impl TokenCache {
+    /// The identity of a remembered token, unless it has expired or its
+    /// issuer's keys changed since (`generation` of an issuer index).
+    fn get(&self, digest: &[u8; 32], now: i64, generation: impl Fn(usize) -> Option<u64>) -> Option<Identity> {
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let hit = map.get(digest)?;
+        if now < hit.exp && generation(hit.issuer) == Some(hit.generation) {
+            return Some(hit.identity.clone());
+        }
+        map.remove(digest);
+        None
+    }
+
+    fn insert(&self, digest: [u8; 32], identity: &Identity, exp: f64, issuer: usize, generation: u64, now: i64) {
+        // `as` saturates: a huge or non-finite `exp` is capped, never wraps.
+        let exp = exp.floor() as i64;
+        if exp <= now {
+            return;
+        }
+        let mut map = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.len() >= MAX_CACHED_TOKENS {
+            map.retain(|_, c| c.exp > now);
+            if map.len() >= MAX_CACHED_TOKENS {
+                map.clear();
+            }
+        }
+        map.insert(digest, Cached { identity: identity.clone(), exp, issuer, generation });
     }
 }
 
@@ -234,6 +310,37 @@ mod tests {
         assert!(matches!(check(serde_json::json!(9.9e99)), Err(IdentityError::Expired(_))));
         assert!(matches!(check(serde_json::json!("tomorrow")), Err(IdentityError::Malformed(_))));
         assert!(not_yet_valid(&serde_json::json!({}), now, 60).is_ok());
+    }
+
+    #[test]
+    fn cached_tokens_end_at_exp_at_a_key_refresh_and_at_the_bound() {
+        let cache = TokenCache::default();
+        let id = Identity { issuer: "i".into(), subject: "s".into(), claims: serde_json::json!({"sub": "s"}) };
+        let now = 1_700_000_000;
+        let gen0 = |_: usize| Some(0);
+        cache.insert([1; 32], &id, (now + 10) as f64, 0, 0, now);
+        assert_eq!(cache.get(&[1; 32], now + 9, gen0).map(|i| i.subject), Some("s".into()));
+        assert!(cache.get(&[2; 32], now, gen0).is_none(), "another token");
+        // Keys refreshed: checked again, and the entry is gone.
+        assert!(cache.get(&[1; 32], now, |_| Some(1)).is_none());
+        assert!(cache.get(&[1; 32], now, gen0).is_none());
+        cache.insert([1; 32], &id, (now + 10) as f64, 0, 0, now);
+        assert!(cache.get(&[1; 32], now + 10, gen0).is_none(), "expired");
+        // Already expired, or an exp no clock reaches: never a wrap.
+        cache.insert([3; 32], &id, (now - 1) as f64, 0, 0, now);
+        assert!(cache.get(&[3; 32], now, gen0).is_none());
+        cache.insert([4; 32], &id, f64::INFINITY, 0, 0, now);
+        assert!(cache.get(&[4; 32], now, gen0).is_some());
+        cache.insert([5; 32], &id, f64::NAN, 0, 0, now);
+        assert!(cache.get(&[5; 32], now, gen0).is_none());
+        // Bounded: a full cache drops what expired, then everything.
+        for i in 0..MAX_CACHED_TOKENS as u32 + 10 {
+            let mut d = [0u8; 32];
+            d[..4].copy_from_slice(&i.to_le_bytes());
+            d[31] = 9;
+            cache.insert(d, &id, (now + 100) as f64, 0, 0, now);
+        }
+        assert!(cache.0.lock().unwrap().len() <= MAX_CACHED_TOKENS);
     }
 
     #[test]
