@@ -350,6 +350,7 @@ struct Ready {
 
 struct Inner {
     pre: PolicyPre<HostState>,
+    indices: bindings::PolicyIndices,
     /// The `scope` export of a `scoped-policy` component.
     scope: Option<ComponentExportIndex>,
     /// Whether the component imports `scan` (its `on-response` wants findings).
@@ -459,11 +460,18 @@ impl Host {
             path: path.into(),
             reason: format!("{e:#}"),
         })?;
+        // The exports' indices, looked up by name once here rather than per
+        // instance (the `Pre` keeps its own but only hands out the policy,
+        // and the scope call needs the instance too).
+        let indices = bindings::PolicyIndices::new(pre.instance_pre()).map_err(|e| LoadError::WrongWorld {
+            path: path.into(),
+            reason: format!("{e:#}"),
+        })?;
         let scope = component.get_export_index(None, "scope");
         let uses_scan = component.component_type().imports(&runtime.engine).any(|(name, _)| name.starts_with("veil:policy/scan@"));
         let mut compiled = Compiled {
             host: self.clone(),
-            inner: Arc::new(Inner { pre, scope, uses_scan, ready: Default::default(), refilling: Default::default(), output_budget: Default::default() }),
+            inner: Arc::new(Inner { pre, indices, scope, uses_scan, ready: Default::default(), refilling: Default::default(), output_budget: Default::default() }),
             name: String::new(),
             version: String::new(),
             sha256,
@@ -558,14 +566,15 @@ impl Host {
 
     /// A fresh instance in its own store; on failure, why and what its
     /// start-up printed.
-    fn instantiate(&self, pre: &PolicyPre<HostState>) -> Result<Ready, (HookError, Option<Printed>)> {
-        let mut store = self.new_store(pre.instance_pre().engine());
+    fn instantiate(&self, inner: &Inner) -> Result<Ready, (HookError, Option<Printed>)> {
+        let pre = inner.pre.instance_pre();
+        let mut store = self.new_store(pre.engine());
         let deadline = self.limits.deadline.max(INSTANTIATE_DEADLINE);
         store.set_epoch_deadline(Self::ticks(deadline));
         let started = Instant::now();
         let made = run_now(async {
-            let instance = pre.instance_pre().instantiate_async(&mut store).await?;
-            let policy = bindings::Policy::new(&mut store, &instance)?;
+            let instance = pre.instantiate_async(&mut store).await?;
+            let policy = inner.indices.load(&mut store, &instance)?;
             Ok::<_, wasmtime::Error>((instance, policy))
         });
         let error = match made {
@@ -634,7 +643,7 @@ impl Compiled {
         };
         let Ready { mut store, instance, policy } = match ready {
             Some(r) => r,
-            None => match self.host.instantiate(&self.inner.pre) {
+            None => match self.host.instantiate(&self.inner) {
                 Ok(r) => r,
                 Err((e, printed)) => return Hooked { result: Err(e), printed },
             },
@@ -660,7 +669,7 @@ impl Compiled {
     /// per call, and a call when the ready pool is empty (benchmarks time it;
     /// dropping the result frees the instance).
     pub fn instantiate_inline(&self) -> Result<impl Drop, HookError> {
-        self.host.instantiate(&self.inner.pre).map(|r| r.store).map_err(|(e, _)| e)
+        self.host.instantiate(&self.inner).map(|r| r.store).map_err(|(e, _)| e)
     }
 
     /// Top up the ready pool inline, now (benchmarks use it to time a hook
@@ -787,7 +796,7 @@ fn top_up(host: &Host, inner: &Inner) -> Result<(), HookError> {
         if have >= READY_PER_POLICY {
             return Ok(());
         }
-        let r = host.instantiate(&inner.pre).map_err(|(e, _)| e)?;
+        let r = host.instantiate(inner).map_err(|(e, _)| e)?;
         if let Ok(mut ready) = inner.ready.lock() {
             ready.push(r);
         }
