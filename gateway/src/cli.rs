@@ -383,7 +383,7 @@ fn serve(path: &Path) -> Result<()> {
             let admin = Arc::new(Admin::new(gateway.clone(), secrets.admin_token));
             let atcp = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("{}: admin.address {addr}", path.display()))?;
             tracing::info!(address = %atcp.local_addr()?, "admin API is listening");
-            let (atls, limits) = (tls.clone(), listener::Limits { drain: Duration::ZERO, ..cfg.listener_limits() });
+            let (atls, limits) = (tls.clone(), listener::Limits { drain: Duration::ZERO, ..listener::Limits::of(&cfg.listener) });
             tokio::spawn(async move {
                 let handler = move |req, remote| {
                     let admin = admin.clone();
@@ -399,7 +399,7 @@ fn serve(path: &Path) -> Result<()> {
         tracing::info!(address = %tcp.local_addr()?, tls = tls.is_some(), "veil is listening");
         if let Some(m) = &cfg.metrics.address {
             let m: std::net::SocketAddr = m.parse()?;
-            let (gw, limits) = (gateway.clone(), cfg.listener_limits());
+            let (gw, limits) = (gateway.clone(), listener::Limits::of(&cfg.listener));
             let mtcp = tokio::net::TcpListener::bind(m).await.with_context(|| format!("{}: metrics.address {m}", path.display()))?;
             tracing::info!(address = %mtcp.local_addr()?, "metrics endpoint is listening");
             tokio::spawn(async move {
@@ -412,7 +412,7 @@ fn serve(path: &Path) -> Result<()> {
             let gateway = gateway.clone();
             async move { gateway.handle(req, remote).await }
         };
-        listener::serve(tcp, tls, handler, cfg.listener_limits(), shutdown_signal()).await
+        listener::serve(tcp, tls, handler, listener::Limits::of(&cfg.listener), shutdown_signal()).await
     })
 }
 

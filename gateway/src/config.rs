@@ -568,15 +568,6 @@ impl Config {
         (!self.policies.cache_dir.as_os_str().is_empty()).then(|| self.resolve(&self.policies.cache_dir))
     }
 
-    /// The listener's protections, shared by the gateway, admin and metrics listeners.
-    pub fn listener_limits(&self) -> crate::listener::Limits {
-        crate::listener::Limits {
-            header_timeout: std::time::Duration::from_secs(self.listener.header_timeout_secs),
-            drain: std::time::Duration::from_secs(self.listener.shutdown_drain_secs),
-            max_connections: self.listener.max_connections,
-        }
-    }
-
     /// The roles with their trust conditions, checked against the issuers.
     pub fn trust_roles(&self) -> Result<crate::trust::Roles, (String, String)> {
         let issuers: Vec<String> = self.identity.issuers.iter().map(|i| i.issuer.clone()).collect();
@@ -669,7 +660,7 @@ impl Config {
             return e("policies.signing_keys", "require_signature needs at least one key");
         }
         for (i, k) in self.policies.signing_keys.iter().enumerate() {
-            if crate::policy::reload::decode_key(k).is_none() {
+            if decode_key(k).is_none() {
                 return Err((format!("policies.signing_keys[{i}]"), "must be a base64 ed25519 public key (32 bytes)".into()));
             }
         }
@@ -780,7 +771,7 @@ impl Config {
     pub fn signing_keys(&self) -> Option<Vec<[u8; 32]>> {
         self.policies
             .require_signature
-            .then(|| self.policies.signing_keys.iter().filter_map(|k| crate::policy::reload::decode_key(k)).collect())
+            .then(|| self.policies.signing_keys.iter().filter_map(|k| decode_key(k)).collect())
     }
 
     /// Each policy's config as JSON, by name.
@@ -877,6 +868,12 @@ impl Config {
             None => Ok(Some(Secret(trimmed.to_vec()))),
         }
     }
+}
+
+/// A base64 ed25519 public key (`policies.signing_keys`).
+pub fn decode_key(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?.try_into().ok()
 }
 
 #[cfg(test)]

@@ -57,6 +57,18 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
+impl Limits {
+    /// The `[listener]` protections, shared by the gateway, admin and
+    /// metrics listeners.
+    pub fn of(cfg: &crate::config::Listener) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(cfg.header_timeout_secs),
+            drain: Duration::from_secs(cfg.shutdown_drain_secs),
+            max_connections: cfg.max_connections,
+        }
+    }
+}
+
 /// Serve `handler` until `shutdown` resolves, then drain in-flight calls
 /// for up to `limits.drain`. The gateway, the admin API and the metrics
 /// endpoint share this. Each connection, its TLS handshake included, runs in

@@ -321,12 +321,6 @@ impl Loader {
     }
 }
 
-/// A base64 ed25519 public key.
-pub fn decode_key(text: &str) -> Option<[u8; 32]> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?.try_into().ok()
-}
-
 fn config_for(configs: &Value, name: &str) -> String {
     configs.get(name).cloned().unwrap_or_else(|| json!({})).to_string()
 }
