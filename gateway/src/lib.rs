@@ -20,6 +20,7 @@ pub mod masking;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod serve;
 pub mod sigv4;
 pub mod sts;
 pub mod trust;
