@@ -157,7 +157,7 @@ def start_veil(d, sub, issuer, up_port, procs, extra="", policies_dir=harness.PO
     if not tls:
         text = text.replace('tls_cert = "veil.pem"\ntls_key = "veil-key.pem"', "insecure_plaintext = true")
     cfg.write_text(text.replace("[policies]\n", f"[policies]\ncache_dir = {json.dumps(str(policy_cache()))}\n", 1))
-    v = harness.Veil(cfg, env=env if env is not None else {"VEIL_LOG": "warn,veil_gateway::cli=info"}, scheme="https" if tls else "http")
+    v = harness.Veil(cfg, env=env if env is not None else {"VEIL_LOG": "warn,veil_gateway::serve=info"}, scheme="https" if tls else "http")
     v.ca = str(ca) if tls else True
     procs.append(v.proc)
     return v
