@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use veil_gateway::masking::{self, HashKey};
-use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet, Verdict};
+use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet, Verdict, MAX_USES};
 
 fn policy_path(rel: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies").join(rel);
@@ -25,8 +25,12 @@ fn load(host: &Host, rel: &str, config: Value) -> Arc<LoadedPolicy> {
 }
 
 fn call(op: &str, claims: Value, params: Value) -> CallInput {
+    call_by("https://issuer.test", "agent-1", op, claims, params)
+}
+
+fn call_by(issuer: &str, subject: &str, op: &str, claims: Value, params: Value) -> CallInput {
     CallInput {
-        identity: Identity { issuer: "https://issuer.test".into(), subject: "agent-1".into(), claims },
+        identity: Identity { issuer: issuer.into(), subject: subject.into(), claims },
         operation: Operation::parse_qualified(op).unwrap(),
         params,
     }
@@ -367,14 +371,17 @@ fn the_detectors_are_not_available_outside_on_response() {
 fn calls_in_a_tight_loop_from_many_threads_never_exhaust_the_instance_pool() {
     // Used instances are freed by the background thread up to a bound, then
     // inline: far more calls than pool slots, as fast as they come, all decide.
+    // Every call is another caller's, so each takes a fresh instance and
+    // pushes the least recently used warm one out to be freed.
     let h = Host::new(Limits { max_concurrent: 8, ..Limits::default() }, None).expect("engine");
     let set = Arc::new(PolicySet::new(vec![load(&h, "risky-actions.wasm", json!({}))]));
     let threads: Vec<_> = (0..4)
-        .map(|_| {
+        .map(|t| {
             let set = set.clone();
             std::thread::spawn(move || {
-                for _ in 0..1500 {
-                    let d = set.on_request(&call("iam:CreateUser", json!({}), json!({"UserName": "x"})));
+                for i in 0..1500 {
+                    let who = format!("agent-{t}-{i}");
+                    let d = set.on_request(&call_by("https://issuer.test", &who, "iam:CreateUser", json!({}), json!({"UserName": "x"})));
                     assert_eq!(d.verdict, Verdict::ApprovalRequired, "{:?}", d.reasons);
                 }
             })
@@ -482,5 +489,75 @@ fn python_and_js_policies_that_print_or_raise_say_so() {
         let d = with("print-mb").on_request(&c);
         assert_eq!(d.verdict, Verdict::Allow, "{file}: {:?}", d.reasons);
         assert!(d.output[0].dropped_bytes >= 1 << 19, "{file}: {:?}", d.output[0].dropped_bytes);
+    }
+}
+
+/// What the `remember` fixture says the instance served last.
+fn previous(set: &PolicySet, issuer: &str, subject: &str) -> String {
+    let d = set.on_request(&call_by(issuer, subject, "iam:ListUsers", json!({"sub": subject}), json!({})));
+    assert_eq!(d.verdict, Verdict::Deny, "{d:?}");
+    let m = &d.reasons[0].message;
+    m.strip_prefix("previous caller on this instance: ").unwrap_or_else(|| panic!("{m}")).to_string()
+}
+
+#[test]
+fn a_policy_that_keeps_state_never_sees_another_callers() {
+    let h = host();
+    let set = Arc::new(PolicySet::new(vec![hostile(&h, "remember")]));
+    let (a, b) = ("https://issuer-a.test", "https://issuer-b.test");
+    // One caller's calls share a warm instance; another caller never gets it,
+    // nor does the same subject from another issuer.
+    assert_eq!(previous(&set, a, "alice"), "none");
+    assert_eq!(previous(&set, a, "alice"), "alice");
+    assert_eq!(previous(&set, a, "bob"), "none");
+    assert_eq!(previous(&set, b, "alice"), "none");
+    assert_eq!(previous(&set, a, "alice"), "alice");
+    assert_eq!(previous(&set, a, "bob"), "bob");
+    // Many callers at once, more than instances are kept warm: an instance
+    // is evicted and freed, never handed over.
+    let threads: Vec<_> = (0..4)
+        .map(|t| {
+            let set = set.clone();
+            std::thread::spawn(move || {
+                for i in 0..300 {
+                    let who = format!("agent-{}", (t * 7 + i) % 13);
+                    let seen = previous(&set, a, &who);
+                    assert!(seen == "none" || seen == who, "{who} saw {seen}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("no state crossed callers");
+    }
+    // A configuration of its own: its instances are not the other's.
+    let other = PolicySet::new(vec![hostile(&h, "remember")]);
+    assert_eq!(previous(&other, a, "alice"), "none");
+}
+
+#[test]
+fn a_warm_instance_is_replaced_after_its_last_use_or_a_failure() {
+    let h = host();
+    let set = PolicySet::new(vec![hostile(&h, "remember")]);
+    let fresh = (0..2 * MAX_USES).filter(|_| previous(&set, "https://issuer.test", "alice") == "none").count();
+    assert_eq!(fresh, 2, "one fresh instance per {MAX_USES} calls");
+    // A failed call frees its instance: the next one starts fresh.
+    let trap = PolicySet::new(vec![load(&h, "fixtures/hostile.wasm", json!({"modes": {"ListUsers": "remember", "ListRoles": "trap"}}))]);
+    assert_eq!(previous(&trap, "https://issuer.test", "alice"), "none");
+    assert_eq!(previous(&trap, "https://issuer.test", "alice"), "alice");
+    let d = trap.on_request(&call_by("https://issuer.test", "alice", "iam:ListRoles", json!({"sub": "alice"}), json!({})));
+    assert!(d.reasons[0].message.contains("trapped"), "{d:?}");
+    assert_eq!(previous(&trap, "https://issuer.test", "alice"), "none");
+}
+
+#[test]
+fn a_policy_that_leaks_memory_keeps_answering() {
+    // 4 MiB kept per call: 40 calls on one instance would pass the 64 MiB
+    // limit; the instance is replaced once it has grown by 16 MiB.
+    let h = host();
+    let set = PolicySet::new(vec![hostile(&h, "leak")]);
+    for i in 0..40 {
+        let d = set.on_request(&call("iam:ListUsers", json!({}), json!({})));
+        assert_eq!(d.verdict, Verdict::Allow, "call {i}: {d:?}");
     }
 }

@@ -1,9 +1,17 @@
 //! The wasmtime side of the policy host: components compiled once into
-//! `InstancePre`s, a fresh instance per hook call, CPU and memory limits.
+//! `InstancePre`s, instances that serve one caller only, CPU and memory
+//! limits.
 //!
-//! Invariants: every guest call runs in its own `Store` on a fresh instance
-//! that serves that one call only (no state crosses callers); every store
-//! carries memory limits and an epoch deadline set just before the call;
+//! Invariants: an instance, in its own `Store`, serves the calls of one
+//! caller only, so no state crosses callers: a caller's first call on a
+//! policy configuration gets a fresh, never-used instance, which is then
+//! kept warm for that caller's next calls on that configuration ([`Warm`]:
+//! both hooks of one call, and the calls after it). An instance is freed,
+//! never handed to anyone else, once it fails in any way, has served
+//! [`MAX_USES`] calls, has grown its memory by [`MAX_GROWTH`], or is the
+//! least recently used past [`WARM_PER_POLICY`]. The calls made at load
+//! (`info`, `scope`) each get a fresh instance of their own. Every store
+//! carries memory limits and an epoch deadline set just before each call;
 //! nothing a guest does can panic the host: traps, timeouts and limit hits
 //! come back as [`HookError`]s, which the caller turns into denies.
 //!
@@ -173,7 +181,7 @@ pub struct Hooked<T> {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: Limiter,
     findings: Option<Findings>,
     /// The guest's stdout and stderr.
     output: OutputSink,
@@ -196,6 +204,48 @@ impl wit_scan::Host for HostState {
                 detector: f.detector.to_string(),
             })
             .collect())
+    }
+}
+
+/// The store's limits, and how much its memories grew after they were
+/// created: what decides when a warm instance is replaced.
+struct Limiter {
+    limits: StoreLimits,
+    grown: usize,
+}
+
+impl wasmtime::ResourceLimiter for Limiter {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        // A memory being created grows from 0 to its initial size.
+        if allowed && current > 0 {
+            self.grown = self.grown.saturating_add(desired.saturating_sub(current));
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
     }
 }
 
@@ -341,11 +391,66 @@ pub struct Host {
     pending_releases: Arc<std::sync::atomic::AtomicUsize>,
 }
 
-/// A ready, never-used instance in its own store.
+/// An instance in its own store: never used while in a policy's ready
+/// pool; then serving one caller's calls.
 struct Ready {
     store: Store<HostState>,
     instance: Instance,
     policy: bindings::Policy,
+    /// Calls it has served.
+    uses: u32,
+}
+
+/// Most calls one instance serves before it is freed.
+pub const MAX_USES: u32 = 1000;
+/// Memory growth past which an instance is freed after its call rather
+/// than kept warm: a policy that leaks gets a fresh instance long before
+/// its memory limit.
+pub const MAX_GROWTH: usize = 16 << 20;
+/// Instances kept warm per policy configuration, for its most recent
+/// callers. A hook runs on its worker thread without yielding, so one
+/// caller holds at most as many at once as there are worker threads.
+pub const WARM_PER_POLICY: usize = 8;
+
+/// One policy configuration's warm instances, each tied to the caller it
+/// has served (see the module docs). A caller is named by a key the policy
+/// set derives from its identity; keys are compared whole.
+#[derive(Default)]
+pub struct Warm {
+    held: std::sync::Mutex<Vec<Held>>,
+}
+
+struct Held {
+    caller: String,
+    ready: Ready,
+}
+
+impl Warm {
+    /// The caller's most recently used instance, taken out.
+    fn take(&self, caller: &str) -> Option<Ready> {
+        let mut held = self.held.lock().ok()?;
+        let at = held.iter().rposition(|h| h.caller == caller)?;
+        Some(held.remove(at).ready)
+    }
+
+    /// Keep `ready` for `caller`; the least recently used instance when
+    /// that makes too many, to be freed.
+    fn put(&self, caller: &str, ready: Ready) -> Option<Ready> {
+        let Ok(mut held) = self.held.lock() else { return Some(ready) };
+        let evicted = (held.len() >= WARM_PER_POLICY).then(|| held.remove(0).ready);
+        held.push(Held { caller: caller.to_string(), ready });
+        evicted
+    }
+
+    /// Instances held now.
+    pub fn len(&self) -> usize {
+        self.held.lock().map(|h| h.len()).unwrap_or(0)
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 struct Inner {
@@ -479,7 +584,7 @@ impl Host {
             from_cache,
         };
         let info = compiled
-            .with_instance(self.limits.deadline, async |p, s, _| p.call_info(s).await)
+            .with_instance(self.limits.deadline, None, async |p, s, _| p.call_info(s).await)
             .explained()
             .map_err(|reason| LoadError::Info { path: path.into(), reason })?;
         if !valid_name(&info.name) || info.version.is_empty() || info.version.len() > 64 {
@@ -496,7 +601,7 @@ impl Host {
         compiled.version = info.version;
         if let Some(index) = &compiled.inner.scope {
             compiled
-                .with_instance(self.limits.deadline, async |_, s, instance| instance.get_typed_func::<(&str,), (wit::Scope,)>(s, index).map(drop))
+                .with_instance(self.limits.deadline, None, async |_, s, instance| instance.get_typed_func::<(&str,), (wit::Scope,)>(s, index).map(drop))
                 .explained()
                 .map_err(|reason| LoadError::WrongScope { path: path.into(), reason })?;
         }
@@ -511,13 +616,16 @@ impl Host {
         let state = HostState {
             wasi: WasiCtx::builder().stdout(output.clone()).stderr(output.clone()).build(),
             table: ResourceTable::new(),
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.limits.memory_bytes)
-                .instances(64)
-                .tables(64)
-                .memories(8)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: Limiter {
+                limits: StoreLimitsBuilder::new()
+                    .memory_size(self.limits.memory_bytes)
+                    .instances(64)
+                    .tables(64)
+                    .memories(8)
+                    .trap_on_grow_failure(true)
+                    .build(),
+                grown: 0,
+            },
             findings: None,
             output,
         };
@@ -578,7 +686,7 @@ impl Host {
             Ok::<_, wasmtime::Error>((instance, policy))
         });
         let error = match made {
-            Some(Ok((instance, policy))) => return Ok(Ready { store, instance, policy }),
+            Some(Ok((instance, policy))) => return Ok(Ready { store, instance, policy, uses: 0 }),
             Some(Err(e)) => match classify_trap(e, deadline, self.limits.memory_bytes, started) {
                 HookError::Trap(m) => HookError::Instantiate(m),
                 other => other,
@@ -630,26 +738,40 @@ pub struct Compiled {
 }
 
 impl Compiled {
-    /// Run `f` on a fresh, never-used instance with the host's limits,
-    /// driven by [`run_now`]; what the guest printed comes with the result.
+    /// Run `f` with the host's limits, driven by [`run_now`], on the
+    /// caller's warm instance when `warm` holds one, else on a fresh,
+    /// never-used one; what the guest printed comes with the result. With
+    /// `warm`, an instance whose call succeeded is kept there for the same
+    /// caller (see the module docs); every other instance is freed.
     fn with_instance<R>(
         &self,
         deadline: Duration,
+        warm: Option<(&Warm, &str)>,
         f: impl AsyncFnOnce(&bindings::Policy, &mut Store<HostState>, &Instance) -> wasmtime::Result<R>,
     ) -> Hooked<R> {
-        let (ready, left) = match self.inner.ready.lock() {
-            Ok(mut r) => (r.pop(), r.len()),
-            Err(_) => (None, 0),
+        let reused = warm.and_then(|(w, caller)| w.take(caller));
+        // A fresh instance leaves the ready pool one short: top it up, now
+        // when it runs low.
+        let (ready, refill) = match reused {
+            Some(r) => (r, None),
+            None => {
+                let (ready, left) = match self.inner.ready.lock() {
+                    Ok(mut r) => (r.pop(), r.len()),
+                    Err(_) => (None, 0),
+                };
+                let ready = match ready {
+                    Some(r) => r,
+                    None => match self.host.instantiate(&self.inner) {
+                        Ok(r) => r,
+                        Err((e, printed)) => return Hooked { result: Err(e), printed },
+                    },
+                };
+                (ready, Some(left < REFILL_BELOW))
+            }
         };
-        let Ready { mut store, instance, policy } = match ready {
-            Some(r) => r,
-            None => match self.host.instantiate(&self.inner) {
-                Ok(r) => r,
-                Err((e, printed)) => return Hooked { result: Err(e), printed },
-            },
-        };
-        // What the instance printed while it started belongs to no call
-        // (and is the same for every instance: policies are pure).
+        let Ready { mut store, instance, policy, uses } = ready;
+        // What the instance printed while it started, or in an earlier
+        // call, belongs to no call of this one.
         store.data().output.clear();
         // The deadline counts from now, not from when the instance was made.
         store.set_epoch_deadline(Host::ticks(deadline));
@@ -659,9 +781,24 @@ impl Compiled {
             None => Err(HookError::Blocked),
         };
         let printed = store.data().output.take();
-        // One background job frees the store and tops up the pool; it
-        // waits for the next batch unless the pool runs low.
-        self.host.release(store, self.refill_job(), left < REFILL_BELOW);
+        let uses = uses + 1;
+        let (urgent, refill) = match refill {
+            Some(urgent) => (urgent, self.refill_job()),
+            None => (false, None),
+        };
+        let free = match warm {
+            Some((w, caller)) if result.is_ok() && uses < MAX_USES && store.data().limits.grown <= MAX_GROWTH => {
+                w.put(caller, Ready { store, instance, policy, uses }).map(|r| r.store)
+            }
+            _ => Some(store),
+        };
+        // One background job frees a store and tops up the pool; it waits
+        // for the next batch unless the pool runs low.
+        match (free, refill) {
+            (Some(store), refill) => self.host.release(store, refill, urgent),
+            (None, Some(refill)) => self.host.background.gather(refill, urgent),
+            (None, None) => {}
+        }
         Hooked { result, printed }
     }
 
@@ -701,9 +838,10 @@ impl Compiled {
         }))
     }
 
-    /// Run `on-request` on a fresh instance.
-    pub fn on_request(&self, call: &wit::Call) -> Hooked<wit::Verdict> {
-        self.with_instance(self.host.deadline(0), async |p, s, _| p.call_on_request(s, call).await)
+    /// Run `on-request` for `caller` on its instance in `warm` (see
+    /// [`Compiled::with_instance`]).
+    pub fn on_request(&self, warm: &Warm, caller: &str, call: &wit::Call) -> Hooked<wit::Verdict> {
+        self.with_instance(self.host.deadline(0), Some((warm, caller)), async |p, s, _| p.call_on_request(s, call).await)
     }
 
     /// How much of what this policy prints may still be logged now.
@@ -716,12 +854,15 @@ impl Compiled {
         self.inner.uses_scan
     }
 
-    /// Run `on-response` on a fresh instance, its deadline extended in
-    /// proportion to the response body; `findings` answers `scan.findings`.
-    pub fn on_response(&self, call: &wit::Call, resp: &wit::Response, findings: Option<Findings>) -> Hooked<wit::ResponseVerdict> {
-        self.with_instance(self.host.deadline(resp.body_json.len()), async |p, s, _| {
+    /// Run `on-response` for `caller` on its instance in `warm`, its
+    /// deadline extended in proportion to the response body; `findings`
+    /// answers `scan.findings`.
+    pub fn on_response(&self, warm: &Warm, caller: &str, call: &wit::Call, resp: &wit::Response, findings: Option<Findings>) -> Hooked<wit::ResponseVerdict> {
+        self.with_instance(self.host.deadline(resp.body_json.len()), Some((warm, caller)), async |p, s, _| {
             s.data_mut().findings = findings;
-            p.call_on_response(s, call, resp).await
+            let verdict = p.call_on_response(&mut *s, call, resp).await;
+            s.data_mut().findings = None;
+            verdict
         })
     }
 
@@ -729,7 +870,7 @@ impl Compiled {
     /// component of the plain `policy` world (its hooks see every call).
     pub fn scope(&self, config_json: &str) -> Hooked<Option<wit::Scope>> {
         let Some(index) = &self.inner.scope else { return Hooked { result: Ok(None), printed: None } };
-        self.with_instance(self.host.deadline(0), async |_, s, instance| {
+        self.with_instance(self.host.deadline(0), None, async |_, s, instance| {
             let scope = instance.get_typed_func::<(&str,), (wit::Scope,)>(&mut *s, index)?;
             let (result,) = scope.call_async(&mut *s, (config_json,)).await?;
             Ok(Some(result))

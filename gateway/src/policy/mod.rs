@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::doc::Tree;
 use crate::masking::{Mask, MaskStyle, Selector};
-pub use host::{Compiled, Hooked, Host, HookError, Limits, LoadError};
+pub use host::{Compiled, Hooked, Host, HookError, Limits, LoadError, Warm, MAX_USES};
 use host::{truncate, wit};
 pub use output::{PolicyOutput, Printed};
 
@@ -230,6 +230,9 @@ pub struct LoadedPolicy {
     pub on_request: HookScope,
     /// Operations its `on-response` runs for.
     pub on_response: HookScope,
+    /// Its instances kept warm for their callers: per configuration, so a
+    /// policy that remembers its configuration never sees another's.
+    pub warm: Warm,
 }
 
 impl LoadedPolicy {
@@ -240,7 +243,7 @@ impl LoadedPolicy {
             None => (HookScope::all(), HookScope::all()),
             Some(s) => (HookScope::parse("on-request", s.on_request)?, HookScope::parse("on-response", s.on_response)?),
         };
-        Ok(LoadedPolicy { compiled, config_json, on_request, on_response, })
+        Ok(LoadedPolicy { compiled, config_json, on_request, on_response, warm: Warm::default() })
     }
 
     /// Audit reference.
@@ -330,10 +333,11 @@ impl PolicySet {
             return RequestDecision { verdict, reasons, output: outputs };
         }
         let mut wcall = Self::wit_call(call);
+        let caller = caller_key(&call.identity);
         let no_body = None::<&Value>;
         for p in scoped {
             wcall.config_json.clone_from(&p.config_json);
-            let Hooked { result, printed } = p.compiled.on_request(&wcall);
+            let Hooked { result, printed } = p.compiled.on_request(&p.warm, &caller, &wcall);
             outputs.extend(self.output(p, "on-request", printed.as_ref(), &call.params, no_body));
             let (v, message) = match result {
                 Ok(wit::Verdict::Allow) => continue,
@@ -369,6 +373,7 @@ impl PolicySet {
             return ResponseDecision { deny, masks, output: outputs };
         }
         let mut wcall = Self::wit_call(call);
+        let caller = caller_key(&call.identity);
         let body_json = text();
         let resp = wit::Response { status, body_json };
         // The detectors run once, natively, for every policy that asks.
@@ -376,7 +381,7 @@ impl PolicySet {
         for p in scoped {
             wcall.config_json.clone_from(&p.config_json);
             let name = &p.compiled.name;
-            let Hooked { result, printed } = p.compiled.on_response(&wcall, &resp, findings.clone());
+            let Hooked { result, printed } = p.compiled.on_response(&p.warm, &caller, &wcall, &resp, findings.clone());
             outputs.extend(self.output(p, "on-response", printed.as_ref(), &call.params, Some(body)));
             match result {
                 Err(e) => deny.push(reason(name, &format!("on-response {}", failure(&e, printed.as_ref(), &call.params, Some(body))))),
@@ -393,6 +398,12 @@ impl PolicySet {
         }
         ResponseDecision { deny, masks, output: outputs }
     }
+}
+
+/// The key that ties warm instances to one caller: the token's issuer and
+/// subject, length-prefixed so that no two pairs share a key.
+fn caller_key(identity: &Identity) -> String {
+    format!("{}:{}:{}", identity.issuer.len(), identity.issuer, identity.subject)
 }
 
 /// Why a hook failed, as its deny reason says it: the error, then what the

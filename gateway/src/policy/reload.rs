@@ -342,6 +342,7 @@ pub fn self_check(p: &LoadedPolicy) -> Result<(), String> {
         config_json: p.config_json.clone(),
         on_request: HookScope::all(),
         on_response: HookScope::all(),
+        warm: Default::default(),
     })]);
     let call = CallInput {
         identity: Identity {

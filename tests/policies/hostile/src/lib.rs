@@ -10,11 +10,39 @@
 //! allow), `panic-request` / `panic-response` (a panic with a message in
 //! that hook), `panic-with-body` (on-response panics quoting the response
 //! body), `sleep` (waits on a timer).
+//!
+//! State modes, in both hooks: `remember` denies saying which caller (`sub`
+//! claim) the instance served last, then remembers this one: the host must
+//! never let it name another caller; `leak` keeps 4 MiB more memory on every
+//! call and allows: the host must replace the instance before it reaches its
+//! memory limit.
 
 use serde_json::Value;
 use veil_policy_sdk::{export_policy, Config, Mask, Policy, Request, Response, ResponseDecision, Scope, Verdict};
 
 struct Hostile;
+
+/// What `remember` and `leak` keep between calls on one instance.
+static LAST_CALLER: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+static LEAKED: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+
+/// `remember`'s and `leak`'s work; for `remember`, the deny reason.
+fn keep_state(m: &str, req: &Request) -> Option<String> {
+    match m {
+        "remember" => {
+            let me = req.claim_str("sub").unwrap_or("-").to_string();
+            let mut last = LAST_CALLER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let before = last.replace(me).unwrap_or_else(|| "none".into());
+            Some(format!("previous caller on this instance: {before}"))
+        }
+        "leak" => {
+            // Touched, so the pages are really used.
+            LEAKED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(vec![1u8; 4 << 20]);
+            None
+        }
+        _ => None,
+    }
+}
 
 fn mode(req: &Request) -> &str {
     // `modes` maps actions to modes: one gateway runs every mode.
@@ -117,6 +145,9 @@ impl Policy for Hostile {
         let m = mode(req);
         speak(m, "on-request", req);
         misbehave(m);
+        if let Some(reason) = keep_state(m, req) {
+            return Verdict::Deny(reason);
+        }
         match m {
             "deny" => Verdict::Deny("hostile denies".into()),
             "approval" => Verdict::ApprovalRequired("hostile wants approval".into()),
@@ -128,6 +159,9 @@ impl Policy for Hostile {
     fn on_response(req: &Request, resp: &Response) -> ResponseDecision {
         let m = mode(req);
         speak(m, "on-response", req);
+        if let Some(reason) = keep_state(m, req) {
+            return ResponseDecision::deny(reason);
+        }
         match m {
             "panic-response" => panic!("hostile panics in on-response on purpose"),
             "panic-with-body" => panic!("hostile cannot handle {}", resp.body()),
