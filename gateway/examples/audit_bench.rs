@@ -51,7 +51,7 @@ async fn append_latency(dir: &std::path::Path, durable: bool, writers: usize, pe
             for i in 0..per_writer {
                 let t = Instant::now();
                 let payload = record(w * per_writer + i).encode();
-                spool.append(payload, durable).await.unwrap();
+                spool.append(payload, durable, None).await.unwrap();
                 lat.push(t.elapsed().as_nanos() as u64);
             }
             lat
@@ -88,7 +88,7 @@ async fn main() {
     let d = tempfile::tempdir().unwrap();
     let (spool, _) = Spool::open(SpoolOptions { dir: d.path().into(), fsync_interval: Duration::from_millis(5), segment_bytes: 64 << 20, max_bytes: 1 << 40 }).unwrap();
     for i in 0..records {
-        spool.append(record(i).encode(), i + 1 == records).await.unwrap();
+        spool.append(record(i).encode(), i + 1 == records, None).await.unwrap();
     }
     let db = format!("veil_bench_{}", std::process::id());
     let cfg = ClickHouseConfig { url, database: db.clone(), user: "default".into(), password_file: None, batch_rows: 50_000, batch_wait_ms: 0 };

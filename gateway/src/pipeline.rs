@@ -210,6 +210,8 @@ struct Ctx {
     virtual_path: Option<String>,
     /// The audit record, filled in stage by stage.
     rec: Record,
+    /// The record announced to the spool once the answer is known.
+    coming: Option<audit::spool::Coming>,
 }
 
 /// The loaded parts a gateway is assembled from.
@@ -328,7 +330,7 @@ impl Gateway {
                 Err(r)
             }
         };
-        if self.audit.write(&rec).await.is_err() {
+        if self.audit.write(&rec, None).await.is_err() {
             self.metrics.audit_write_failures.inc();
         }
         result
@@ -363,7 +365,7 @@ impl Gateway {
                 rec.error = reason;
             }
         }
-        if self.audit.write(&rec).await.is_err() {
+        if self.audit.write(&rec, None).await.is_err() {
             self.metrics.audit_write_failures.inc();
         }
     }
@@ -449,7 +451,7 @@ impl Gateway {
             rec.approval_decided_ms = d.at_ms;
             rec.reasons.push(format!("reviewer {}: {}", d.reviewer, d.reason));
         }
-        if self.audit.write(&rec).await.is_err() {
+        if self.audit.write(&rec, None).await.is_err() {
             self.metrics.audit_write_failures.inc();
         }
     }
@@ -539,6 +541,7 @@ impl Gateway {
             queue_origin: None,
             virtual_path: None,
             rec,
+            coming: None,
         };
         let resp = match guarded(self.run(&mut ctx, req)).await {
             Ok(resp) => resp,
@@ -596,7 +599,7 @@ impl Gateway {
             rec.bytes_out = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
         }
         rec.total_us = ctx.started.elapsed().as_micros() as u64;
-        match self.audit.write(&rec).await {
+        match self.audit.write(&rec, ctx.coming).await {
             Ok(()) => resp,
             Err(e) => {
                 self.metrics.audit_write_failures.inc();
@@ -743,6 +746,9 @@ impl Gateway {
             return Err(Failure::Signature(SigError::PayloadMismatch));
         }
         let resp = resp?;
+        // Its record follows in a few microseconds: the spool's writer may
+        // wait for it before its next sync.
+        ctx.coming = Some(self.audit.spool().coming());
         // Stage 5: check and mask the response.
         let (rparts, rbody) = resp.into_parts();
         let status = rparts.status.as_u16();

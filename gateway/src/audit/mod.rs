@@ -371,11 +371,11 @@ impl Audit {
         &self.spool
     }
 
-    /// Write one record. `Err` means the caller must not be answered
-    /// normally (fail closed); with `on_failure = "log"` errors are logged
-    /// and `Ok` returned.
-    pub async fn write(&self, rec: &Record) -> Result<(), SpoolError> {
-        let result = self.spool.append(rec.encode(), self.durable).await;
+    /// Write one record (`coming`: its announcement, [`Spool::coming`]).
+    /// `Err` means the caller must not be answered normally (fail closed);
+    /// with `on_failure = "log"` errors are logged and `Ok` returned.
+    pub async fn write(&self, rec: &Record, coming: Option<spool::Coming>) -> Result<(), SpoolError> {
+        let result = self.spool.append(rec.encode(), self.durable, coming).await;
         let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
         match result {
             Ok(()) => {
