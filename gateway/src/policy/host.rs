@@ -78,7 +78,6 @@ mod scan_bindings {
 }
 
 pub use bindings::veil::policy::types as wit;
-use bindings::PolicyPre;
 use scan_bindings::veil::policy::scan as wit_scan;
 
 use crate::detect;
@@ -454,7 +453,7 @@ impl Warm {
 }
 
 struct Inner {
-    pre: PolicyPre<HostState>,
+    pre: wasmtime::component::InstancePre<HostState>,
     indices: bindings::PolicyIndices,
     /// The `scope` export of a `scoped-policy` component.
     scope: Option<ComponentExportIndex>,
@@ -557,18 +556,13 @@ impl Host {
         // Loads are not concurrent (one reload task; the CLI loads in turn),
         // so a hit counted meanwhile is this component's.
         let from_cache = hits.is_some() && hits != self.cache.as_ref().map(wasmtime::Cache::cache_hits);
-        let instance_pre = runtime.linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld {
-            path: path.into(),
-            reason: format!("{e:#}"),
-        })?;
-        let pre = PolicyPre::new(instance_pre).map_err(|e| LoadError::WrongWorld {
+        let pre = runtime.linker.instantiate_pre(&component).map_err(|e| LoadError::WrongWorld {
             path: path.into(),
             reason: format!("{e:#}"),
         })?;
         // The exports' indices, looked up by name once here rather than per
-        // instance (the `Pre` keeps its own but only hands out the policy,
-        // and the scope call needs the instance too).
-        let indices = bindings::PolicyIndices::new(pre.instance_pre()).map_err(|e| LoadError::WrongWorld {
+        // instance; an export missing or of the wrong type is a wrong world.
+        let indices = bindings::PolicyIndices::new(&pre).map_err(|e| LoadError::WrongWorld {
             path: path.into(),
             reason: format!("{e:#}"),
         })?;
@@ -675,7 +669,7 @@ impl Host {
     /// A fresh instance in its own store; on failure, why and what its
     /// start-up printed.
     fn instantiate(&self, inner: &Inner) -> Result<Ready, (HookError, Option<Printed>)> {
-        let pre = inner.pre.instance_pre();
+        let pre = &inner.pre;
         let mut store = self.new_store(pre.engine());
         let deadline = self.limits.deadline.max(INSTANTIATE_DEADLINE);
         store.set_epoch_deadline(Self::ticks(deadline));
