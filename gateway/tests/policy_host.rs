@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use veil_gateway::masking::{self, HashKey};
-use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet, Verdict, MAX_USES};
+use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet, Verdict, MAX_USES, WARM_TOTAL};
 
 fn policy_path(rel: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies").join(rel);
@@ -552,7 +552,7 @@ fn a_warm_instance_is_replaced_after_its_last_use_or_a_failure() {
 
 #[test]
 fn a_policy_that_leaks_memory_keeps_answering() {
-    // 4 MiB kept per call: 40 calls on one instance would pass the 64 MiB
+    // 2 MiB kept per call: 40 calls on one instance would pass the 64 MiB
     // limit; the instance is replaced once it has grown by 16 MiB.
     let h = host();
     let set = PolicySet::new(vec![hostile(&h, "leak")]);
@@ -560,4 +560,25 @@ fn a_policy_that_leaks_memory_keeps_answering() {
         let d = set.on_request(&call("iam:ListUsers", json!({}), json!({})));
         assert_eq!(d.verdict, Verdict::Allow, "call {i}: {d:?}");
     }
+}
+
+#[test]
+fn warm_instances_are_bounded_across_all_policies() {
+    // 40 configurations with 8 callers each would keep 320 warm: the host
+    // keeps at most WARM_TOTAL, so a large policy set cannot take the slots
+    // calls need; every call still decides.
+    let h = host();
+    let compiled = h.load(&policy_path("risky-actions.wasm")).unwrap();
+    let set = PolicySet::new((0..40).map(|i| Arc::new(LoadedPolicy::new(compiled.clone(), json!({"n": i}).to_string()).unwrap())).collect());
+    for c in 0..8 {
+        let d = set.on_request(&call_by("https://issuer.test", &format!("agent-{c}"), "iam:CreateUser", json!({}), json!({"UserName": "x"})));
+        assert_eq!(d.verdict, Verdict::ApprovalRequired, "{:?}", d.reasons);
+    }
+    let warm: usize = set.policies().iter().map(|p| p.warm.len()).sum();
+    assert_eq!(warm, WARM_TOTAL);
+    // Dropping policies gives their count back.
+    drop(set);
+    let again = PolicySet::new(vec![Arc::new(LoadedPolicy::new(compiled, "{}".into()).unwrap())]);
+    again.on_request(&call("iam:CreateUser", json!({}), json!({"UserName": "x"})));
+    assert_eq!(again.policies()[0].warm.len(), 1);
 }

@@ -1,7 +1,7 @@
 """A policy instance serves one caller only, driven through the running
 gateway: a policy that remembers the caller it served last (the hostile
 fixture's `remember` mode) is called by several callers at once, over
-several connections, and never names another caller; one that keeps 4 MiB
+several connections, and never names another caller; one that keeps 2 MiB
 more on every call (`leak`) keeps answering, its instance replaced before
 its memory cap."""
 import concurrent.futures
@@ -83,7 +83,7 @@ def test_a_policy_that_keeps_state_never_sees_another_caller(gw):
 def test_a_policy_that_leaks_memory_keeps_answering(gw):
     token = harness.mint(gw["issuer"], sub="leaky-agent")
     conn = connection(gw)
-    # 4 MiB kept per call: one instance would pass its 64 MiB cap by call 16.
+    # 2 MiB kept per call: one instance would pass its 64 MiB cap by call 32.
     for i in range(40):
         status, text = iam(conn, token, "ListRoles")
         assert status == 200, (i, status, text)

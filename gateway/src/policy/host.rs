@@ -9,7 +9,8 @@
 //! both hooks of one call, and the calls after it). An instance is freed,
 //! never handed to anyone else, once it fails in any way, has served
 //! [`MAX_USES`] calls, has grown its memory by [`MAX_GROWTH`], or is the
-//! least recently used past [`WARM_PER_POLICY`]. The calls made at load
+//! least recently used past [`WARM_PER_POLICY`]; none is kept while the
+//! host holds [`WARM_TOTAL`] across its policies. The calls made at load
 //! (`info`, `scope`) each get a fresh instance of their own. Every store
 //! carries memory limits and an epoch deadline set just before each call;
 //! nothing a guest does can panic the host: traps, timeouts and limit hits
@@ -388,6 +389,8 @@ pub struct Host {
     background: Arc<Background>,
     /// Used stores handed to the background thread and not yet freed.
     pending_releases: Arc<std::sync::atomic::AtomicUsize>,
+    /// Instances kept warm across every policy ([`WARM_TOTAL`] at most).
+    warm_total: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// An instance in its own store: never used while in a policy's ready
@@ -410,6 +413,10 @@ pub const MAX_GROWTH: usize = 16 << 20;
 /// callers. A hook runs on its worker thread without yielding, so one
 /// caller holds at most as many at once as there are worker threads.
 pub const WARM_PER_POLICY: usize = 8;
+/// Instances kept warm across all policies: with the ready pools and the
+/// calls running at once, within the pooling allocator's slots however
+/// many policies are loaded.
+pub const WARM_TOTAL: usize = 256;
 
 /// One policy configuration's warm instances, each tied to the caller it
 /// has served (see the module docs). A caller is named by a key the policy
@@ -422,6 +429,25 @@ pub struct Warm {
 struct Held {
     caller: String,
     ready: Ready,
+    _counted: WarmCount,
+}
+
+/// One instance counted in the host's [`WARM_TOTAL`] while it is held.
+struct WarmCount(Arc<std::sync::atomic::AtomicUsize>);
+
+impl WarmCount {
+    /// Count one more, unless the host holds its most already.
+    fn new(total: &Arc<std::sync::atomic::AtomicUsize>) -> Option<WarmCount> {
+        use std::sync::atomic::Ordering;
+        total.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < WARM_TOTAL).then_some(n + 1)).ok()?;
+        Some(WarmCount(total.clone()))
+    }
+}
+
+impl Drop for WarmCount {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 impl Warm {
@@ -432,13 +458,24 @@ impl Warm {
         Some(held.remove(at).ready)
     }
 
-    /// Keep `ready` for `caller`; the least recently used instance when
-    /// that makes too many, to be freed.
-    fn put(&self, caller: &str, ready: Ready) -> Option<Ready> {
+    /// Keep `ready` for `caller`, counted in `total`; what is to be freed:
+    /// the least recently used instance when that makes too many here
+    /// (whose count `ready` takes over), or `ready` itself when the host
+    /// holds its most already.
+    fn put(&self, caller: &str, ready: Ready, total: &Arc<std::sync::atomic::AtomicUsize>) -> Option<Ready> {
         let Ok(mut held) = self.held.lock() else { return Some(ready) };
-        let evicted = (held.len() >= WARM_PER_POLICY).then(|| held.remove(0).ready);
-        held.push(Held { caller: caller.to_string(), ready });
-        evicted
+        if held.len() >= WARM_PER_POLICY {
+            let Held { ready: evicted, _counted, .. } = held.remove(0);
+            held.push(Held { caller: caller.to_string(), ready, _counted });
+            return Some(evicted);
+        }
+        match WarmCount::new(total) {
+            Some(counted) => {
+                held.push(Held { caller: caller.to_string(), ready, _counted: counted });
+                None
+            }
+            None => Some(ready),
+        }
     }
 
     /// Instances held now.
@@ -518,7 +555,7 @@ impl Host {
                 _ => break,
             }
         })?;
-        Ok(Host { runtimes, limits, cache, background, pending_releases: Default::default() })
+        Ok(Host { runtimes, limits, cache, background, pending_releases: Default::default(), warm_total: Default::default() })
     }
 
     /// The limits applied to every call.
@@ -782,7 +819,7 @@ impl Compiled {
         };
         let free = match warm {
             Some((w, caller)) if result.is_ok() && uses < MAX_USES && store.data().limits.grown <= MAX_GROWTH => {
-                w.put(caller, Ready { store, instance, policy, uses }).map(|r| r.store)
+                w.put(caller, Ready { store, instance, policy, uses }, &self.host.warm_total).map(|r| r.store)
             }
             _ => Some(store),
         };

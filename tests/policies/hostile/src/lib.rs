@@ -13,7 +13,7 @@
 //!
 //! State modes, in both hooks: `remember` denies saying which caller (`sub`
 //! claim) the instance served last, then remembers this one: the host must
-//! never let it name another caller; `leak` keeps 4 MiB more memory on every
+//! never let it name another caller; `leak` keeps 2 MiB more memory on every
 //! call and allows: the host must replace the instance before it reaches its
 //! memory limit.
 
@@ -37,7 +37,7 @@ fn keep_state(m: &str, req: &Request) -> Option<String> {
         }
         "leak" => {
             // Touched, so the pages are really used.
-            LEAKED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(vec![1u8; 4 << 20]);
+            LEAKED.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(vec![1u8; 2 << 20]);
             None
         }
         _ => None,
