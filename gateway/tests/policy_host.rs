@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 use veil_gateway::masking::{self, HashKey};
-use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet, Verdict, MAX_USES, WARM_TOTAL};
+use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet, Verdict, MAX_KEPT_HANDLES, MAX_USES, WARM_TOTAL};
 
 fn policy_path(rel: &str) -> PathBuf {
     let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/policies").join(rel);
@@ -560,6 +560,31 @@ fn a_policy_that_leaks_memory_keeps_answering() {
         let d = set.on_request(&call("iam:ListUsers", json!({}), json!({})));
         assert_eq!(d.verdict, Verdict::Allow, "call {i}: {d:?}");
     }
+}
+
+#[test]
+fn a_policy_that_leaks_handles_keeps_answering_on_fresh_instances() {
+    // ListUsers keeps 8 pollables per call (16 table entries: each is a
+    // timer and its pollable); ListRoles says which caller the instance
+    // served last. An instance is kept warm only while it holds at most
+    // MAX_KEPT_HANDLES entries, so 200 leaking calls (3200 entries, past the
+    // per-store cap) all answer, every second pair of calls or so on a fresh
+    // instance; were it kept regardless, the 64th call would hit the cap.
+    let h = host();
+    let set = PolicySet::new(vec![load(&h, "fixtures/hostile.wasm", json!({"modes": {"ListUsers": "handles", "ListRoles": "remember"}}))]);
+    let by_alice = |op: &str| set.on_request(&call_by("https://issuer.test", "alice", op, json!({"sub": "alice"}), json!({})));
+    let mut fresh = 0;
+    for i in 0..200 {
+        let d = by_alice("iam:ListUsers");
+        assert_eq!(d.verdict, Verdict::Allow, "call {i}: {d:?}");
+        let d = by_alice("iam:ListRoles");
+        match d.reasons[0].message.strip_prefix("previous caller on this instance: ") {
+            Some("none") => fresh += 1,
+            Some("alice") => {}
+            _ => panic!("call {i}: {d:?}"),
+        }
+    }
+    assert!((40..=150).contains(&fresh), "{fresh} fresh instances in 200 pairs of calls (MAX_KEPT_HANDLES {MAX_KEPT_HANDLES})");
 }
 
 #[test]

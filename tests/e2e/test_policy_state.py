@@ -3,7 +3,8 @@ gateway: a policy that remembers the caller it served last (the hostile
 fixture's `remember` mode) is called by several callers at once, over
 several connections, and never names another caller; one that keeps 2 MiB
 more on every call (`leak`) keeps answering, its instance replaced before
-its memory cap."""
+its memory cap; so does one that keeps 8 WASI handles on every call
+(`handles`), before its resource table's cap."""
 import concurrent.futures
 import http.client
 import re
@@ -17,7 +18,7 @@ import harness
 
 CONFIG = """
 [policies.config.hostile]
-modes = { ListUsers = "remember", ListRoles = "leak" }
+modes = { ListUsers = "remember", ListRoles = "leak", ListGroups = "handles" }
 """
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 
@@ -86,5 +87,16 @@ def test_a_policy_that_leaks_memory_keeps_answering(gw):
     # 2 MiB kept per call: one instance would pass its 64 MiB cap by call 32.
     for i in range(40):
         status, text = iam(conn, token, "ListRoles")
+        assert status == 200, (i, status, text)
+    conn.close()
+
+
+def test_a_policy_that_leaks_handles_keeps_answering(gw):
+    token = harness.mint(gw["issuer"], sub="handle-leaking-agent")
+    conn = connection(gw)
+    # 8 pollables kept per call: one instance would fill its table (1024
+    # entries, two per pollable) by call 64.
+    for i in range(150):
+        status, text = iam(conn, token, "ListGroups")
         assert status == 200, (i, status, text)
     conn.close()

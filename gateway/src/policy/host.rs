@@ -8,7 +8,8 @@
 //! kept warm for that caller's next calls on that configuration ([`Warm`]:
 //! both hooks of one call, and the calls after it). An instance is freed,
 //! never handed to anyone else, once it fails in any way, has served
-//! [`MAX_USES`] calls, has grown its memory by [`MAX_GROWTH`], or is the
+//! [`MAX_USES`] calls, has grown its memory by [`MAX_GROWTH`], holds more
+//! than [`MAX_KEPT_HANDLES`] WASI resources after its call, or is the
 //! least recently used past [`WARM_PER_POLICY`]; none is kept while the
 //! host holds [`WARM_TOTAL`] across its policies. The calls made at load
 //! (`info`, `scope`) each get a fresh instance of their own. Every store
@@ -274,6 +275,11 @@ impl Pollable for Timer {
 }
 
 impl HostState {
+    /// The resources the guest holds now.
+    fn handles(&mut self) -> usize {
+        self.table.iter_mut().count()
+    }
+
     fn timer(&mut self, passed: bool) -> wasmtime::Result<Resource<DynPollable>> {
         let timer = self.table.push(Timer { passed })?;
         wasmtime_wasi::p2::subscribe(&mut self.table, timer)
@@ -409,6 +415,13 @@ pub const MAX_USES: u32 = 1000;
 /// than kept warm: a policy that leaks gets a fresh instance long before
 /// its memory limit.
 pub const MAX_GROWTH: usize = 16 << 20;
+/// Resources (streams, pollables) an instance may still hold after its
+/// call and be kept warm: a policy that leaks handles gets a fresh instance
+/// rather than piling them up across calls.
+pub const MAX_KEPT_HANDLES: usize = 16;
+/// Resources one store may hold at once; pushing past it fails the call
+/// (wasmtime's default is a million).
+const MAX_HANDLES: usize = 1024;
 /// Instances kept warm per policy configuration, for its most recent
 /// callers. A hook runs on its worker thread without yielding, so one
 /// caller holds at most as many at once as there are worker threads.
@@ -644,9 +657,11 @@ impl Host {
         // stdout and stderr: one bounded sink; stdin: the builder's default,
         // empty and closed.
         let output = OutputSink::default();
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         let state = HostState {
             wasi: WasiCtx::builder().stdout(output.clone()).stderr(output.clone()).build(),
-            table: ResourceTable::new(),
+            table,
             limits: Limiter {
                 limits: StoreLimitsBuilder::new()
                     .memory_size(self.limits.memory_bytes)
@@ -818,7 +833,7 @@ impl Compiled {
             None => (false, None),
         };
         let free = match warm {
-            Some((w, caller)) if result.is_ok() && uses < MAX_USES && store.data().limits.grown <= MAX_GROWTH => {
+            Some((w, caller)) if result.is_ok() && uses < MAX_USES && store.data().limits.grown <= MAX_GROWTH && store.data_mut().handles() <= MAX_KEPT_HANDLES => {
                 w.put(caller, Ready { store, instance, policy, uses }, &self.host.warm_total).map(|r| r.store)
             }
             _ => Some(store),

@@ -22,7 +22,7 @@ use serde_json::Value;
 
 use crate::doc::Tree;
 use crate::masking::{Mask, MaskStyle, Selector};
-pub use host::{Compiled, Hooked, Host, HookError, Limits, LoadError, Warm, MAX_USES, WARM_TOTAL};
+pub use host::{Compiled, Hooked, Host, HookError, Limits, LoadError, Warm, MAX_KEPT_HANDLES, MAX_USES, WARM_TOTAL};
 use host::{truncate, wit};
 pub use output::{PolicyOutput, Printed};
 

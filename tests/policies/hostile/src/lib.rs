@@ -15,7 +15,9 @@
 //! claim) the instance served last, then remembers this one: the host must
 //! never let it name another caller; `leak` keeps 2 MiB more memory on every
 //! call and allows: the host must replace the instance before it reaches its
-//! memory limit.
+//! memory limit; `handles` keeps 8 more WASI resources (clock pollables)
+//! on every call and allows: the host must replace the instance rather
+//! than let them pile up.
 
 use serde_json::Value;
 use veil_policy_sdk::{export_policy, Config, Mask, Policy, Request, Response, ResponseDecision, Scope, Verdict};
@@ -34,6 +36,12 @@ fn keep_state(m: &str, req: &Request) -> Option<String> {
             let mut last = LAST_CALLER.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             let before = last.replace(me).unwrap_or_else(|| "none".into());
             Some(format!("previous caller on this instance: {before}"))
+        }
+        "handles" => {
+            for _ in 0..8 {
+                std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(0));
+            }
+            None
         }
         "leak" => {
             // Touched, so the pages are really used.
