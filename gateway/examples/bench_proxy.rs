@@ -1,6 +1,6 @@
 //! The floor of Veil's stack, for the bench's cost ladder (bench/gateway.py):
-//! Veil's own listener (tokio multi-thread runtime, rustls, hyper-util's
-//! HTTP/1.1 + HTTP/2 server, the same limits and allocator) in front of a
+//! Veil's own listener (a current-thread tokio runtime per core, rustls,
+//! hyper-util's HTTP/1.1 + HTTP/2 server, the same limits and allocator) in front of a
 //! pooled hyper-util client, each body buffered whole as the gateway does.
 //! Nothing else: no identity, policy, masking, audit or logging, so what
 //! Veil adds over it is what Veil's own work costs.
@@ -55,14 +55,19 @@ async fn main() -> anyhow::Result<()> {
         Some(i) => Some(listener::tls_config(args.get(i + 1).ok_or_else(|| anyhow::anyhow!("--tls cert key"))?.as_ref(), args.get(i + 2).ok_or_else(|| anyhow::anyhow!("--tls cert key"))?.as_ref())?),
         None => None,
     };
-    // Veil's upstream client, minus TLS to the upstream (the bench's is plain HTTP).
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector);
-    let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    // Veil's upstream client, minus TLS to the upstream (the bench's is
+    // plain HTTP): a pool per thread, as Veil's (upstream.rs).
+    thread_local! {
+        static POOL: Client<HttpConnector, Full<Bytes>> = {
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(connector)
+        };
+    }
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0")?;
     println!("listening {}", tcp.local_addr()?);
     let handler = move |req, _remote| {
-        let client = client.clone();
+        let client = POOL.with(Client::clone);
         async move {
             forward(&client, upstream, req).await.unwrap_or_else(|e| {
                 let mut r = http::Response::new(full(Bytes::from(e)));
@@ -72,5 +77,6 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let limits = Limits { header_timeout: Duration::from_secs(10), drain: Duration::ZERO, max_connections: 4096 };
-    listener::serve(tcp, tls, handler, limits, std::future::pending()).await
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    listener::serve_threads(tcp, threads, tls, handler, limits, std::future::pending()).await
 }

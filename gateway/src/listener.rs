@@ -6,6 +6,14 @@
 //! headers), HTTP/2 stream and reset limits (stream floods, rapid reset),
 //! and a whole-call timeout. A handler that panics answers 500 and its
 //! connection keeps serving.
+//!
+//! The gateway's own listener is served by [`serve_threads`]: one thread
+//! per core, each with a current-thread tokio runtime accepting on the same
+//! socket. A connection's calls then run start to end on the thread that
+//! accepted it, with no hand-off between workers: the multi-thread
+//! scheduler's wake-ups and work stealing cost the bare proxy a fifth of
+//! its CPU per call (bench/results.md). The admin API, the metrics endpoint
+//! and the background tasks stay on the multi-thread runtime.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
@@ -85,6 +93,76 @@ where
     H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
     F: std::future::Future<Output = http::Response<RespBody>> + Send + 'static,
 {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    serve_with(listener, tls, handler, limits, slots, shutdown).await
+}
+
+/// [`serve`] on `threads` threads, each running a current-thread runtime
+/// that accepts on its own handle of `listener` (see the module docs); the
+/// connection limit is shared. Returns once `shutdown` has resolved and
+/// every thread has drained, or as soon as one thread fails.
+pub async fn serve_threads<H, F>(
+    listener: std::net::TcpListener,
+    threads: usize,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: H,
+    limits: Limits,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()>
+where
+    H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = http::Response<RespBody>> + Send + 'static,
+{
+    listener.set_nonblocking(true)?;
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel::<Result<()>>();
+    for i in 0..threads.max(1) {
+        let (listener, tls, handler, slots, mut stopped, ended) =
+            (listener.try_clone()?, tls.clone(), handler.clone(), slots.clone(), stopped.clone(), ended.clone());
+        std::thread::Builder::new().name(format!("veil-serve-{i}")).spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
+                rt.block_on(async move {
+                    let listener = TcpListener::from_std(listener)?;
+                    serve_with(listener, tls, handler, limits, slots, async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
+                })
+            });
+            let _ = ended.send(served);
+        })?;
+    }
+    drop((listener, ended));
+    let first = tokio::select! {
+        () = shutdown => None,
+        end = ends.recv() => Some(end.unwrap_or(Ok(()))),
+    };
+    let _ = stop.send(true);
+    let mut result = match first {
+        None => Ok(()),
+        Some(Ok(())) => Err(anyhow::anyhow!("a listener thread stopped")),
+        Some(Err(e)) => Err(e),
+    };
+    // Every thread drains before this returns.
+    while let Some(end) = ends.recv().await {
+        result = result.and(end);
+    }
+    result
+}
+
+async fn serve_with<H, F>(
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    handler: H,
+    limits: Limits,
+    slots: Arc<tokio::sync::Semaphore>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<()>
+where
+    H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = http::Response<RespBody>> + Send + 'static,
+{
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -103,7 +181,6 @@ where
         .max_pending_accept_reset_streams(Some(32))
         .max_header_list_size(64 * 1024)
         .keep_alive_interval(Some(Duration::from_secs(30)));
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     // At the limit under a flood, say so every 10 s, not per connection.
     let mut last_warned: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);

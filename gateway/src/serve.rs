@@ -175,7 +175,8 @@ pub fn serve(path: &Path) -> Result<()> {
             let gateway = gateway.clone();
             async move { gateway.handle(req, remote).await }
         };
-        listener::serve(tcp, tls, handler, listener::Limits::of(&cfg.listener), shutdown_signal()).await
+        let threads = std::thread::available_parallelism().map_or(2, usize::from);
+        listener::serve_threads(tcp.into_std()?, threads, tls, handler, listener::Limits::of(&cfg.listener), shutdown_signal()).await
     })
 }
 

@@ -4,6 +4,11 @@
 //! Invariants: nothing of the caller's authentication (Authorization,
 //! security token, its x-amz-date) reaches AWS; hop-by-hop headers are not
 //! forwarded; every call has a connect timeout and a whole-call timeout.
+//!
+//! Each thread sends through a connection pool of its own: a pooled
+//! connection is driven by a task on the runtime that opened it, so a pool
+//! shared by the listener's threads (each its own runtime) would hand every
+//! call's I/O to another thread and back.
 
 use std::collections::BTreeMap;
 use std::str::FromStr;
@@ -76,7 +81,9 @@ impl Credential {
 
 /// The pooled client and Veil's credentials.
 pub struct Upstream {
-    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>,
+    /// Tells this upstream's pools apart in [`POOLS`].
+    id: u64,
+    connector: hyper_rustls::HttpsConnector<HttpConnector>,
     /// The configured `upstream.endpoint`: every call goes there instead.
     endpoint: Option<(Scheme, Authority)>,
     timeout: Duration,
@@ -130,7 +137,26 @@ const HOP_BY_HOP: &[&str] = &[
     "x-veil-service", "x-veil-region", "expect",
 ];
 
+type Pool = Client<hyper_rustls::HttpsConnector<HttpConnector>, UpBody>;
+
+thread_local! {
+    /// This thread's connection pool per upstream (by [`Upstream::id`]).
+    static POOLS: std::cell::RefCell<Vec<(u64, Pool)>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 impl Upstream {
+    /// This thread's connection pool for this upstream.
+    fn pool(&self) -> Pool {
+        POOLS.with_borrow_mut(|pools| match pools.iter().find(|(id, _)| *id == self.id) {
+            Some((_, pool)) => pool.clone(),
+            None => {
+                let pool = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(self.connector.clone());
+                pools.push((self.id, pool.clone()));
+                pool
+            }
+        })
+    }
+
     /// Build the client and load credential providers (lazily fetched).
     pub async fn new(cfg: &UpstreamConfig) -> anyhow::Result<Upstream> {
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -145,13 +171,14 @@ impl Upstream {
                 c.enforce_http(false);
                 c
             });
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(60)).build(https);
+        static IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let mut credentials = BTreeMap::new();
         for (name, c) in &cfg.credentials {
             credentials.insert(name.clone(), Credential { name: name.clone(), provider: provider(c).await, cached: ArcSwapOption::empty() });
         }
         Ok(Upstream {
-            client,
+            id: IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            connector: https,
             endpoint: cfg.endpoint.as_deref().map(endpoint_parts).transpose()?,
             timeout: Duration::from_secs(cfg.timeout_secs),
             credentials,
@@ -226,7 +253,7 @@ impl Upstream {
             req.headers_mut().insert(http::header::CONTENT_LENGTH, len.clone());
         }
         instructions.apply_to_request_http1x(&mut req);
-        match tokio::time::timeout(self.timeout, self.client.request(req)).await {
+        match tokio::time::timeout(self.timeout, self.pool().request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(UpstreamError::Send(crate::error_chain(&e))),
             Err(_) => Err(UpstreamError::Timeout(self.timeout)),
