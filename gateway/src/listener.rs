@@ -337,4 +337,40 @@ mod tests {
         let answer = response(&mut conn).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "same connection: {answer}");
     }
+
+    #[tokio::test]
+    async fn threads_serve_on_their_own_runtimes_share_the_limit_and_stop_together() {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = tcp.local_addr().unwrap();
+        let limits = Limits { header_timeout: Duration::from_secs(30), drain: Duration::from_secs(5), max_connections: 1 };
+        let handler = |_req, _remote| async {
+            // Which thread and which kind of runtime served the call.
+            let flavor = format!("{:?}", tokio::runtime::Handle::current().runtime_flavor());
+            let name = std::thread::current().name().unwrap_or("-").to_string();
+            http::Response::new(crate::pipeline::full(bytes::Bytes::from(format!("{name} {flavor}"))))
+        };
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve_threads(tcp, 2, None, handler, limits, async move {
+            let _ = stopped.await;
+        }));
+
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        first.write_all(REQUEST).await.unwrap();
+        let answer = response(&mut first).await;
+        assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("veil-serve-") && answer.ends_with("CurrentThread"), "{answer}");
+        // One slot across both threads: whichever accepts the second
+        // connection waits for the first to close.
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(REQUEST).await.unwrap();
+        let mut buf = [0; 64];
+        assert!(tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await.is_err(), "served beyond max_connections");
+        drop(first);
+        let answer = tokio::time::timeout(Duration::from_secs(10), response(&mut second)).await.expect("served once a slot is free");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        drop(second);
+        // Shutdown stops every thread; then nothing accepts.
+        stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), served).await.expect("all threads stopped").unwrap().unwrap();
+        assert!(TcpStream::connect(addr).await.is_err(), "still accepting after shutdown");
+    }
 }
