@@ -77,22 +77,39 @@ impl Limits {
     }
 }
 
+/// What a listener serves: a request and the peer's address in, its
+/// response out. Every `Fn` closure of that shape is one.
+pub trait Handler: Clone + Send + Sync + 'static {
+    /// The response, once ready.
+    type Answer: std::future::Future<Output = http::Response<RespBody>> + Send + 'static;
+    /// Answer one request from `remote`.
+    fn answer(&self, req: http::Request<hyper::body::Incoming>, remote: SocketAddr) -> Self::Answer;
+}
+
+impl<H, F> Handler for H
+where
+    H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = http::Response<RespBody>> + Send + 'static,
+{
+    type Answer = F;
+
+    fn answer(&self, req: http::Request<hyper::body::Incoming>, remote: SocketAddr) -> F {
+        self(req, remote)
+    }
+}
+
 /// Serve `handler` until `shutdown` resolves, then drain in-flight calls
 /// for up to `limits.drain`. The gateway, the admin API and the metrics
 /// endpoint share this. Each connection, its TLS handshake included, runs in
 /// its own task: a client that stalls its handshake holds one connection
 /// slot for at most the header timeout and never the accept loop.
-pub async fn serve<H, F>(
+pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    handler: H,
+    handler: impl Handler,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()>
-where
-    H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = http::Response<RespBody>> + Send + 'static,
-{
+) -> Result<()> {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     serve_with(listener, tls, handler, limits, slots, shutdown).await
 }
@@ -101,18 +118,14 @@ where
 /// that accepts on its own handle of `listener` (see the module docs); the
 /// connection limit is shared. Returns once `shutdown` has resolved and
 /// every thread has drained, or as soon as one thread fails.
-pub async fn serve_threads<H, F>(
+pub async fn serve_threads(
     listener: std::net::TcpListener,
     threads: usize,
     tls: Option<Arc<rustls::ServerConfig>>,
-    handler: H,
+    handler: impl Handler,
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()>
-where
-    H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = http::Response<RespBody>> + Send + 'static,
-{
+) -> Result<()> {
     listener.set_nonblocking(true)?;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -134,16 +147,14 @@ where
         })?;
     }
     drop((listener, ended));
-    let first = tokio::select! {
-        () = shutdown => None,
-        end = ends.recv() => Some(end.unwrap_or(Ok(()))),
+    let mut result = tokio::select! {
+        () = shutdown => Ok(()),
+        end = ends.recv() => Err(match end {
+            Some(Err(e)) => e,
+            _ => anyhow::anyhow!("a listener thread stopped"),
+        }),
     };
     let _ = stop.send(true);
-    let mut result = match first {
-        None => Ok(()),
-        Some(Ok(())) => Err(anyhow::anyhow!("a listener thread stopped")),
-        Some(Err(e)) => Err(e),
-    };
     // Every thread drains before this returns.
     while let Some(end) = ends.recv().await {
         result = result.and(end);
@@ -151,18 +162,14 @@ where
     result
 }
 
-async fn serve_with<H, F>(
+async fn serve_with(
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
-    handler: H,
+    handler: impl Handler,
     limits: Limits,
     slots: Arc<tokio::sync::Semaphore>,
     shutdown: impl std::future::Future<Output = ()>,
-) -> Result<()>
-where
-    H: Fn(http::Request<hyper::body::Incoming>, SocketAddr) -> F + Clone + Send + Sync + 'static,
-    F: std::future::Future<Output = http::Response<RespBody>> + Send + 'static,
-{
+) -> Result<()> {
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -213,7 +220,7 @@ where
         let _ = tcp.set_nodelay(true);
         let handler = handler.clone();
         let service = service_fn(move |req| {
-            let fut = handler(req, remote);
+            let fut = handler.answer(req, remote);
             // A handler that panics answers 500 instead of ending the
             // connection's task (and every request on the connection with
             // it). The gateway's own handler already turns its stages'
@@ -291,6 +298,19 @@ mod tests {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
+    /// With `first` holding the only connection slot, a second connection
+    /// to `addr` is accepted by the kernel but not served; once `first`
+    /// closes, it is.
+    async fn second_waits_for_the_slot(first: TcpStream, addr: SocketAddr) {
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        second.write_all(REQUEST).await.unwrap();
+        let mut buf = [0; 64];
+        assert!(tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await.is_err(), "served beyond max_connections");
+        drop(first);
+        let answer = tokio::time::timeout(Duration::from_secs(10), response(&mut second)).await.expect("served once a slot is free");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+
     #[tokio::test]
     async fn connections_beyond_the_limit_wait_for_a_slot() {
         let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -302,15 +322,8 @@ mod tests {
         let mut first = TcpStream::connect(addr).await.unwrap();
         first.write_all(REQUEST).await.unwrap();
         assert!(response(&mut first).await.starts_with("HTTP/1.1 200"));
-        // The first connection stays open (keep-alive): the second is
-        // accepted by the kernel but not served.
-        let mut second = TcpStream::connect(addr).await.unwrap();
-        second.write_all(REQUEST).await.unwrap();
-        let mut buf = [0; 64];
-        assert!(tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await.is_err(), "served beyond max_connections");
-        drop(first);
-        let answer = tokio::time::timeout(Duration::from_secs(10), response(&mut second)).await.expect("served once a slot is free");
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        // The first connection stays open (keep-alive).
+        second_waits_for_the_slot(first, addr).await;
     }
 
     #[tokio::test]
@@ -360,14 +373,7 @@ mod tests {
         assert!(answer.starts_with("HTTP/1.1 200") && answer.contains("veil-serve-") && answer.ends_with("CurrentThread"), "{answer}");
         // One slot across both threads: whichever accepts the second
         // connection waits for the first to close.
-        let mut second = TcpStream::connect(addr).await.unwrap();
-        second.write_all(REQUEST).await.unwrap();
-        let mut buf = [0; 64];
-        assert!(tokio::time::timeout(Duration::from_millis(300), second.read(&mut buf)).await.is_err(), "served beyond max_connections");
-        drop(first);
-        let answer = tokio::time::timeout(Duration::from_secs(10), response(&mut second)).await.expect("served once a slot is free");
-        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-        drop(second);
+        second_waits_for_the_slot(first, addr).await;
         // Shutdown stops every thread; then nothing accepts.
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), served).await.expect("all threads stopped").unwrap().unwrap();
