@@ -42,6 +42,10 @@
 //! Inputs that are not valid JSON make the SDK panic, which traps the
 //! instance; the gateway treats a trap as a deny (fail closed).
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
 pub mod net;
@@ -130,30 +134,144 @@ impl ResponseDecision {
 }
 
 /// JSON text parsed on first use: a hook that never looks at an input does
-/// not pay for parsing it (every call runs on a fresh instance).
+/// not pay for parsing it.
 #[derive(Debug, Clone)]
 pub struct LazyJson {
     what: &'static str,
     text: String,
-    value: std::cell::OnceCell<Value>,
+    value: std::cell::OnceCell<Rc<Value>>,
+    /// Whether the parse is remembered for the instance's next calls.
+    remember: bool,
+}
+
+thread_local! {
+    /// The last parse of each remembered input, by its exact text: an
+    /// instance serves one caller's calls in turn (see the WIT file), whose
+    /// claims and configuration rarely change, so a call whose text is the
+    /// same as the last one's reuses its value instead of parsing again.
+    static REMEMBERED: RefCell<Vec<(&'static str, String, Rc<Value>)>> = const { RefCell::new(Vec::new()) };
 }
 
 impl LazyJson {
     /// Wrap JSON text; `what` names it in the panic if it does not parse.
     pub fn new(what: &'static str, text: String) -> Self {
-        LazyJson { what, text, value: std::cell::OnceCell::new() }
+        LazyJson { what, text, value: std::cell::OnceCell::new(), remember: false }
+    }
+
+    /// Like [`LazyJson::new`], for an input that is often the same from
+    /// call to call (claims, configuration): its parse is kept for the next
+    /// call with the same text.
+    pub fn remembered(what: &'static str, text: String) -> Self {
+        LazyJson { remember: true, ..LazyJson::new(what, text) }
     }
 
     /// An already parsed value.
     pub fn from_value(value: Value) -> Self {
         let cell = std::cell::OnceCell::new();
-        let _ = cell.set(value);
-        LazyJson { what: "value", text: String::new(), value: cell }
+        let _ = cell.set(Rc::new(value));
+        LazyJson { what: "value", text: String::new(), value: cell, remember: false }
     }
 
     /// The parsed value.
     pub fn get(&self) -> &Value {
-        self.value.get_or_init(|| parse_json(self.what, &self.text))
+        self.value.get_or_init(|| if self.remember { self.recall() } else { Rc::new(parse_json(self.what, &self.text)) })
+    }
+
+    fn recall(&self) -> Rc<Value> {
+        REMEMBERED.with_borrow_mut(|kept| {
+            if let Some((_, _, v)) = kept.iter().find(|(what, text, _)| *what == self.what && *text == self.text) {
+                return v.clone();
+            }
+            let v = Rc::new(parse_json(self.what, &self.text));
+            kept.retain(|(what, _, _)| *what != self.what);
+            kept.push((self.what, self.text.clone(), v.clone()));
+            v
+        })
+    }
+
+    /// One member of the top-level object, parsed alone: the others are
+    /// checked and skipped without being built, which on a large body costs
+    /// a fraction of [`LazyJson::get`]. None when the text is not an object
+    /// or has no such member; of a repeated key, the last (as `get` keeps).
+    pub fn member(&self, key: &str) -> Option<Value> {
+        if let Some(v) = self.value.get() {
+            return v.get(key).cloned();
+        }
+        let mut de = serde_json::Deserializer::from_str(&self.text);
+        match Member(key).deserialize(&mut de).and_then(|v| de.end().map(|()| v)) {
+            Ok(v) => v,
+            Err(e) => panic!("veil: {} is not valid JSON: {e}", self.what),
+        }
+    }
+}
+
+/// Deserializes one member of an object (see [`LazyJson::member`]).
+struct Member<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for Member<'_> {
+    type Value = Option<Value>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Member<'_> {
+    type Value = Option<Value>;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = None;
+        while let Some(wanted) = map.next_key_seed(KeyIs(self.0))? {
+            if wanted {
+                found = Some(map.next_value::<Value>()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+}
+
+/// Whether an object key is the one wanted, without keeping it.
+struct KeyIs<'k>(&'k str);
+
+impl<'de> DeserializeSeed<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeyIs<'_> {
+    type Value = bool;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("an object key")
+    }
+    fn visit_str<E>(self, key: &str) -> Result<bool, E> {
+        Ok(key == self.0)
     }
 }
 
@@ -183,7 +301,7 @@ pub struct Config(LazyJson);
 impl Config {
     /// Wrap configuration JSON text (`{}` when the gateway has none).
     pub fn new(text: String) -> Self {
-        Config(LazyJson::new("config-json", text))
+        Config(LazyJson::remembered("config-json", text))
     }
 
     /// The configuration as JSON.
@@ -235,7 +353,7 @@ impl Request {
         Request {
             issuer: c.identity.issuer,
             subject: c.identity.subject,
-            claims: LazyJson::new("claims-json", c.identity.claims_json),
+            claims: LazyJson::remembered("claims-json", c.identity.claims_json),
             service: c.operation.service,
             action: c.operation.action,
             region: c.operation.region,
@@ -386,6 +504,14 @@ impl Response {
         self.body.get()
     }
 
+    /// One member of the body's top-level object (`"Name"` of a
+    /// GetSecretValue response), parsed alone: on a large body much cheaper
+    /// than [`Response::body`] when a policy needs a few fields. None when the
+    /// body is not an object or has no such member.
+    pub fn body_member(&self, key: &str) -> Option<Value> {
+        self.body.member(key)
+    }
+
     /// Every string of the body that holds a secret, in document order,
     /// found by the gateway's detectors at native speed: much cheaper than
     /// walking [`Response::body`] in the policy.
@@ -503,4 +629,47 @@ macro_rules! export_policy {
 
         $crate::bindings::__export_world!(__VeilPolicyExport);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_member_is_parsed_alone_and_the_last_of_a_repeated_key_wins() {
+        let body = LazyJson::new("body-json", r#"{"SecretString": "a\"b\u00e9", "Name": "prod/x", "Tags": [{"Key": "k"}], "Name": "prod/y"}"#.into());
+        assert_eq!(body.member("Name"), Some(json!("prod/y")));
+        assert_eq!(body.member("Tags"), Some(json!([{"Key": "k"}])));
+        assert_eq!(body.member("Missing"), None);
+        // Not an object: no members.
+        for text in ["[1, {\"Name\": 2}]", "\"Name\"", "3", "null", "true"] {
+            assert_eq!(LazyJson::new("body-json", text.into()).member("Name"), None, "{text}");
+        }
+        // A parsed body answers from its value.
+        assert_eq!(LazyJson::from_value(json!({"Name": 1})).member("Name"), Some(json!(1)));
+    }
+
+    #[test]
+    fn a_member_of_invalid_json_panics_like_a_full_parse() {
+        for text in [r#"{"Name": "x", "Other": tru}"#, r#"{"Name": "x"} trailing"#, "{\"Other\": \"a\u{1}b\", \"Name\": 1}", r#"{"Name": "x""#] {
+            let member = std::panic::catch_unwind(|| LazyJson::new("body-json", text.into()).member("Name"));
+            assert!(member.is_err(), "{text:?} must not parse");
+            assert!(std::panic::catch_unwind(|| LazyJson::new("body-json", text.into()).get().clone()).is_err(), "{text:?}");
+        }
+    }
+
+    #[test]
+    fn remembered_inputs_reuse_their_parse_only_for_the_same_text() {
+        let first = LazyJson::remembered("claims-json", r#"{"groups": ["a"]}"#.into());
+        let again = LazyJson::remembered("claims-json", r#"{"groups": ["a"]}"#.into());
+        let (a, b) = (first.get() as *const Value, again.get() as *const Value);
+        assert_eq!(a, b, "the same text reuses the parse");
+        let other = LazyJson::remembered("claims-json", r#"{"groups": ["b"]}"#.into());
+        assert_eq!(other.get(), &json!({"groups": ["b"]}), "another text is parsed anew");
+        // Another input's text never answers for this one.
+        let config = LazyJson::remembered("config-json", r#"{"groups": ["b"]}"#.into());
+        assert_ne!(config.get() as *const Value, other.get() as *const Value);
+        assert_eq!(config.get(), &json!({"groups": ["b"]}));
+    }
 }

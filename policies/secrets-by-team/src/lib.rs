@@ -64,7 +64,9 @@ impl Policy for SecretsByTeam {
             Some(_) => panic!("config `owners` must be an object of group -> [prefix]"),
         };
         let owns = |name: &str| !name.is_empty() && owned.iter().any(|p| name.starts_with(p.as_str()));
-        let body = resp.body();
+        // Only the members that name what was returned are parsed: a secret's
+        // value is skipped over, not copied into the sandbox's memory.
+        let member = |key: &str| resp.body_member(key).unwrap_or(Value::Null);
         let mut masks = Vec::new();
         let mut mask_item = |prefix: String, name: &str, fields: &[&str]| {
             if !owns(name) {
@@ -73,23 +75,24 @@ impl Policy for SecretsByTeam {
         };
         match (req.service(), req.action()) {
             ("secretsmanager", "GetSecretValue") => {
-                let name = str_at(body, "Name").or(req.param_str("SecretId")).unwrap_or_default();
+                let name = member("Name");
+                let name = name.as_str().or(req.param_str("SecretId")).unwrap_or_default();
                 mask_item(String::new(), name, &["SecretString", "SecretBinary"]);
             }
             ("secretsmanager", "BatchGetSecretValue") => {
-                for (i, item) in items(body, "SecretValues").iter().enumerate() {
+                for (i, item) in member("SecretValues").as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
                     let name = str_at(item, "Name").unwrap_or_default();
                     mask_item(format!("SecretValues[{i}]."), name, &["SecretString", "SecretBinary"]);
                 }
             }
             ("ssm", "GetParameter") => {
-                let name = body.get("Parameter").and_then(|p| str_at(p, "Name"));
-                let name = name.or(req.param_str("Name")).unwrap_or_default();
+                let parameter = member("Parameter");
+                let name = str_at(&parameter, "Name").or(req.param_str("Name")).unwrap_or_default();
                 mask_item("Parameter.".to_string(), name, &["Value"]);
             }
             ("ssm", "GetParameters" | "GetParametersByPath" | "GetParameterHistory") => {
                 let fallback = req.param_str("Name").unwrap_or_default();
-                for (i, item) in items(body, "Parameters").iter().enumerate() {
+                for (i, item) in member("Parameters").as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
                     let name = str_at(item, "Name").unwrap_or(fallback);
                     mask_item(format!("Parameters[{i}]."), name, &["Value"]);
                 }
@@ -102,10 +105,6 @@ impl Policy for SecretsByTeam {
 
 fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
-}
-
-fn items<'a>(v: &'a Value, key: &str) -> &'a [Value] {
-    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default()
 }
 
 export_policy!(SecretsByTeam);
