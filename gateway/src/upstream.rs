@@ -1,4 +1,4 @@
-//! Upstream: re-sign a call with Veil's own credential (aws-sigv4) and send
+//! Upstream: re-sign a call with Veil's own credential ([`sigv4::Signer`]) and send
 //! it to AWS (or the configured endpoint) over a pooled HTTPS client.
 //!
 //! Invariants: nothing of the caller's authentication (Authorization,
@@ -18,8 +18,6 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwapOption;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_credential_types::Credentials;
-use aws_sigv4::http_request::{sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest, SigningSettings, UriPathNormalizationMode};
-use aws_sigv4::sign::v4;
 use bytes::Bytes;
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Uri};
@@ -29,7 +27,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
+use sha2::Digest;
+
 use crate::config::{CredentialConfig, UpstreamConfig};
+use crate::sigv4;
 
 /// Body type sent upstream.
 pub type UpBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -212,47 +213,27 @@ impl Upstream {
             }
         }
         headers.insert(http::header::HOST, HeaderValue::from_str(authority.as_str()).map_err(|e| UpstreamError::Sign(e.to_string()))?);
-        let s3 = out.service == "s3";
-        let mut settings = SigningSettings::default();
-        if s3 {
-            settings.percent_encoding_mode = PercentEncodingMode::Single;
-            settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
-            settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
-        }
-        let identity = creds.into();
-        let params = v4::SigningParams::builder()
-            .identity(&identity)
-            .region(&out.region)
-            .name(&out.service)
-            .time(SystemTime::now())
-            .settings(settings)
-            .build()
-            .map_err(|e| UpstreamError::Sign(e.to_string()))?
-            .into();
-        let (signable_body, len) = match &out.body {
-            OutBody::Buffered(b) => (SignableBody::Bytes(b), Some(b.len())),
-            OutBody::Streaming { payload: StreamedPayload::UnsignedTrailer, .. } => (SignableBody::StreamingUnsignedPayloadTrailer, None),
-            OutBody::Streaming { payload: StreamedPayload::Unsigned, .. } => (SignableBody::UnsignedPayload, None),
-            OutBody::Streaming { payload: StreamedPayload::Sha256(hash), .. } => (SignableBody::Precomputed(hash.clone()), None),
+        let (payload_hash, len) = match &out.body {
+            OutBody::Buffered(b) => (hex::encode(sha2::Sha256::digest(b)), Some(b.len())),
+            OutBody::Streaming { payload: StreamedPayload::UnsignedTrailer, .. } => (sigv4::STREAMING_UNSIGNED_TRAILER.to_string(), None),
+            OutBody::Streaming { payload: StreamedPayload::Unsigned, .. } => (sigv4::UNSIGNED_PAYLOAD.to_string(), None),
+            OutBody::Streaming { payload: StreamedPayload::Sha256(hash), .. } => (hash.clone(), None),
         };
-        let header_pairs: Vec<(&str, &str)> =
-            headers.iter().filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v))).collect();
-        let uri_string = uri.to_string();
-        let signable = SignableRequest::new(out.method.as_str(), &uri_string, header_pairs.into_iter(), signable_body)
+        let signer = sigv4::Signer { access_key: creds.access_key_id(), secret: creds.secret_access_key(), session_token: creds.session_token() };
+        signer
+            .sign(&out.method, &uri, &mut headers, &out.service, &out.region, &payload_hash, SystemTime::now())
             .map_err(|e| UpstreamError::Sign(e.to_string()))?;
-        let (instructions, _) = sign(signable, &params).map_err(|e| UpstreamError::Sign(e.to_string()))?.into_parts();
+        if let Some(len) = len {
+            headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
+        } else if let Some(len) = out.headers.get(http::header::CONTENT_LENGTH) {
+            headers.insert(http::header::CONTENT_LENGTH, len.clone());
+        }
         let body: UpBody = match out.body {
             OutBody::Buffered(b) => http_body_util::BodyExt::boxed(http_body_util::Full::new(b).map_err_never()),
             OutBody::Streaming { body, .. } => body,
         };
         let mut req = Request::builder().method(out.method).uri(uri).body(body).map_err(|e| UpstreamError::Sign(e.to_string()))?;
         *req.headers_mut() = headers;
-        if let Some(len) = len {
-            req.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(len));
-        } else if let Some(len) = out.headers.get(http::header::CONTENT_LENGTH) {
-            req.headers_mut().insert(http::header::CONTENT_LENGTH, len.clone());
-        }
-        instructions.apply_to_request_http1x(&mut req);
         match tokio::time::timeout(self.timeout, self.pool().request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
             Ok(Err(e)) => Err(UpstreamError::Send(crate::error_chain(&e))),
