@@ -5,7 +5,7 @@
 use libfuzzer_sys::fuzz_target;
 use veil_gateway::aws::Protocol;
 use veil_gateway::masking::{HashKey, Mask, MaskStyle, Selector};
-use veil_gateway::pipeline::ParsedBody;
+use veil_gateway::body::ParsedBody;
 
 fuzz_target!(|data: &[u8]| {
     let reference = serde_json::from_slice::<serde_json::Value>(data);

@@ -10,7 +10,7 @@
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use veil_gateway::aws::Protocol;
 use veil_gateway::masking::{HashKey, Mask, MaskStyle, Selector};
-use veil_gateway::pipeline::ParsedBody;
+use veil_gateway::body::ParsedBody;
 
 fn json_body(size: usize) -> Vec<u8> {
     let mut items = Vec::new();

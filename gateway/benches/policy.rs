@@ -15,7 +15,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criteri
 use serde_json::{json, Value};
 use veil_gateway::masking::HashKey;
 use veil_gateway::aws::Protocol;
-use veil_gateway::pipeline::ParsedBody;
+use veil_gateway::body::ParsedBody;
 use veil_gateway::policy::{CallInput, Host, Identity, Limits, LoadedPolicy, Operation, PolicySet};
 
 fn secret_4k() -> Value {

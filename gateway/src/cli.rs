@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 
 use crate::audit::shipper::{self, ClickHouse, QueryArgs};
-use crate::pipeline::ParsedBody;
+use crate::body::ParsedBody;
 use crate::policy::reload::{self};
 use crate::audit::{self as audit_mod};
 use crate::config::Config;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod admin;
 pub mod approvals;
 pub mod aws;
+pub mod body;
 pub mod cli;
 pub mod client;
 pub mod config;
