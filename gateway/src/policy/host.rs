@@ -409,6 +409,16 @@ struct Ready {
     uses: u32,
 }
 
+impl Ready {
+    /// Whether an instance that has just served a call without failing may
+    /// be kept warm for its caller's next: it has served fewer than
+    /// [`MAX_USES`] calls, grown its memory by at most [`MAX_GROWTH`] and
+    /// holds at most [`MAX_KEPT_HANDLES`] WASI resources.
+    fn may_serve_again(&mut self) -> bool {
+        self.uses < MAX_USES && self.store.data().limits.grown <= MAX_GROWTH && self.store.data_mut().handles() <= MAX_KEPT_HANDLES
+    }
+}
+
 /// Most calls one instance serves before it is freed.
 pub const MAX_USES: u32 = 1000;
 /// Memory growth past which an instance is freed after its call rather
@@ -832,11 +842,10 @@ impl Compiled {
             Some(urgent) => (urgent, self.refill_job()),
             None => (false, None),
         };
+        let mut ready = Ready { store, instance, policy, uses };
         let free = match warm {
-            Some((w, caller)) if result.is_ok() && uses < MAX_USES && store.data().limits.grown <= MAX_GROWTH && store.data_mut().handles() <= MAX_KEPT_HANDLES => {
-                w.put(caller, Ready { store, instance, policy, uses }, &self.host.warm_total).map(|r| r.store)
-            }
-            _ => Some(store),
+            Some((w, caller)) if result.is_ok() && ready.may_serve_again() => w.put(caller, ready, &self.host.warm_total).map(|r| r.store),
+            _ => Some(ready.store),
         };
         // One background job frees a store and tops up the pool; it waits
         // for the next batch unless the pool runs low.
