@@ -352,13 +352,7 @@ fn canonical_request(parts: &Parts, req: &SignedRequest, payload_hash: &str) -> 
         .collect();
     out.push_str(&segments.join("/"));
     out.push('\n');
-    let mut query: Vec<(String, String)> = query_pairs(parts.uri.query().unwrap_or(""))
-        .filter(|(k, _)| k != "X-Amz-Signature")
-        .map(|(k, v)| (aws_encode(&k), aws_encode(&v)))
-        .collect();
-    query.sort();
-    let query: Vec<String> = query.into_iter().map(|(k, v)| format!("{k}={v}")).collect();
-    out.push_str(&query.join("&"));
+    push_canonical_query(&mut out, query_pairs(parts.uri.query().unwrap_or("")).filter(|(k, _)| k != "X-Amz-Signature"));
     out.push('\n');
     for name in &req.signed_headers {
         let values: Vec<String> = if name == "host" && !parts.headers.contains_key(http::header::HOST) {
@@ -388,6 +382,21 @@ fn canonical_request(parts: &Parts, req: &SignedRequest, payload_hash: &str) -> 
     Ok(out)
 }
 
+/// The canonical query of decoded `pairs`: each name and value encoded,
+/// the pairs sorted, joined as `k=v&k=v`.
+fn push_canonical_query<K: AsRef<str>, V: AsRef<str>>(out: &mut String, pairs: impl Iterator<Item = (K, V)>) {
+    let mut query: Vec<(String, String)> = pairs.map(|(k, v)| (aws_encode(k.as_ref()), aws_encode(v.as_ref()))).collect();
+    query.sort();
+    for (i, (k, v)) in query.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(k);
+        out.push('=');
+        out.push_str(v);
+    }
+}
+
 fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(data);
@@ -405,7 +414,7 @@ fn sign_canonical(secret: &str, amz_date: &str, date: &str, region: &str, servic
     hex::encode(hmac(&signing_key(secret, date, region, service), to_sign.as_bytes()))
 }
 
-/// Signing keys derived on this thread, newest last.
+/// A signing key derived on this thread (see [`signing_key`]).
 struct DerivedKey {
     secret: String,
     date: String,
@@ -426,8 +435,12 @@ thread_local! {
 /// HMACs, derived once a day per thread and kept (`DERIVED_KEYS`).
 fn signing_key(secret: &str, date: &str, region: &str, service: &str) -> [u8; 32] {
     KEYS.with_borrow_mut(|keys| {
-        if let Some(k) = keys.iter().find(|k| k.date == date && k.region == region && k.service == service && k.secret == secret) {
-            return k.key;
+        // Most recently used last: a hit moves to the end, so the few keys in
+        // steady use (Veil's own upstream credential) outlive a stream of
+        // callers' session secrets, each used for a while and then gone.
+        if let Some(i) = keys.iter().position(|k| k.date == date && k.region == region && k.service == service && k.secret == secret) {
+            keys[i..].rotate_left(1);
+            return keys[keys.len() - 1].key;
         }
         let k = hmac(format!("AWS4{secret}").as_bytes(), date.as_bytes());
         let k = hmac(&k, region.as_bytes());
@@ -489,16 +502,7 @@ impl Signer<'_> {
             canonical.push_str(&utf8_percent_encode(&normalize_path(path), AWS_PATH_ENCODE).to_string());
         }
         canonical.push('\n');
-        let mut query: Vec<(String, String)> = form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()).map(|(k, v)| (aws_encode(&k), aws_encode(&v))).collect();
-        query.sort();
-        for (i, (k, v)) in query.iter().enumerate() {
-            if i > 0 {
-                canonical.push('&');
-            }
-            canonical.push_str(k);
-            canonical.push('=');
-            canonical.push_str(v);
-        }
+        push_canonical_query(&mut canonical, form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()));
         canonical.push('\n');
         let mut names: Vec<&str> = headers.keys().map(|n| n.as_str()).filter(|n| !UNSIGNED_HEADERS.contains(n)).collect();
         names.sort_unstable();
@@ -684,6 +688,22 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key in steady use stays derived while many others pass through,
+    /// and a key taken from the cache is the one derived afresh.
+    #[test]
+    fn signing_keys_in_use_outlive_passing_ones() {
+        let steady = signing_key("steady-secret", "20261207", "us-east-1", "sts");
+        for i in 0..(3 * DERIVED_KEYS) {
+            signing_key(&format!("session-{i}"), "20261207", "us-east-1", "sts");
+            assert_eq!(signing_key("steady-secret", "20261207", "us-east-1", "sts"), steady);
+            assert!(KEYS.with_borrow(|keys| keys.last().is_some_and(|k| k.secret == "steady-secret")), "a hit is the most recently used");
+        }
+        assert!(KEYS.with_borrow(|keys| keys.len() == DERIVED_KEYS && keys.iter().any(|k| k.secret == "steady-secret")));
+        assert!(KEYS.with_borrow(|keys| !keys.iter().any(|k| k.secret == "session-0")), "passing keys are dropped");
+        KEYS.with_borrow_mut(Vec::clear);
+        assert_eq!(signing_key("steady-secret", "20261207", "us-east-1", "sts"), steady);
+    }
 
     /// Signing the AWS documentation's example gives its signature.
     #[test]

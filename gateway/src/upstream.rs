@@ -26,7 +26,6 @@ use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-
 use sha2::Digest;
 
 use crate::config::{CredentialConfig, UpstreamConfig};

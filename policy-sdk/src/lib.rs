@@ -200,7 +200,7 @@ impl LazyJson {
         let mut de = serde_json::Deserializer::from_str(&self.text);
         match Member(key).deserialize(&mut de).and_then(|v| de.end().map(|()| v)) {
             Ok(v) => v,
-            Err(e) => panic!("veil: {} is not valid JSON: {e}", self.what),
+            Err(e) => not_json(self.what, e),
         }
     }
 }
@@ -534,10 +534,12 @@ impl Response {
 }
 
 fn parse_json(what: &str, text: &str) -> Value {
-    match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => panic!("veil: {what} is not valid JSON: {e}"),
-    }
+    serde_json::from_str(text).unwrap_or_else(|e| not_json(what, e))
+}
+
+/// An input that does not parse traps the instance (see the crate docs).
+fn not_json(what: &str, e: serde_json::Error) -> ! {
+    panic!("veil: {what} is not valid JSON: {e}")
 }
 
 /// What a Veil policy implements.

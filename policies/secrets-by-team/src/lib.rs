@@ -80,7 +80,7 @@ impl Policy for SecretsByTeam {
                 mask_item(String::new(), name, &["SecretString", "SecretBinary"]);
             }
             ("secretsmanager", "BatchGetSecretValue") => {
-                for (i, item) in member("SecretValues").as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
+                for (i, item) in items(&member("SecretValues")).iter().enumerate() {
                     let name = str_at(item, "Name").unwrap_or_default();
                     mask_item(format!("SecretValues[{i}]."), name, &["SecretString", "SecretBinary"]);
                 }
@@ -92,7 +92,7 @@ impl Policy for SecretsByTeam {
             }
             ("ssm", "GetParameters" | "GetParametersByPath" | "GetParameterHistory") => {
                 let fallback = req.param_str("Name").unwrap_or_default();
-                for (i, item) in member("Parameters").as_array().map(Vec::as_slice).unwrap_or_default().iter().enumerate() {
+                for (i, item) in items(&member("Parameters")).iter().enumerate() {
                     let name = str_at(item, "Name").unwrap_or(fallback);
                     mask_item(format!("Parameters[{i}]."), name, &["Value"]);
                 }
@@ -105,6 +105,10 @@ impl Policy for SecretsByTeam {
 
 fn str_at<'a>(v: &'a Value, key: &str) -> Option<&'a str> {
     v.get(key).and_then(Value::as_str)
+}
+
+fn items(v: &Value) -> &[Value] {
+    v.as_array().map(Vec::as_slice).unwrap_or_default()
 }
 
 export_policy!(SecretsByTeam);
