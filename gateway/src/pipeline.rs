@@ -739,15 +739,15 @@ impl Gateway {
             body: out_body,
         };
         let upstream_started = Instant::now();
+        // Its record follows the answer: the spool's writer may wait for it
+        // before its next sync (group commit, see `audit::spool`).
+        ctx.coming = Some(self.audit.spool().coming());
         let resp = self.upstream.send(out).await;
         // A streamed body unlike its signed hash was cut short upstream.
         if payload_check.is_some_and(|c| c.failed()) {
             return Err(Failure::Signature(SigError::PayloadMismatch));
         }
         let resp = resp?;
-        // Its record follows in a few microseconds: the spool's writer may
-        // wait for it before its next sync.
-        ctx.coming = Some(self.audit.spool().coming());
         // Stage 5: check and mask the response.
         let (rparts, rbody) = resp.into_parts();
         let status = rparts.status.as_u16();

@@ -12,10 +12,16 @@
 //! A busy gateway's durable records would otherwise arrive one or two per
 //! sync: each call's record comes a few microseconds after the last sync
 //! began, and an fdatasync costs the writer far more CPU than the call's own
-//! work. So a call announces its record as soon as its answer is known
-//! ([`Spool::coming`]), and before syncing a batch the writer waits for the
-//! announced ones, for no longer than its last sync took ([`MAX_GATHER`] at
-//! most): a lone call never waits, and under load a sync serves several.
+//! work (on a virtual disk, ≈ 60 µs: two doorbell writes that exit the VM,
+//! the page writeback and the flush). So a call announces its record when it
+//! sends its request upstream ([`Spool::coming`]), and before syncing a batch
+//! the writer waits for the announced ones, for no longer than its last sync
+//! took ([`MAX_GATHER`] at most) — PostgreSQL's `commit_delay` when
+//! `commit_siblings` are active. A lone call never waits; under load a sync
+//! serves several, and a call waits at most one more sync's time for it.
+//! Appends while the writer gathers do not wake it: only the last announced
+//! record does (or the time running out), so a batch of n costs one wake-up,
+//! not n.
 //!
 //! Segments are named by a zero-padded sequence number (`00000000000000000042.seg`)
 //! and rotate at `segment_bytes`. The open segment is extended with zeros
@@ -33,7 +39,7 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{oneshot, Notify};
@@ -101,26 +107,78 @@ struct Shared {
     pub written: Notify,
     /// Records announced and not yet appended ([`Coming`]).
     coming: AtomicU64,
+    /// Records on their way to the writer.
+    queue: Mutex<Queue>,
+    /// Wakes the writer; see [`WriterIs`] for when an append rings it.
+    wake: Condvar,
 }
 
-/// A record on its way: a call holds one from the moment its answer is
-/// known until it appends its record, so that the writer waits for it and
-/// one sync serves both (see the module docs).
-pub struct Coming(Arc<Shared>);
-
-impl Drop for Coming {
-    fn drop(&mut self) {
-        self.0.coming.fetch_sub(1, Ordering::AcqRel);
+impl Shared {
+    fn queue(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 type Reply = oneshot::Sender<Result<(), SpoolError>>;
 
+struct Queue {
+    records: Vec<(Vec<u8>, Option<Reply>)>,
+    writer: WriterIs,
+    /// Every [`Spool`] handle is gone: the writer writes what is queued, syncs and stops.
+    closed: bool,
+}
+
+/// What the writer is doing, so that a call wakes it only when it must: a
+/// wake-up is a futex call for the caller and a context switch for both.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriterIs {
+    /// Writing or syncing; it looks at the queue when done.
+    Working,
+    /// Waiting for a record: an append wakes it.
+    Idle,
+    /// Waiting for announced records before a sync: only the last of them
+    /// (the announcements reaching zero) wakes it, not each append.
+    Gathering,
+}
+
+/// A record on its way: a call holds one from the moment it sends its
+/// request upstream until it appends its record, so that the writer waits
+/// for it and one sync serves both (see the module docs).
+pub struct Coming {
+    shared: Arc<Shared>,
+    counted: bool,
+}
+
+impl Coming {
+    /// Stop counting; whether this was the last announced record.
+    fn arrive(&mut self) -> bool {
+        std::mem::replace(&mut self.counted, false) && self.shared.coming.fetch_sub(1, Ordering::AcqRel) == 1
+    }
+}
+
+impl Drop for Coming {
+    fn drop(&mut self) {
+        if self.arrive() && self.shared.queue().writer == WriterIs::Gathering {
+            self.shared.wake.notify_one();
+        }
+    }
+}
+
 /// Handle to the spool; cheap to clone.
 #[derive(Clone)]
 pub struct Spool {
-    tx: mpsc::Sender<(Vec<u8>, Option<Reply>)>,
     shared: Arc<Shared>,
+    _open: Arc<Open>,
+}
+
+/// Dropped with the last [`Spool`] handle: closes the queue.
+struct Open(Arc<Shared>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.queue().closed = true;
+        self.0.wake.notify_one();
+    }
 }
 
 /// What recovery found.
@@ -163,33 +221,32 @@ impl Spool {
             max_bytes: opts.max_bytes,
             written: Notify::new(),
             coming: AtomicU64::new(0),
+            queue: Mutex::new(Queue { records: Vec::new(), writer: WriterIs::Working, closed: false }),
+            wake: Condvar::new(),
         });
-        let (tx, rx) = mpsc::channel();
         let writer = Writer { opts, shared: shared.clone(), file, pos: Pos { seq, offset: 0 }, allocated: 0, synced: true, last_sync_took: Duration::ZERO };
-        std::thread::Builder::new().name("veil-spool".into()).spawn(move || writer.run(rx)).map_err(io_err)?;
-        Ok((Spool { tx, shared }, recovery))
+        std::thread::Builder::new().name("veil-spool".into()).spawn(move || writer.run()).map_err(io_err)?;
+        Ok((Spool { _open: Arc::new(Open(shared.clone())), shared }, recovery))
     }
 
     /// Announce a record that will be appended soon; it counts until the
     /// [`Coming`] is given to [`Spool::append`] or dropped.
     pub fn coming(&self) -> Coming {
         self.shared.coming.fetch_add(1, Ordering::AcqRel);
-        Coming(self.shared.clone())
+        Coming { shared: self.shared.clone(), counted: true }
     }
 
     /// Append one record (`coming`: its announcement, if it had one). With
     /// `durable`, resolves once it is fsynced.
     pub async fn append(&self, payload: Vec<u8>, durable: bool, coming: Option<Coming>) -> Result<(), SpoolError> {
-        let result = self.send(payload, durable);
-        drop(coming);
-        match result? {
+        match self.send(payload, durable, coming)? {
             Some(rx) => rx.await.map_err(|_| SpoolError::Stopped)?,
             None => Ok(()),
         }
     }
 
     /// Queue one record for the writer; with `durable`, what its answer comes on.
-    fn send(&self, payload: Vec<u8>, durable: bool) -> Result<Option<oneshot::Receiver<Result<(), SpoolError>>>, SpoolError> {
+    fn send(&self, payload: Vec<u8>, durable: bool, mut coming: Option<Coming>) -> Result<Option<oneshot::Receiver<Result<(), SpoolError>>>, SpoolError> {
         if payload.len() > MAX_RECORD {
             return Err(SpoolError::TooLarge(payload.len()));
         }
@@ -200,12 +257,26 @@ impl Spool {
         if bytes >= self.shared.max_bytes {
             return Err(SpoolError::Full { dir: self.dir(), bytes, limit: self.shared.max_bytes });
         }
-        if !durable {
-            return self.tx.send((payload, None)).map(|()| None).map_err(|_| SpoolError::Stopped);
+        let (reply, rx) = if durable {
+            let (reply, rx) = oneshot::channel();
+            (Some(reply), Some(rx))
+        } else {
+            (None, None)
+        };
+        let mut queue = self.shared.queue();
+        queue.records.push((payload, reply));
+        // Counted off with the record queued, so that a writer gathering for
+        // it wakes to find it.
+        let last = coming.as_mut().is_some_and(Coming::arrive);
+        let wake = queue.writer == WriterIs::Idle || (last && queue.writer == WriterIs::Gathering);
+        if wake {
+            queue.writer = WriterIs::Working;
         }
-        let (reply, rx) = oneshot::channel();
-        self.tx.send((payload, Some(reply))).map_err(|_| SpoolError::Stopped)?;
-        Ok(Some(rx))
+        drop(queue);
+        if wake {
+            self.shared.wake.notify_one();
+        }
+        Ok(rx)
     }
 
     /// The spool directory.
@@ -255,46 +326,49 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: mpsc::Receiver<(Vec<u8>, Option<Reply>)>) {
+    fn run(mut self) {
+        let shared = self.shared.clone();
         let mut last_sync = Instant::now();
         loop {
-            let first = if self.synced {
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => return,
+            let mut queue = shared.queue();
+            while queue.records.is_empty() {
+                if queue.closed {
+                    drop(queue);
+                    let _ = self.sync();
+                    return;
                 }
-            } else {
+                queue.writer = WriterIs::Idle;
+                if self.synced {
+                    queue = shared.wake.wait(queue).unwrap_or_else(PoisonError::into_inner);
+                    continue;
+                }
                 let wait = self.opts.fsync_interval.saturating_sub(last_sync.elapsed());
-                match rx.recv_timeout(wait) {
-                    Ok(m) => m,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        let _ = self.sync();
-                        last_sync = Instant::now();
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => {
-                        let _ = self.sync();
-                        return;
-                    }
-                }
-            };
-            let mut batch = vec![first];
-            while batch.len() < 4096 {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
+                let (q, timeout) = shared.wake.wait_timeout(queue, wait).unwrap_or_else(PoisonError::into_inner);
+                queue = q;
+                if timeout.timed_out() && queue.records.is_empty() {
+                    queue.writer = WriterIs::Working;
+                    drop(queue);
+                    let _ = self.sync();
+                    last_sync = Instant::now();
+                    queue = shared.queue();
                 }
             }
+            let mut batch = std::mem::take(&mut queue.records);
             let waited_for = batch.iter().any(|(_, r)| r.is_some());
             if waited_for {
                 let until = Instant::now() + self.last_sync_took.min(MAX_GATHER);
-                while batch.len() < 4096 && self.shared.coming.load(Ordering::Acquire) > 0 {
-                    match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-                        Ok(m) => batch.push(m),
-                        Err(_) => break,
+                while shared.coming.load(Ordering::Acquire) > 0 && !queue.closed {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        break;
                     }
+                    queue.writer = WriterIs::Gathering;
+                    queue = shared.wake.wait_timeout(queue, left).unwrap_or_else(PoisonError::into_inner).0;
                 }
+                batch.append(&mut queue.records);
             }
+            queue.writer = WriterIs::Working;
+            drop(queue);
             let mut buf = Vec::with_capacity(batch.iter().map(|(p, _)| p.len() + HEADER).sum());
             for (payload, _) in &batch {
                 buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
@@ -592,6 +666,37 @@ mod tests {
         assert_eq!(spool.shared.coming.load(Ordering::Acquire), 0);
         let (recs, _) = read(dir.path(), Pos::default(), spool.durable(), 100).unwrap();
         assert_eq!(recs.len(), 53);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_announced_appends_all_complete() {
+        let dir = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(SpoolOptions { segment_bytes: 1 << 20, ..opts(dir.path()) }).unwrap();
+        // Callers announce, do their "upstream call", and append, while others
+        // append without announcing and some announce and fail: a wake-up the
+        // writer missed would leave a caller waiting for its sync forever.
+        let calls = (0..300u32).map(|i| {
+            let s = spool.clone();
+            tokio::spawn(async move {
+                let coming = (i % 3 != 0).then(|| s.coming());
+                tokio::task::yield_now().await;
+                if i % 7 == 0 {
+                    drop(coming);
+                    return None;
+                }
+                s.append(format!("call-{i:03}").into_bytes(), i % 5 != 0, coming).await.unwrap();
+                Some(s.durable())
+            })
+        });
+        let mut appended = 0;
+        for call in calls.collect::<Vec<_>>() {
+            let done = tokio::time::timeout(Duration::from_secs(10), call).await.expect("every append completes").unwrap();
+            appended += usize::from(done.is_some());
+        }
+        assert_eq!(spool.shared.coming.load(Ordering::Acquire), 0);
+        spool.append(b"last".to_vec(), true, None).await.unwrap();
+        let (recs, _) = read(dir.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
+        assert_eq!(recs.len(), appended + 1);
     }
 
     #[tokio::test]
