@@ -12,6 +12,7 @@ pub mod local;
 pub mod shipper;
 pub mod spool;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -339,6 +340,8 @@ pub struct Audit {
     /// Response body cap.
     pub response_cap: usize,
     last_error: Mutex<Option<SpoolError>>,
+    /// Whether `last_error` holds an error.
+    failing: AtomicBool,
 }
 
 impl Audit {
@@ -363,6 +366,7 @@ impl Audit {
             claims: a.claims.clone(),
             response_cap: a.response_cap_bytes,
             last_error: Mutex::new(None),
+            failing: AtomicBool::new(false),
         })
     }
 
@@ -375,16 +379,21 @@ impl Audit {
     /// `Err` means the caller must not be answered normally (fail closed);
     /// with `on_failure = "log"` errors are logged and `Ok` returned.
     pub async fn write(&self, rec: &Record, coming: Option<spool::Coming>) -> Result<(), SpoolError> {
-        let result = self.spool.append(rec.encode(), self.durable, coming).await;
-        let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
+        match self.spool.append(rec.encode(), self.durable, coming).await {
             Ok(()) => {
-                *last = None;
+                // Every call passes here: the lock only once the spool has failed.
+                if self.failing.load(Ordering::Acquire) {
+                    let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+                    *last = None;
+                    self.failing.store(false, Ordering::Release);
+                }
                 Ok(())
             }
             Err(e) => {
                 tracing::error!(error = %e, record = %rec.id, "audit record not written");
+                let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
                 *last = Some(e.clone());
+                self.failing.store(true, Ordering::Release);
                 if self.reject_on_failure { Err(e) } else { Ok(()) }
             }
         }
@@ -393,7 +402,7 @@ impl Audit {
     /// The last write's error, when the gateway must refuse calls before
     /// they reach AWS (a call it cannot record must not happen).
     pub fn blocking_error(&self) -> Option<SpoolError> {
-        if !self.reject_on_failure {
+        if !self.reject_on_failure || !self.failing.load(Ordering::Acquire) {
             return None;
         }
         self.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone()
@@ -493,6 +502,30 @@ mod tests {
         assert_eq!(Record::decode(&serde_json::to_vec(&r).unwrap()).unwrap(), r);
         assert!(Record::decode(b"\xff").is_err());
         assert!(Record::decode(&r.encode()[..10]).is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failed_write_blocks_calls_until_one_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("p")).unwrap();
+        let text = "[listener]\naddress = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
+                    [identity]\n[[identity.issuers]]\nissuer = \"https://issuer.example\"\naudience = \"veil\"\n\
+                    [policies]\ndir = \"p\"\n[audit]\nspool_dir = \"spool\"\nsegment_bytes = 4096\nmax_spool_bytes = 8192\n";
+        let audit = Audit::open(&Config::from_text(text, &dir.path().join("veil.toml")).unwrap()).unwrap();
+        assert!(audit.blocking_error().is_none());
+        let rec = Record::new("call", "i");
+        let mut refused = None;
+        for _ in 0..200 {
+            if let Err(e) = audit.write(&rec, None).await {
+                refused = Some(e);
+                break;
+            }
+        }
+        assert!(matches!(refused, Some(SpoolError::Full { .. })), "{refused:?}");
+        assert!(matches!(audit.blocking_error(), Some(SpoolError::Full { .. })), "later calls are refused before they reach AWS");
+        audit.spool().release_before(audit.spool().durable()).unwrap();
+        audit.write(&rec, None).await.unwrap();
+        assert!(audit.blocking_error().is_none(), "a written record lifts the block");
     }
 
     #[test]
