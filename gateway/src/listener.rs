@@ -8,17 +8,15 @@
 //! connection keeps serving.
 //!
 //! The gateway's own listener is served by [`serve_threads`]: one thread
-//! per core, each with a current-thread tokio runtime. One task accepts and
-//! hands each connection to the thread serving the fewest; its calls then
-//! run start to end on that thread, with no hand-off between workers: the
-//! multi-thread scheduler's wake-ups and work stealing cost the bare proxy a
-//! fifth of its CPU per call (bench/results.md). The admin API, the metrics
-//! endpoint, the accepting task and the background tasks stay on the
-//! multi-thread runtime.
+//! per core, each with a current-thread tokio runtime accepting on the same
+//! socket. A connection's calls then run start to end on the thread that
+//! accepted it, with no hand-off between workers: the multi-thread
+//! scheduler's wake-ups and work stealing cost the bare proxy a fifth of
+//! its CPU per call (bench/results.md). The admin API, the metrics endpoint
+//! and the background tasks stay on the multi-thread runtime.
 
 use std::panic::AssertUnwindSafe;
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,10 +115,9 @@ pub async fn serve(
 }
 
 /// [`serve`] on `threads` threads, each running a current-thread runtime
-/// (see the module docs). This task accepts and hands each connection to
-/// the thread with the fewest open ones; the connection limit is shared.
-/// Returns once `shutdown` has resolved and every thread has drained, or as
-/// soon as one thread fails.
+/// that accepts on its own handle of `listener` (see the module docs); the
+/// connection limit is shared. Returns once `shutdown` has resolved and
+/// every thread has drained, or as soon as one thread fails.
 pub async fn serve_threads(
     listener: std::net::TcpListener,
     threads: usize,
@@ -130,73 +127,39 @@ pub async fn serve_threads(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
     listener.set_nonblocking(true)?;
-    let listener = TcpListener::from_std(listener)?;
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let (stop, stopped) = tokio::sync::watch::channel(false);
     let (ended, mut ends) = tokio::sync::mpsc::unbounded_channel::<Result<()>>();
-    let mut inboxes = Vec::new();
     for i in 0..threads.max(1) {
-        let (tx, mut accepted) = tokio::sync::mpsc::unbounded_channel::<(std::net::TcpStream, SocketAddr, Held)>();
-        let (tls, handler, ended) = (tls.clone(), handler.clone(), ended.clone());
+        let (listener, tls, handler, slots, mut stopped, ended) =
+            (listener.try_clone()?, tls.clone(), handler.clone(), slots.clone(), stopped.clone(), ended.clone());
         std::thread::Builder::new().name(format!("veil-serve-{i}")).spawn(move || {
-            let served = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).map(|rt| {
+            let served = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(anyhow::Error::from).and_then(|rt| {
                 rt.block_on(async move {
-                    let conns = Connections::new(tls, handler, limits);
-                    while let Some((tcp, remote, held)) = accepted.recv().await {
-                        match tokio::net::TcpStream::from_std(tcp) {
-                            Ok(tcp) => conns.serve(tcp, remote, held),
-                            Err(e) => tracing::warn!(%remote, error = %e, "could not take over an accepted connection"),
-                        }
-                    }
-                    conns.drain().await;
+                    let listener = TcpListener::from_std(listener)?;
+                    serve_with(listener, tls, handler, limits, slots, async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await
                 })
             });
             let _ = ended.send(served);
         })?;
-        inboxes.push((tx, Arc::new(AtomicUsize::new(0))));
     }
-    drop(ended);
-    // Connections come in bursts (a client opening its pool): if each thread
-    // accepted for itself, the one that woke first would take the whole
-    // burst and the other cores would idle under load.
-    let mut next = 0;
-    let dispatch = accept(listener, limits.max_connections, slots, shutdown, move |tcp, remote, slot| {
-        let n = inboxes.len();
-        let i = (0..n).map(|k| (next + k) % n).min_by_key(|&i| inboxes[i].1.load(Ordering::Relaxed)).unwrap_or(0);
-        next = (i + 1) % n;
-        let (tx, open) = &inboxes[i];
-        open.fetch_add(1, Ordering::Relaxed);
-        let held = Held { _slot: slot, open: open.clone() };
-        match tcp.into_std() {
-            // A thread that has stopped reports it on `ends`.
-            Ok(tcp) => drop(tx.send((tcp, remote, held))),
-            Err(e) => tracing::warn!(%remote, error = %e, "could not hand over an accepted connection"),
-        }
-    });
+    drop((listener, ended));
     let mut result = tokio::select! {
-        () = dispatch => Ok(()),
+        () = shutdown => Ok(()),
         end = ends.recv() => Err(match end {
             Some(Err(e)) => e,
             _ => anyhow::anyhow!("a listener thread stopped"),
         }),
     };
-    // The inboxes closed with `dispatch`: every thread drains and ends.
+    let _ = stop.send(true);
+    // Every thread drains before this returns.
     while let Some(end) = ends.recv().await {
         result = result.and(end);
     }
     result
-}
-
-/// What a connection holds while it is open: its slot under the connection
-/// limit and its count on the thread that serves it.
-struct Held {
-    _slot: tokio::sync::OwnedSemaphorePermit,
-    open: Arc<AtomicUsize>,
-}
-
-impl Drop for Held {
-    fn drop(&mut self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 async fn serve_with(
@@ -207,21 +170,24 @@ async fn serve_with(
     slots: Arc<tokio::sync::Semaphore>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> Result<()> {
-    let conns = Connections::new(tls, handler, limits);
-    accept(listener, limits.max_connections, slots, shutdown, |tcp, remote, slot| conns.serve(tcp, remote, slot)).await;
-    conns.drain().await;
-    Ok(())
-}
-
-/// Accept until `shutdown`, each connection once a slot under the limit is
-/// free, and give it to `serve` with its slot.
-async fn accept(
-    listener: TcpListener,
-    max_connections: usize,
-    slots: Arc<tokio::sync::Semaphore>,
-    shutdown: impl std::future::Future<Output = ()>,
-    mut serve: impl FnMut(tokio::net::TcpStream, SocketAddr, tokio::sync::OwnedSemaphorePermit),
-) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    let graceful = GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        // Slowloris: the whole header block must arrive in time.
+        .header_read_timeout(limits.header_timeout)
+        // Oversize headers: hyper refuses a head larger than this.
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        // Stream floods and rapid reset: bound concurrent and reset streams.
+        .max_concurrent_streams(128)
+        .max_pending_accept_reset_streams(Some(32))
+        .max_header_list_size(64 * 1024)
+        .keep_alive_interval(Some(Duration::from_secs(30)));
     // At the limit under a flood, say so every 10 s, not per connection.
     let mut last_warned: Option<std::time::Instant> = None;
     tokio::pin!(shutdown);
@@ -230,7 +196,7 @@ async fn accept(
             Ok(slot) => slot,
             Err(_) => {
                 if last_warned.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!(max_connections, "connection limit reached; new connections wait");
+                    tracing::warn!(max_connections = limits.max_connections, "connection limit reached; new connections wait");
                     last_warned = Some(std::time::Instant::now());
                 }
                 tokio::select! {
@@ -252,45 +218,7 @@ async fn accept(
             _ = &mut shutdown => break,
         };
         let _ = tcp.set_nodelay(true);
-        serve(tcp, remote, slot);
-    }
-}
-
-/// Serves accepted connections on the current runtime, each in a task of
-/// its own, and drains them at shutdown.
-struct Connections<H> {
-    acceptor: Option<tokio_rustls::TlsAcceptor>,
-    builder: auto::Builder<TokioExecutor>,
-    graceful: GracefulShutdown,
-    handler: H,
-    limits: Limits,
-}
-
-impl<H: Handler> Connections<H> {
-    fn new(tls: Option<Arc<rustls::ServerConfig>>, handler: H, limits: Limits) -> Connections<H> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            // Slowloris: the whole header block must arrive in time.
-            .header_read_timeout(limits.header_timeout)
-            // Oversize headers: hyper refuses a head larger than this.
-            .max_buf_size(64 * 1024);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            // Stream floods and rapid reset: bound concurrent and reset streams.
-            .max_concurrent_streams(128)
-            .max_pending_accept_reset_streams(Some(32))
-            .max_header_list_size(64 * 1024)
-            .keep_alive_interval(Some(Duration::from_secs(30)));
-        Connections { acceptor: tls.map(tokio_rustls::TlsAcceptor::from), builder, graceful: GracefulShutdown::new(), handler, limits }
-    }
-
-    /// Serve one connection in a task of its own; `held` is kept until it closes.
-    fn serve(&self, tcp: tokio::net::TcpStream, remote: SocketAddr, held: impl Send + 'static) {
-        let limits = self.limits;
-        let handler = self.handler.clone();
+        let handler = handler.clone();
         let service = service_fn(move |req| {
             let fut = handler.answer(req, remote);
             // A handler that panics answers 500 instead of ending the
@@ -307,9 +235,9 @@ impl<H: Handler> Connections<H> {
                 Ok::<_, std::convert::Infallible>(resp)
             }
         });
-        let (builder, acceptor, watcher) = (self.builder.clone(), self.acceptor.clone(), self.graceful.watcher());
+        let (builder, acceptor, watcher) = (builder.clone(), acceptor.clone(), graceful.watcher());
         tokio::spawn(async move {
-            let _held = held;
+            let _slot = slot;
             let result = match acceptor {
                 Some(acceptor) => match tokio::time::timeout(limits.header_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => watcher.watch(builder.serve_connection(TokioIo::new(tls), service).into_owned()).await,
@@ -323,15 +251,13 @@ impl<H: Handler> Connections<H> {
             }
         });
     }
-
-    /// Wait for the open connections to finish, for up to `limits.drain`.
-    async fn drain(self) {
-        tracing::info!("shutting down: draining in-flight calls");
-        tokio::select! {
-            _ = self.graceful.shutdown() => tracing::info!("all connections closed"),
-            _ = tokio::time::sleep(self.limits.drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
-        }
+    drop(listener);
+    tracing::info!("shutting down: draining in-flight calls");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections closed"),
+        _ = tokio::time::sleep(limits.drain) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
+    Ok(())
 }
 
 /// Serve Prometheus metrics on plain HTTP at `/metrics`, with the
@@ -423,31 +349,6 @@ mod tests {
         conn.write_all(REQUEST).await.unwrap();
         let answer = response(&mut conn).await;
         assert!(answer.starts_with("HTTP/1.1 200"), "same connection: {answer}");
-    }
-
-    #[tokio::test]
-    async fn a_burst_of_connections_is_spread_over_the_threads() {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = tcp.local_addr().unwrap();
-        let limits = Limits { header_timeout: Duration::from_secs(30), drain: Duration::ZERO, max_connections: 64 };
-        let handler = |_req, _remote| async {
-            http::Response::new(crate::pipeline::full(bytes::Bytes::from(std::thread::current().name().unwrap_or("-").to_string())))
-        };
-        tokio::spawn(serve_threads(tcp, 3, None, handler, limits, std::future::pending()));
-        // Six connections opened at once and kept open: two on each thread.
-        let mut conns = Vec::new();
-        for _ in 0..6 {
-            conns.push(TcpStream::connect(addr).await.unwrap());
-        }
-        let mut served = std::collections::BTreeMap::new();
-        for conn in &mut conns {
-            conn.write_all(REQUEST).await.unwrap();
-            let answer = response(conn).await;
-            let thread = answer.rsplit("\r\n").next().unwrap().to_string();
-            *served.entry(thread).or_insert(0) += 1;
-        }
-        let want: std::collections::BTreeMap<String, i32> = (0..3).map(|i| (format!("veil-serve-{i}"), 2)).collect();
-        assert_eq!(served, want);
     }
 
     #[tokio::test]
