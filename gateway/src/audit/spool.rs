@@ -126,6 +126,28 @@ struct Queue {
     writer: WriterIs,
     /// Every [`Spool`] handle is gone: the writer writes what is queued, syncs and stops.
     closed: bool,
+    /// The writer thread has ended (a panic): appends fail.
+    stopped: bool,
+}
+
+/// Held by the writer thread. Should it end while handles remain (a
+/// panic), appends fail with [`SpoolError::Stopped`] and the calls waiting
+/// for queued records are answered so, not left waiting for a sync that
+/// never comes.
+struct Stopping(Arc<Shared>);
+
+impl Drop for Stopping {
+    fn drop(&mut self) {
+        self.0.queue().stop();
+    }
+}
+
+impl Queue {
+    /// The writer has ended: refuse appends, answer the waiting calls.
+    fn stop(&mut self) {
+        self.stopped = true;
+        self.records.clear();
+    }
 }
 
 /// What the writer is doing, so that a call wakes it only when it must: a
@@ -221,11 +243,18 @@ impl Spool {
             max_bytes: opts.max_bytes,
             written: Notify::new(),
             coming: AtomicU64::new(0),
-            queue: Mutex::new(Queue { records: Vec::new(), writer: WriterIs::Working, closed: false }),
+            queue: Mutex::new(Queue { records: Vec::new(), writer: WriterIs::Working, closed: false, stopped: false }),
             wake: Condvar::new(),
         });
         let writer = Writer { opts, shared: shared.clone(), file, pos: Pos { seq, offset: 0 }, allocated: 0, synced: true, last_sync_took: Duration::ZERO };
-        std::thread::Builder::new().name("veil-spool".into()).spawn(move || writer.run()).map_err(io_err)?;
+        let stopping = Stopping(shared.clone());
+        std::thread::Builder::new()
+            .name("veil-spool".into())
+            .spawn(move || {
+                let _stopping = stopping;
+                writer.run();
+            })
+            .map_err(io_err)?;
         Ok((Spool { _open: Arc::new(Open(shared.clone())), shared }, recovery))
     }
 
@@ -264,6 +293,10 @@ impl Spool {
             (None, None)
         };
         let mut queue = self.shared.queue();
+        if queue.stopped {
+            drop(queue);
+            return Err(SpoolError::Stopped);
+        }
         queue.records.push((payload, reply));
         // Counted off with the record queued, so that a writer gathering for
         // it wakes to find it.
@@ -697,6 +730,25 @@ mod tests {
         spool.append(b"last".to_vec(), true, None).await.unwrap();
         let (recs, _) = read(dir.path(), Pos::default(), spool.durable(), usize::MAX).unwrap();
         assert_eq!(recs.len(), appended + 1);
+    }
+
+    #[tokio::test]
+    async fn appends_fail_once_the_writer_has_stopped() {
+        let d = tempfile::tempdir().unwrap();
+        let (spool, _) = Spool::open(opts(d.path())).unwrap();
+        // A record queued and not yet taken when the writer thread ends, as
+        // in a panic (one lock held: the live writer cannot take it).
+        let (reply, waiting) = oneshot::channel();
+        {
+            let mut queue = spool.shared.queue();
+            queue.records.push((b"queued".to_vec(), Some(reply)));
+            queue.stop();
+        }
+        let answer = tokio::time::timeout(Duration::from_secs(10), waiting).await.expect("the waiting call is answered");
+        assert!(answer.is_err(), "with the writer's end");
+        assert!(matches!(spool.append(b"later".to_vec(), true, Some(spool.coming())).await, Err(SpoolError::Stopped)));
+        assert!(matches!(spool.append(b"later".to_vec(), false, None).await, Err(SpoolError::Stopped)));
+        assert_eq!(spool.shared.coming.load(Ordering::Acquire), 0);
     }
 
     #[tokio::test]
