@@ -876,16 +876,25 @@ pub fn decode_key(text: &str) -> Option<[u8; 32]> {
     base64::engine::general_purpose::STANDARD.decode(text.trim()).ok()?.try_into().ok()
 }
 
+/// A valid config in `dir` (its policy directory created) with `extra`
+/// TOML appended, for unit tests.
+#[cfg(test)]
+pub(crate) fn minimal(dir: &Path, extra: &str) -> Config {
+    std::fs::create_dir_all(dir.join("p")).unwrap();
+    let text = format!(
+        "[listener]\naddress = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
+         [identity]\n[[identity.issuers]]\nissuer = \"https://issuer.example\"\naudience = \"veil\"\n\
+         [policies]\ndir = \"p\"\n{extra}"
+    );
+    Config::from_text(&text, &dir.join("veil.toml")).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn config(dir: &Path) -> Config {
-        std::fs::create_dir_all(dir.join("p")).unwrap();
-        let text = "[listener]\naddress = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
-                    [identity]\n[[identity.issuers]]\nissuer = \"https://issuer.example\"\naudience = \"veil\"\n\
-                    [policies]\ndir = \"p\"\n";
-        Config::from_text(text, &dir.join("veil.toml")).unwrap()
+        minimal(dir, "")
     }
 
     const SPEC: SecretSpec = SecretSpec { key: "admin.token_file", env: "VEIL_TEST_TOKEN", min_len: 32 };

@@ -507,11 +507,8 @@ mod tests {
     #[tokio::test]
     async fn a_failed_write_blocks_calls_until_one_is_written() {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("p")).unwrap();
-        let text = "[listener]\naddress = \"127.0.0.1:0\"\ninsecure_plaintext = true\n\
-                    [identity]\n[[identity.issuers]]\nissuer = \"https://issuer.example\"\naudience = \"veil\"\n\
-                    [policies]\ndir = \"p\"\n[audit]\nspool_dir = \"spool\"\nsegment_bytes = 4096\nmax_spool_bytes = 8192\n";
-        let audit = Audit::open(&Config::from_text(text, &dir.path().join("veil.toml")).unwrap()).unwrap();
+        let cfg = crate::config::minimal(dir.path(), "[audit]\nspool_dir = \"spool\"\nsegment_bytes = 4096\nmax_spool_bytes = 8192\n");
+        let audit = Audit::open(&cfg).unwrap();
         assert!(audit.blocking_error().is_none());
         let rec = Record::new("call", "i");
         let mut refused = None;
