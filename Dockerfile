@@ -3,7 +3,7 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN rustup target add wasm32-wasip2 \
- && cargo build --release --locked \
+ && cargo build --profile dist --locked \
  && make rust-policies
 
 FROM debian:bookworm-slim
@@ -16,7 +16,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates
  && groupadd --system --gid 10001 veil \
  && useradd --system --uid 10001 --gid veil --home-dir /var/lib/veil --no-create-home --shell /usr/sbin/nologin veil \
  && install -d -o veil -g veil -m 0700 /var/lib/veil
-COPY --from=build /src/target/release/veil /usr/local/bin/veil
+COPY --from=build /src/target/dist/veil /usr/local/bin/veil
 COPY --from=build /src/target/policies/*.wasm /etc/veil/policies/
 USER 10001:10001
 WORKDIR /var/lib/veil

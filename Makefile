@@ -96,5 +96,5 @@ test: deps build policies
 # dev-dependencies, which change a few shared crates' features, and a
 # separate run would compile the gateway library a second time.
 bench: bench-deps rust-policies $(LANG_POLICY_FILES)
-	$(CARGO) build --release --locked --bin veil --example bench_upstream --example bench_proxy --example identify_bench --example audit_bench --example policy_decisions
+	$(CARGO) build --profile dist --locked --bin veil --example bench_upstream --example bench_proxy --example identify_bench --example audit_bench --example policy_decisions
 	python3 bench/run.py

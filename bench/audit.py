@@ -2,7 +2,7 @@
 """Audit benchmark: starts a real ClickHouse (the Debian server, as the tests
 do) and runs the audit_bench example against it: request-path cost of a
 record (enqueue, durable group commit) and the spool → ClickHouse shipping
-rate. Usage: python3 bench/audit.py (after `cargo build --release --example audit_bench`)."""
+rate. Usage: python3 bench/audit.py (after `make bench`'s build of the audit_bench example)."""
 import subprocess
 import sys
 import tempfile
@@ -15,6 +15,6 @@ import harness  # noqa: E402
 with tempfile.TemporaryDirectory() as d:
     ch = harness.ClickHouse(d)
     try:
-        subprocess.run([str(ROOT / "target/release/examples/audit_bench"), "--clickhouse", ch.url], check=True)
+        subprocess.run([str(ROOT / "target" / harness.PROFILE / "examples/audit_bench"), "--clickhouse", ch.url], check=True)
     finally:
         ch.stop()

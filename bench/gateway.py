@@ -39,7 +39,9 @@ the `bench_upstream`, `bench_proxy` and `identify_bench` examples; installs
 nothing)
 Environment: DURATION (s per wrk run, default 2), REPEATS (default 3), CONNS
 (default "1,16,64"), EXTRAS=0 skips the listing and the Python/JS sets;
-BENCH_JSON=<file> also writes every cell as JSON.
+BENCH_JSON=<file> also writes every cell as JSON; VEIL_PROFILE (default
+`release`; `make bench` runs `dist`, what ships) picks the cargo profile
+whose gateway and examples run.
 """
 import json
 import os
@@ -66,7 +68,7 @@ REPEATS = int(os.environ.get("REPEATS", "3"))
 CONNS = [int(c) for c in os.environ.get("CONNS", "1,16,64").split(",")]
 EXTRAS = os.environ.get("EXTRAS", "1") != "0"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-EXAMPLES = ROOT / "target/release/examples"
+EXAMPLES = ROOT / "target" / harness.PROFILE / "examples"
 SMALL = ("4 KB GetSecretValue", "GetSecretValue", {"SecretId": "prod/search/db"})
 LISTING = ("200 KB ListSecrets", "ListSecrets", {})
 MODES = ["TLS", "plain"]

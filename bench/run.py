@@ -29,6 +29,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench" / "results"
 QUICK = os.environ.get("QUICK") == "1"
+# The gateway and its bench programs as they ship: the `dist` profile (thin
+# LTO), which `make bench` builds; every part below runs those binaries.
+os.environ.setdefault("VEIL_PROFILE", "dist")
+PROFILE = os.environ["VEIL_PROFILE"]
 MEASURE = "1" if QUICK else "2"
 
 
@@ -106,12 +110,12 @@ def default_masking():
 
 def peers():
     """Veil's components (the gateway's `policy_decisions` example, built by
-    `make bench` with the release gateway) and the peers (`veil-bench-peers`)
+    `make bench` with the shipped gateway) and the peers (`veil-bench-peers`)
     on the same calls, one after the other; rows merged per call."""
     run(["cargo", "build", "--release", "--locked", "-p", "veil-bench-peers"])
     iterations = "300" if QUICK else "1000"
     rows = []
-    for args in ([ROOT / "target/release/examples/policy_decisions", ROOT / "target/policies", iterations],
+    for args in ([ROOT / "target" / PROFILE / "examples/policy_decisions", ROOT / "target/policies", iterations],
                  [ROOT / "target/release/veil-bench-peers", iterations]):
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             run(args, env={"BENCH_JSON": f.name})

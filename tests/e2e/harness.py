@@ -21,7 +21,10 @@ import requests
 from botocore.config import Config as BotoConfig
 
 ROOT = Path(__file__).resolve().parents[2]
-VEIL = ROOT / "target" / "release" / "veil"
+# The cargo profile whose `veil` runs: `release` for the tests, `dist` (what
+# ships) for the benches (`make bench` sets VEIL_PROFILE).
+PROFILE = os.environ.get("VEIL_PROFILE", "release")
+VEIL = ROOT / "target" / PROFILE / "veil"
 POLICIES = ROOT / "target" / "policies"
 ROLE_ARN = "arn:aws:iam::123456789012:role/veil-agent"
 AUDIENCE = "veil"
