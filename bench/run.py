@@ -111,12 +111,13 @@ def default_masking():
 def peers():
     """Veil's components (the gateway's `policy_decisions` example, built by
     `make bench` with the shipped gateway) and the peers (`veil-bench-peers`)
-    on the same calls, one after the other; rows merged per call."""
-    run(["cargo", "build", "--release", "--locked", "-p", "veil-bench-peers"])
+    on the same calls, one after the other; rows merged per call. Both in
+    the same profile, so neither side gets LTO the other lacks."""
+    run(["cargo", "build", "--profile", PROFILE, "--locked", "-p", "veil-bench-peers"])
     iterations = "300" if QUICK else "1000"
     rows = []
     for args in ([ROOT / "target" / PROFILE / "examples/policy_decisions", ROOT / "target/policies", iterations],
-                 [ROOT / "target/release/veil-bench-peers", iterations]):
+                 [ROOT / "target" / PROFILE / "veil-bench-peers", iterations]):
         with tempfile.NamedTemporaryFile(suffix=".json") as f:
             run(args, env={"BENCH_JSON": f.name})
             rows += json.loads(Path(f.name).read_text())
