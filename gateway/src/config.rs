@@ -893,16 +893,12 @@ pub(crate) fn minimal(dir: &Path, extra: &str) -> Config {
 mod tests {
     use super::*;
 
-    fn config(dir: &Path) -> Config {
-        minimal(dir, "")
-    }
-
     const SPEC: SecretSpec = SecretSpec { key: "admin.token_file", env: "VEIL_TEST_TOKEN", min_len: 32 };
 
     #[test]
     fn file_and_environment_meet_the_same_minimum() {
         let dir = tempfile::tempdir().unwrap();
-        let cfg = config(dir.path());
+        let cfg = minimal(dir.path(), "");
         let good = "t".repeat(32);
         std::fs::write(dir.path().join("tok"), format!("{good}\n")).unwrap();
         let from_file = cfg.secret_from(&SPEC, Some(Path::new("tok")), None).unwrap().unwrap();
@@ -930,7 +926,7 @@ mod tests {
     #[test]
     fn secrets_never_show_in_debug() {
         let dir = tempfile::tempdir().unwrap();
-        let s = config(dir.path()).secret_from(&SPEC, None, Some("hunter2-hunter2-hunter2-hunter2-x".into())).unwrap().unwrap();
+        let s = minimal(dir.path(), "").secret_from(&SPEC, None, Some("hunter2-hunter2-hunter2-hunter2-x".into())).unwrap().unwrap();
         assert_eq!(format!("{s:?}"), "Secret(33 bytes)");
     }
 
