@@ -32,11 +32,7 @@ fn secret_4k() -> Value {
 
 fn call_of(operation: &str) -> CallInput {
     CallInput {
-        identity: Identity {
-            issuer: "https://issuer.test".into(),
-            subject: "agent".into(),
-            claims: json!({"sub": "agent", "groups": ["search"]}),
-        },
+        identity: Identity::new("https://issuer.test", "agent", json!({"sub": "agent", "groups": ["search"]})),
         operation: Operation::parse_qualified(operation).unwrap(),
         params: json!({"SecretId": "prod/search/db"}),
     }

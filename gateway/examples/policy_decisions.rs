@@ -40,7 +40,7 @@ impl Veil {
     fn decide(&self, c: &Call) -> Decision3 {
         let (service, action) = c.action.split_once(':').expect("service:Action");
         let call = CallInput {
-            identity: Identity { issuer: "https://issuer.example".into(), subject: "agent".into(), claims: json!({"sub": "agent", "groups": c.groups}) },
+            identity: Identity::new("https://issuer.example", "agent", json!({"sub": "agent", "groups": c.groups})),
             operation: Operation { service: service.into(), action: action.into(), region: "us-east-1".into(), resource: None },
             params: json!({"SecretId": c.secret}),
         };

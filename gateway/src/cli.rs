@@ -406,11 +406,11 @@ fn run_policy(cmd: PolicyCommand) -> Result<()> {
 
             let host = tool_host()?;
             let set = load_set(&host, &policies, &configs)?.for_authors();
-            let identity = Identity {
-                issuer: claims.get("iss").and_then(Value::as_str).unwrap_or("https://issuer.example").to_string(),
-                subject: claims.get("sub").and_then(Value::as_str).unwrap_or("eval").to_string(),
+            let identity = Identity::new(
+                claims.get("iss").and_then(Value::as_str).unwrap_or("https://issuer.example").to_string(),
+                claims.get("sub").and_then(Value::as_str).unwrap_or("eval").to_string(),
                 claims,
-            };
+            );
             let call = CallInput { identity, operation: op, params };
             let out = evaluate(&set, &call, status, response.as_mut(), &eval_hash_key());
             println!("{}", serde_json::to_string_pretty(&out)?);
@@ -518,11 +518,11 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
         op.region = case.region;
         op.resource = case.resource;
         let claims = Value::Object(case.claims);
-        let identity = Identity {
-            issuer: claims.get("iss").and_then(Value::as_str).unwrap_or("https://issuer.example").to_string(),
-            subject: claims.get("sub").and_then(Value::as_str).unwrap_or("conformance").to_string(),
+        let identity = Identity::new(
+            claims.get("iss").and_then(Value::as_str).unwrap_or("https://issuer.example").to_string(),
+            claims.get("sub").and_then(Value::as_str).unwrap_or("conformance").to_string(),
             claims,
-        };
+        );
         let wired = case.response_wire.is_some();
         let mut response = match (case.response, &case.response_wire) {
             (Some(_), Some(_)) => bail!("{}: give `response` or `response_wire`, not both", file.display()),

@@ -148,7 +148,7 @@ impl Verifier {
         not_yet_valid(&claims, unix_now(), self.leeway.as_secs() as i64)?;
         let sub = claims.get("sub").and_then(Value::as_str).unwrap_or_default().to_string();
         let exp = claims.get("exp").and_then(Value::as_f64);
-        let identity = Identity { issuer: iss.to_string(), subject: sub, claims };
+        let identity = Identity::new(iss.to_string(), sub, claims);
         if let Some(exp) = exp {
             self.cache.insert(digest, &identity, exp, index, generation, unix_now());
         }
@@ -315,11 +315,11 @@ mod tests {
     #[test]
     fn cached_tokens_end_at_exp_at_a_key_refresh_and_at_the_bound() {
         let cache = TokenCache::default();
-        let id = Identity { issuer: "i".into(), subject: "s".into(), claims: serde_json::json!({"sub": "s"}) };
+        let id = Identity::new("i", "s", serde_json::json!({"sub": "s"}));
         let now = 1_700_000_000;
         let gen0 = |_: usize| Some(0);
         cache.insert([1; 32], &id, (now + 10) as f64, 0, 0, now);
-        assert_eq!(cache.get(&[1; 32], now + 9, gen0).map(|i| i.subject), Some("s".into()));
+        assert_eq!(cache.get(&[1; 32], now + 9, gen0).map(|i| i.subject.clone()), Some("s".into()));
         assert!(cache.get(&[2; 32], now, gen0).is_none(), "another token");
         // Keys refreshed: checked again, and the entry is gone.
         assert!(cache.get(&[1; 32], now, |_| Some(1)).is_none());

@@ -201,7 +201,7 @@ struct Ctx {
     protocol: Option<Protocol>,
     verdict: &'static str,
     /// The Veil session, for callers using session credentials.
-    session: Option<Session>,
+    session: Option<Arc<sts::Verified>>,
     /// SQS calls: the origin the caller reached Veil by, which queue URLs
     /// in the response are rewritten to.
     queue_origin: Option<aws::sqs::Origin>,
@@ -591,7 +591,7 @@ impl Gateway {
         rec.region = ctx.region.unwrap_or_default();
         rec.verdict = ctx.verdict.to_string();
         if let Some(s) = ctx.session {
-            rec.role_session = s.name;
+            rec.role_session.clone_from(&s.session.name);
         }
         rec.status = resp.status().as_u16();
         if rec.bytes_out == 0 {
@@ -712,7 +712,7 @@ impl Gateway {
         // The caller's identity is the role session Veil issued, not Veil's
         // own upstream principal: answer "who am I" from the session.
         if let (Some(session), "sts", "GetCallerIdentity") = (&ctx.session, service.as_str(), classified.action.as_str()) {
-            let xml = sts::caller_identity_response(session, &ctx.request_id);
+            let xml = sts::caller_identity_response(&session.session, &ctx.request_id);
             return Response::builder()
                 .header(http::header::CONTENT_TYPE, "text/xml")
                 .header("x-amzn-requestid", &ctx.request_id)
@@ -900,20 +900,20 @@ impl Gateway {
         ctx.region = Some(signed.region.clone());
         self.s3_virtual_path(ctx, &signed.service, parts)?;
         let token = signed.security_token.as_deref().ok_or(Failure::Session(SessionError::Invalid))?;
-        let (session, secret) = self.sessions.verify(&signed.access_key, token, SystemTime::now())?;
-        let identity = session.identity();
+        let verified = self.sessions.verify(&signed.access_key, token, SystemTime::now())?;
         // Trust is checked again on every call against the roles as they are
         // now: a reload that revokes an identity ends its sessions at once.
         let roles = self.roles.load();
-        let admitted = roles.admit(&session.role, &identity).map(|(admitted, _)| admitted.credentials.clone());
-        ctx.identity = Some(identity);
-        ctx.role = Some(session.role.clone());
-        ctx.session = Some(session);
+        let admitted = roles.admit(&verified.session.role, &verified.identity).map(|(admitted, _)| admitted.credentials.clone());
+        ctx.identity = Some(verified.identity.clone());
+        ctx.role = Some(verified.session.role.clone());
+        let secret = &verified.secret;
+        ctx.session = Some(verified.clone());
         ctx.credential = Some(admitted?);
         let hashed = sigv4::payload_is_hashed(&signed)?;
         if !hashed && signed.service == "s3" {
             // Unsigned S3 payloads (uploads) stream through without buffering.
-            sigv4::verify(parts, &signed, &secret, None, SystemTime::now(), self.max_skew)?;
+            sigv4::verify(parts, &signed, secret, None, SystemTime::now(), self.max_skew)?;
             let payload = if signed.payload_hash == sigv4::STREAMING_UNSIGNED_TRAILER {
                 StreamedPayload::UnsignedTrailer
             } else {
@@ -927,14 +927,14 @@ impl Gateway {
             // An S3 upload too large to buffer whose payload hash is signed
             // (the JavaScript SDK signs a body it holds in memory): streamed,
             // checked against that hash on the way, which AWS checks again.
-            sigv4::verify(parts, &signed, &secret, Some(&signed.payload_hash), SystemTime::now(), self.max_skew)?;
+            sigv4::verify(parts, &signed, secret, Some(&signed.payload_hash), SystemTime::now(), self.max_skew)?;
             let (checked, check) = sigv4::CheckedPayload::new(body, &signed.payload_hash);
             let payload = StreamedPayload::Sha256(signed.payload_hash.to_ascii_lowercase());
             return Ok((None, Some(Streamed { body: checked.boxed(), payload, check: Some(check) })));
         }
         let bytes = read_body(body, self.max_body, "request").await?;
         let hash = hex::encode(Sha256::digest(&bytes));
-        sigv4::verify(parts, &signed, &secret, Some(&hash), SystemTime::now(), self.max_skew)?;
+        sigv4::verify(parts, &signed, secret, Some(&hash), SystemTime::now(), self.max_skew)?;
         Ok((Some(bytes), None))
     }
 

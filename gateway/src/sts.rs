@@ -7,6 +7,8 @@
 //! from the same key and the token, so it never needs storing. Changing the
 //! session key revokes every session.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -14,7 +16,7 @@ use hmac::{Hmac, Mac};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use crate::policy::Identity;
@@ -56,13 +58,6 @@ pub struct Session {
     pub exp: u64,
 }
 
-impl Session {
-    /// The caller's identity.
-    pub fn identity(&self) -> Identity {
-        Identity { issuer: self.iss.clone(), subject: self.sub.clone(), claims: self.claims.clone() }
-    }
-}
-
 /// Credentials handed to the caller.
 #[derive(Debug, Clone)]
 pub struct Credentials {
@@ -76,10 +71,51 @@ pub struct Credentials {
     pub expiration: SystemTime,
 }
 
-/// Issues and verifies sessions with one key.
+/// Issues and verifies sessions with one key. Clones share the sessions
+/// already verified.
 #[derive(Clone)]
 pub struct SessionKeys {
     key: Vec<u8>,
+    verified: Arc<VerifiedSessions>,
+}
+
+/// A session token that verified: what it says, the secret its requests
+/// are signed with, and the caller's identity (made once per session, not
+/// per call).
+pub struct Verified {
+    /// The session.
+    pub session: Session,
+    /// The secret access key of its requests.
+    pub secret: String,
+    /// The caller.
+    pub identity: Identity,
+}
+
+/// Most sessions remembered: past this, expired entries are dropped, and
+/// all of them if none had expired.
+const MAX_VERIFIED_SESSIONS: usize = 4096;
+
+/// Session tokens that verified, by SHA-256 digest, until their expiry: a
+/// token's payload cannot change without its MAC failing, so the next call
+/// with it needs only its digest.
+#[derive(Default)]
+struct VerifiedSessions(Mutex<HashMap<[u8; 32], Arc<Verified>>>);
+
+impl VerifiedSessions {
+    fn get(&self, digest: &[u8; 32]) -> Option<Arc<Verified>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).get(digest).cloned()
+    }
+
+    fn insert(&self, digest: [u8; 32], verified: &Arc<Verified>, now: u64) {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if map.len() >= MAX_VERIFIED_SESSIONS {
+            map.retain(|_, v| v.session.exp > now);
+            if map.len() >= MAX_VERIFIED_SESSIONS {
+                map.clear();
+            }
+        }
+        map.insert(digest, verified.clone());
+    }
 }
 
 impl std::fmt::Debug for SessionKeys {
@@ -100,7 +136,7 @@ fn mac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 impl SessionKeys {
     /// Keys from secret bytes (≥ 32 bytes recommended).
     pub fn new(key: Vec<u8>) -> Self {
-        SessionKeys { key }
+        SessionKeys { key, verified: Default::default() }
     }
 
     /// Issue credentials for `session` (its `akid` is set here).
@@ -127,12 +163,40 @@ impl SessionKeys {
         base64::engine::general_purpose::STANDARD.encode(raw)[..40].to_string()
     }
 
-    /// Verify a session token presented with access key `akid`; returns the
-    /// session and the secret the request must be signed with.
-    pub fn verify(&self, akid: &str, token: &str, now: SystemTime) -> Result<(Session, String), SessionError> {
+    /// Verify a session token presented with access key `akid`, at `now`:
+    /// the session, the secret the request must be signed with, and the
+    /// caller. A token verified before is found by its digest; its access
+    /// key and expiry are checked on every call.
+    pub fn verify(&self, akid: &str, token: &str, now: SystemTime) -> Result<Arc<Verified>, SessionError> {
         if token.len() > MAX_SESSION_TOKEN {
             return Err(SessionError::Invalid);
         }
+        let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let verified = match self.verified.get(&digest) {
+            Some(hit) => hit,
+            None => {
+                let session = self.authenticate(token)?;
+                let secret = self.secret_for(&session.akid, token);
+                let identity = Identity::new(session.iss.clone(), session.sub.clone(), session.claims.clone());
+                let verified = Arc::new(Verified { session, secret, identity });
+                if now < verified.session.exp {
+                    self.verified.insert(digest, &verified, now);
+                }
+                verified
+            }
+        };
+        if verified.session.akid != akid {
+            return Err(SessionError::Invalid);
+        }
+        if now >= verified.session.exp {
+            return Err(SessionError::Expired);
+        }
+        Ok(verified)
+    }
+
+    /// The session a token carries, if its MAC is this key's.
+    fn authenticate(&self, token: &str) -> Result<Session, SessionError> {
         let rest = token.strip_prefix(TOKEN_PREFIX).ok_or(SessionError::Invalid)?;
         let (payload, tag) = rest.split_once('.').ok_or(SessionError::Invalid)?;
         let tag = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(tag).map_err(|_| SessionError::Invalid)?;
@@ -141,16 +205,7 @@ impl SessionKeys {
             return Err(SessionError::Invalid);
         }
         let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).map_err(|_| SessionError::Invalid)?;
-        let session: Session = serde_json::from_slice(&raw).map_err(|_| SessionError::Invalid)?;
-        if session.akid != akid {
-            return Err(SessionError::Invalid);
-        }
-        let now = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        if now >= session.exp {
-            return Err(SessionError::Expired);
-        }
-        let secret = self.secret_for(akid, token);
-        Ok((session, secret))
+        serde_json::from_slice(&raw).map_err(|_| SessionError::Invalid)
     }
 }
 
@@ -259,20 +314,42 @@ mod tests {
         let exp = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
         let creds = keys.issue(session(exp)).unwrap();
         assert!(creds.access_key_id.starts_with("ASIA"));
-        let (s, secret) = keys.verify(&creds.access_key_id, &creds.session_token, now).unwrap();
-        assert_eq!(secret, creds.secret_access_key);
-        assert_eq!(s.sub, "agent");
+        let v = keys.verify(&creds.access_key_id, &creds.session_token, now).unwrap();
+        assert_eq!(v.secret, creds.secret_access_key);
+        assert_eq!((v.session.sub.as_str(), v.identity.subject.as_str(), v.identity.issuer.as_str()), ("agent", "agent", "https://i"));
         // Another replica with the same key verifies it too; another key does not.
         assert!(SessionKeys::new(vec![7; 32]).verify(&creds.access_key_id, &creds.session_token, now).is_ok());
-        assert_eq!(SessionKeys::new(vec![8; 32]).verify(&creds.access_key_id, &creds.session_token, now), Err(SessionError::Invalid));
-        // Wrong access key, flipped payload byte, expiry.
-        assert_eq!(keys.verify("ASIAOTHER", &creds.session_token, now), Err(SessionError::Invalid));
+        assert_eq!(SessionKeys::new(vec![8; 32]).verify(&creds.access_key_id, &creds.session_token, now).err(), Some(SessionError::Invalid));
+        // Wrong access key, flipped payload byte, expiry: the token is
+        // remembered now, and each is still refused.
+        assert_eq!(keys.verify("ASIAOTHER", &creds.session_token, now).err(), Some(SessionError::Invalid));
         let mut t = creds.session_token.clone().into_bytes();
         t[10] = if t[10] == b'A' { b'B' } else { b'A' };
-        assert_eq!(keys.verify(&creds.access_key_id, &String::from_utf8(t).unwrap(), now), Err(SessionError::Invalid));
+        assert_eq!(keys.verify(&creds.access_key_id, &String::from_utf8(t).unwrap(), now).err(), Some(SessionError::Invalid));
         let later = now + Duration::from_secs(601);
-        assert_eq!(keys.verify(&creds.access_key_id, &creds.session_token, later), Err(SessionError::Expired));
-        assert_eq!(keys.verify(&creds.access_key_id, "garbage", now), Err(SessionError::Invalid));
+        assert_eq!(keys.verify(&creds.access_key_id, &creds.session_token, later).err(), Some(SessionError::Expired));
+        assert_eq!(keys.verify(&creds.access_key_id, "garbage", now).err(), Some(SessionError::Invalid));
+        // A token first seen after its expiry is refused and not remembered.
+        let old = keys.issue(session(exp - 700)).unwrap();
+        assert_eq!(keys.verify(&old.access_key_id, &old.session_token, now).err(), Some(SessionError::Expired));
+        assert!(keys.verified.get(&Sha256::digest(old.session_token.as_bytes()).into()).is_none());
+    }
+
+    #[test]
+    fn remembered_sessions_are_bounded() {
+        let keys = SessionKeys::new(vec![7; 32]);
+        let now = SystemTime::now();
+        let exp = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
+        let creds = keys.issue(session(exp)).unwrap();
+        let v = keys.verify(&creds.access_key_id, &creds.session_token, now).unwrap();
+        let cache = VerifiedSessions::default();
+        for i in 0..MAX_VERIFIED_SESSIONS as u32 + 1 {
+            let mut digest = [0u8; 32];
+            digest[..4].copy_from_slice(&i.to_le_bytes());
+            cache.insert(digest, &v, exp - 600);
+        }
+        // Full of live sessions: cleared, then the newest kept.
+        assert_eq!(cache.0.lock().unwrap().len(), 1);
     }
 
     #[test]

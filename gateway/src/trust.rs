@@ -391,7 +391,7 @@ mod tests {
     }
 
     fn who(issuer: &str, claims: Value) -> Identity {
-        Identity { issuer: issuer.into(), subject: claims["sub"].as_str().unwrap_or("").into(), claims }
+        Identity::new(issuer, claims["sub"].as_str().unwrap_or("").to_string(), claims)
     }
 
     #[test]

@@ -30,7 +30,7 @@ fn call(op: &str, claims: Value, params: Value) -> CallInput {
 
 fn call_by(issuer: &str, subject: &str, op: &str, claims: Value, params: Value) -> CallInput {
     CallInput {
-        identity: Identity { issuer: issuer.into(), subject: subject.into(), claims },
+        identity: Identity::new(issuer, subject, claims),
         operation: Operation::parse_qualified(op).unwrap(),
         params,
     }

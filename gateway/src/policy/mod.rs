@@ -31,15 +31,43 @@ pub const MAX_MASKS: usize = 10_000;
 /// Longest reason kept from a policy, in bytes.
 pub const MAX_REASON: usize = 1024;
 
-/// Who is calling.
-#[derive(Debug, Clone, Serialize)]
-pub struct Identity {
+/// Who is calling: made once per verified token or session and shared by
+/// its calls (a clone is a reference count), with what every hook call needs
+/// of it worked out once.
+#[derive(Debug, Clone)]
+pub struct Identity(Arc<Caller>);
+
+/// What an [`Identity`] holds.
+#[derive(Debug)]
+pub struct Caller {
     /// Token issuer.
     pub issuer: String,
     /// Token subject.
     pub subject: String,
     /// All claims.
     pub claims: Value,
+    /// `claims` as the JSON text policies get.
+    claims_json: String,
+    /// Which warm policy instances are this caller's ([`host::Warm`]): the
+    /// issuer and subject, length-prefixed so that no two pairs share a key.
+    key: String,
+}
+
+impl Identity {
+    /// The identity of `subject` at `issuer`, with all its claims.
+    pub fn new(issuer: impl Into<String>, subject: impl Into<String>, claims: Value) -> Identity {
+        let (issuer, subject) = (issuer.into(), subject.into());
+        let key = format!("{}:{issuer}:{subject}", issuer.len());
+        Identity(Arc::new(Caller { claims_json: claims.to_string(), issuer, subject, claims, key }))
+    }
+}
+
+impl std::ops::Deref for Identity {
+    type Target = Caller;
+
+    fn deref(&self) -> &Caller {
+        &self.0
+    }
 }
 
 /// Which AWS operation.
@@ -306,7 +334,7 @@ impl PolicySet {
             identity: wit::Identity {
                 issuer: call.identity.issuer.clone(),
                 subject: call.identity.subject.clone(),
-                claims_json: call.identity.claims.to_string(),
+                claims_json: call.identity.claims_json.clone(),
             },
             operation: wit::Operation {
                 service: call.operation.service.clone(),
@@ -333,11 +361,11 @@ impl PolicySet {
             return RequestDecision { verdict, reasons, output: outputs };
         }
         let mut wcall = Self::wit_call(call);
-        let caller = caller_key(&call.identity);
+        let caller = &call.identity.key;
         let no_body = None::<&Value>;
         for p in scoped {
             wcall.config_json.clone_from(&p.config_json);
-            let Hooked { result, printed } = p.compiled.on_request(&p.warm, &caller, &wcall);
+            let Hooked { result, printed } = p.compiled.on_request(&p.warm, caller, &wcall);
             outputs.extend(self.output(p, "on-request", printed.as_ref(), &call.params, no_body));
             let (v, message) = match result {
                 Ok(wit::Verdict::Allow) => continue,
@@ -373,7 +401,7 @@ impl PolicySet {
             return ResponseDecision { deny, masks, output: outputs };
         }
         let mut wcall = Self::wit_call(call);
-        let caller = caller_key(&call.identity);
+        let caller = &call.identity.key;
         let body_json = text();
         let resp = wit::Response { status, body_json };
         // The detectors run once, natively, for every policy that asks.
@@ -381,7 +409,7 @@ impl PolicySet {
         for p in scoped {
             wcall.config_json.clone_from(&p.config_json);
             let name = &p.compiled.name;
-            let Hooked { result, printed } = p.compiled.on_response(&p.warm, &caller, &wcall, &resp, findings.clone());
+            let Hooked { result, printed } = p.compiled.on_response(&p.warm, caller, &wcall, &resp, findings.clone());
             outputs.extend(self.output(p, "on-response", printed.as_ref(), &call.params, Some(body)));
             match result {
                 Err(e) => deny.push(reason(name, &format!("on-response {}", failure(&e, printed.as_ref(), &call.params, Some(body))))),
@@ -398,12 +426,6 @@ impl PolicySet {
         }
         ResponseDecision { deny, masks, output: outputs }
     }
-}
-
-/// The key that ties warm instances to one caller: the token's issuer and
-/// subject, length-prefixed so that no two pairs share a key.
-fn caller_key(identity: &Identity) -> String {
-    format!("{}:{}:{}", identity.issuer.len(), identity.issuer, identity.subject)
 }
 
 /// Why a hook failed, as its deny reason says it: the error, then what the

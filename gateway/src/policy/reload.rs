@@ -345,11 +345,7 @@ pub fn self_check(p: &LoadedPolicy) -> Result<(), String> {
         warm: Default::default(),
     })]);
     let call = CallInput {
-        identity: Identity {
-            issuer: "https://issuer.veil.self-check".into(),
-            subject: "veil-self-check".into(),
-            claims: json!({"sub": "veil-self-check", "groups": []}),
-        },
+        identity: Identity::new("https://issuer.veil.self-check", "veil-self-check", json!({"sub": "veil-self-check", "groups": []})),
         operation: Operation {
             service: "secretsmanager".into(),
             action: "GetSecretValue".into(),
