@@ -14,6 +14,7 @@
 //! there; a mismatch costs a comparison or two.
 
 use crate::doc::{Look, Tree};
+use crate::runs::run_len;
 
 /// What a detector found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,13 +52,18 @@ pub enum ScanError {
 }
 
 fn alnum(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
+    // `is_ascii_alphanumeric` as compares the compiler can vectorise.
+    ((b | 0x20).wrapping_sub(b'a') < 26) | (b.wrapping_sub(b'0') < 10)
 }
 fn b64url(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+    alnum(b) | (b == b'-') | (b == b'_')
 }
 fn word(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b == b'_'
+    alnum(b) | (b == b'_')
+}
+/// A character of an AWS secret key or of base64 (`=` padding aside).
+fn key_char(b: u8) -> bool {
+    alnum(b) | (b == b'/') | (b == b'+')
 }
 fn hex(b: u8) -> bool {
     b.is_ascii_hexdigit()
@@ -68,8 +74,9 @@ fn base32(b: u8) -> bool {
 
 /// Length of the run of `class` bytes starting at `i`.
 fn run(s: &[u8], i: usize, class: impl Fn(u8) -> bool) -> usize {
-    s[i.min(s.len())..].iter().take_while(|b| class(**b)).count()
+    run_len(&s[i.min(s.len())..], class)
 }
+
 
 /// At `i`: `lit` then `min..=max` bytes of `class`, starting a word.
 fn token_at(s: &[u8], i: usize, lit: &[u8], class: impl Fn(u8) -> bool, min: usize, max: usize) -> bool {
@@ -212,7 +219,6 @@ fn aws_secret_assignment_at(s: &[u8], i: usize) -> bool {
             return false;
         }
         let j = i + k.len();
-        let key_char = |b: u8| b.is_ascii_alphanumeric() || b == b'/' || b == b'+';
         let gap = s[j..].iter().take(5).take_while(|b| !key_char(**b)).count();
         run(s, j + gap, key_char) == 40
     })
@@ -233,18 +239,6 @@ fn key_id_at(s: &[u8], i: usize) -> Option<usize> {
 /// entropy of random bytes (random keys: 4.48 bits per character at the
 /// first percentile; paths and names of that length stay near 4.3).
 fn bare_secret_key(s: &[u8]) -> bool {
-    // A table: runs of key characters are long in base64 and hex data.
-    static KEY_CHARS: [bool; 256] = {
-        let mut t = [false; 256];
-        let mut b = 0;
-        while b < 256 {
-            let c = b as u8;
-            t[b] = c.is_ascii_alphanumeric() || c == b'/' || c == b'+';
-            b += 1;
-        }
-        t
-    };
-    let key_char = |b: u8| KEY_CHARS[b as usize];
     let mut i = 0;
     while i + 40 <= s.len() {
         let n = run(s, i, key_char);
@@ -375,20 +369,6 @@ static STARTS: [u64; 1024] = {
     t
 };
 
-/// `f` of `name` lowercased (on the stack: names are short).
-fn with_lowercase<R>(name: &str, f: impl Fn(&str) -> R) -> R {
-    let mut buf = [0u8; 64];
-    match buf.get_mut(..name.len()) {
-        Some(lower) => {
-            lower.copy_from_slice(name.as_bytes());
-            lower.make_ascii_lowercase();
-            // Lowercasing ASCII bytes keeps UTF-8 valid.
-            f(std::str::from_utf8(lower).unwrap_or_default())
-        }
-        None => f(&name.to_ascii_lowercase()),
-    }
-}
-
 /// Parts of names that say what a value is about, not that it is a secret.
 const NOT_SECRET_NAMES: &[&str] = &[
     "tokentype", "token_type", "secretarn", "secretid", "secretname", "secret_arn", "passwordpolicy", "passwordlastused", "authtype",
@@ -396,24 +376,51 @@ const NOT_SECRET_NAMES: &[&str] = &[
     "clienttoken", "continuationtoken", "paginationtoken", "idempotency", "sessiontokenexpir",
 ];
 
-/// Password names: any value under them is a secret, however short or plain.
-fn lower_is_password_name(k: &str) -> bool {
-    let pwd = k.ends_with("pwd") && (k.len() == 3 || !k.as_bytes()[k.len() - 4].is_ascii_alphabetic());
-    (k.contains("password") || k.contains("passwd") || pwd) && !NOT_SECRET_NAMES.iter().any(|w| k.contains(w))
+/// Parts of password names: any value under them is a secret, however short
+/// or plain (and `pwd` at the end of a name: [`Name::of`]).
+const PASSWORD_WORDS: &[&str] = &["password", "passwd"];
+
+/// Parts of names under which a high-entropy value is a secret.
+const SECRET_WORDS: &[&str] =
+    &["secret", "password", "passwd", "pwd", "token", "apikey", "api_key", "api-key", "privatekey", "private_key", "credential", "auth"];
+
+/// Parts of the names of pagination tokens.
+const PAGING_WORDS: &[&str] = &["nexttoken", "continuationtoken", "paginationtoken", "marker", "cursor"];
+
+/// What a word found in a name says (bits of [`NameWords`]).
+const PASSWORD: u8 = 1;
+const SECRET: u8 = 2;
+const NOT_SECRET: u8 = 4;
+const PAGING: u8 = 8;
+
+/// Every word above in one automaton (ASCII case ignored), with what each
+/// says: a name is judged in one pass over it.
+struct NameWords {
+    words: aho_corasick::AhoCorasick,
+    says: Vec<u8>,
 }
 
-/// Names under which a high-entropy value is a secret.
-fn lower_is_secret_name(k: &str) -> bool {
-    ["secret", "password", "passwd", "pwd", "token", "apikey", "api_key", "api-key", "privatekey", "private_key", "credential", "auth"]
-        .iter()
-        .any(|w| k.contains(w))
-        && !NOT_SECRET_NAMES.iter().any(|w| k.contains(w))
+fn name_words() -> &'static NameWords {
+    static WORDS: std::sync::OnceLock<NameWords> = std::sync::OnceLock::new();
+    WORDS.get_or_init(|| {
+        let mut says = std::collections::BTreeMap::<&str, u8>::new();
+        for (list, bit) in [(PASSWORD_WORDS, PASSWORD), (SECRET_WORDS, SECRET), (NOT_SECRET_NAMES, NOT_SECRET), (PAGING_WORDS, PAGING)] {
+            for w in list {
+                *says.entry(w).or_default() |= bit;
+            }
+        }
+        let words = aho_corasick::AhoCorasick::builder()
+            .ascii_case_insensitive(true)
+            .build(says.keys())
+            .expect("a few short literal words build an automaton");
+        NameWords { words, says: says.into_values().collect() }
+    })
 }
 
 /// Values that stand for a secret without being one.
 fn is_placeholder(v: &str) -> bool {
     let first = v.as_bytes().first().copied().unwrap_or(b'*');
-    v.bytes().all(|b| b == first && matches!(b, b'*' | b'x' | b'X' | b'.' | b'-' | b'#'))
+    (matches!(first, b'*' | b'x' | b'X' | b'.' | b'-' | b'#') && run_len(v.as_bytes(), |b| b == first) == v.len())
         || v.starts_with("${")
         || v.starts_with("{{")
         || v.starts_with('<')
@@ -462,14 +469,13 @@ struct Name {
 impl Name {
     /// Classify `name` (ASCII case ignored).
     fn of(name: &str) -> Name {
-        with_lowercase(name, |k| {
-            let password = lower_is_password_name(k);
-            Name {
-                password,
-                secret: password || lower_is_secret_name(k),
-                paging: ["nexttoken", "continuationtoken", "paginationtoken", "marker", "cursor"].iter().any(|w| k.contains(w)),
-            }
-        })
+        let words = name_words();
+        let says = words.words.find_overlapping_iter(name).fold(0, |says, m| says | words.says[m.pattern()]);
+        let k = name.as_bytes();
+        let pwd = ends_with_ignore_case(k, b"pwd") && (k.len() == 3 || !k[k.len() - 4].is_ascii_alphabetic());
+        let plain = says & NOT_SECRET == 0;
+        let password = (says & PASSWORD != 0 || pwd) && plain;
+        Name { password, secret: password || (says & SECRET != 0 && plain), paging: says & PAGING != 0 }
     }
 }
 
@@ -662,7 +668,7 @@ fn push_quoted(path: &mut String, key: &str) {
 
 fn looks_base64(s: &str) -> bool {
     let s = s.trim();
-    s.len() % 4 == 0 && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+    s.len() % 4 == 0 && run_len(s.as_bytes(), |b| key_char(b) | (b == b'=')) == s.len()
 }
 
 fn is_arn_or_url(s: &str) -> bool {
@@ -697,6 +703,47 @@ mod tests {
         let precision = tp as f64 / (tp + fp) as f64;
         println!("detectors: recall {recall:.3} precision {precision:.3} (tp {tp} fp {fp} fn {fn_} tn {tn})");
         assert!(recall >= 1.0 && precision >= 1.0, "recall {recall:.3} precision {precision:.3}\n{}", misses.join("\n"));
+    }
+
+    #[test]
+    fn classes_are_those_of_the_standard_library() {
+        assert!((0..=255u8).all(|b| alnum(b) == b.is_ascii_alphanumeric()));
+        assert!((0..=255u8).all(|b| key_char(b) == (b.is_ascii_alphanumeric() || b == b'/' || b == b'+')));
+    }
+
+    #[test]
+    fn names_are_judged_by_the_words_they_contain() {
+        let judged = |n: &str| {
+            let k = Name::of(n);
+            (k.password, k.secret, k.paging)
+        };
+        for (name, want) in [
+            ("DB_PASSWORD", (true, true, false)),
+            ("password", (true, true, false)),
+            ("MasterUserPassword", (true, true, false)),
+            ("passwd", (true, true, false)),
+            ("db_pwd", (true, true, false)),
+            ("PWD", (true, true, false)),
+            ("cwd_apwd", (false, true, false)),
+            ("PasswordPolicy", (false, false, false)),
+            ("PasswordLastUsed", (false, false, false)),
+            ("SecretString", (false, true, false)),
+            ("SecretId", (false, false, false)),
+            ("ClientSecret", (false, true, false)),
+            ("x-api-key", (false, true, false)),
+            ("SessionToken", (false, true, false)),
+            ("Authorization", (false, true, false)),
+            ("AuthType", (false, false, false)),
+            ("NextToken", (false, false, true)),
+            ("Marker", (false, false, true)),
+            ("NextMarker", (false, false, true)),
+            ("TokenType", (false, false, false)),
+            ("Name", (false, false, false)),
+            ("", (false, false, false)),
+            ("pässwörd", (false, false, false)),
+        ] {
+            assert_eq!(judged(name), want, "{name}");
+        }
     }
 
     #[test]

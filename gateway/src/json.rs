@@ -94,20 +94,6 @@ impl std::fmt::Debug for JsonDoc {
     }
 }
 
-/// Bytes that end the fast scan of a string: the quote, a backslash, and
-/// the control characters JSON forbids inside one.
-static STRING_STOP: [bool; 256] = {
-    let mut t = [false; 256];
-    let mut b = 0;
-    while b < 0x20 {
-        t[b] = true;
-        b += 1;
-    }
-    t[b'"' as usize] = true;
-    t[b'\\' as usize] = true;
-    t
-};
-
 struct Parser<'s> {
     t: &'s str,
     s: &'s [u8],
@@ -208,11 +194,9 @@ impl Parser<'_> {
     }
 
     /// Skip the string bytes that need no decoding: up to a quote, a
-    /// backslash or a control character.
+    /// backslash or a control character (JSON forbids them in a string).
     fn plain_run(&mut self) {
-        while self.i < self.s.len() && !STRING_STOP[self.s[self.i] as usize] {
-            self.i += 1;
-        }
+        self.i += crate::runs::run_len(&self.s[self.i..], |b| (b != b'"') & (b != b'\\') & (b >= 0x20));
     }
 
     /// A string at the opening quote.

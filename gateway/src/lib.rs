@@ -21,6 +21,7 @@ pub mod masking;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod runs;
 pub mod serve;
 pub mod sigv4;
 pub mod sts;
