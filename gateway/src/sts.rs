@@ -307,12 +307,18 @@ mod tests {
         }
     }
 
-    #[test]
-    fn issued_sessions_verify_and_tampering_does_not() {
+    /// Keys, now, an expiry ten minutes on, and a session issued until then.
+    fn issued() -> (SessionKeys, SystemTime, u64, Credentials) {
         let keys = SessionKeys::new(vec![7; 32]);
         let now = SystemTime::now();
         let exp = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
         let creds = keys.issue(session(exp)).unwrap();
+        (keys, now, exp, creds)
+    }
+
+    #[test]
+    fn issued_sessions_verify_and_tampering_does_not() {
+        let (keys, now, exp, creds) = issued();
         assert!(creds.access_key_id.starts_with("ASIA"));
         let v = keys.verify(&creds.access_key_id, &creds.session_token, now).unwrap();
         assert_eq!(v.secret, creds.secret_access_key);
@@ -337,10 +343,7 @@ mod tests {
 
     #[test]
     fn remembered_sessions_are_bounded() {
-        let keys = SessionKeys::new(vec![7; 32]);
-        let now = SystemTime::now();
-        let exp = now.duration_since(UNIX_EPOCH).unwrap().as_secs() + 600;
-        let creds = keys.issue(session(exp)).unwrap();
+        let (keys, now, exp, creds) = issued();
         let v = keys.verify(&creds.access_key_id, &creds.session_token, now).unwrap();
         let cache = VerifiedSessions::default();
         for i in 0..MAX_VERIFIED_SESSIONS as u32 + 1 {
