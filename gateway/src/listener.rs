@@ -220,7 +220,10 @@ async fn serve_with(
         let _ = tcp.set_nodelay(true);
         let handler = handler.clone();
         let service = service_fn(move |req| {
-            let fut = handler.answer(req, remote);
+            // On the heap at once: hyper and the runtime move the request's
+            // future, and a handler's state can be kilobytes (the gateway's
+            // stages).
+            let fut = Box::pin(handler.answer(req, remote));
             // A handler that panics answers 500 instead of ending the
             // connection's task (and every request on the connection with
             // it). The gateway's own handler already turns its stages'

@@ -542,7 +542,10 @@ impl Gateway {
             rec,
             coming: None,
         };
-        let resp = match guarded(self.run(&mut ctx, req)).await {
+        // The stages' state is large (about 12 KB: every stage's locals); on
+        // the heap, it is written once, and the futures around it that the
+        // runtime and hyper move stay small.
+        let resp = match guarded(Box::pin(self.run(&mut ctx, req))).await {
             Ok(resp) => resp,
             Err(f) => self.refuse(&mut ctx, f),
         };
