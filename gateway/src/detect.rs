@@ -77,7 +77,6 @@ fn run(s: &[u8], i: usize, class: impl Fn(u8) -> bool) -> usize {
     run_len(&s[i.min(s.len())..], class)
 }
 
-
 /// At `i`: `lit` then `min..=max` bytes of `class`, starting a word.
 fn token_at(s: &[u8], i: usize, lit: &[u8], class: impl Fn(u8) -> bool, min: usize, max: usize) -> bool {
     if !s[i..].starts_with(lit) || (i > 0 && word(s[i - 1])) {
