@@ -261,6 +261,10 @@ fn build(
     })
 }
 
+/// `x-amz-date`'s form, `YYYYMMDDTHHMMSSZ`.
+const AMZ_DATE: &[time::format_description::BorrowedFormatItem<'static>] =
+    time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+
 thread_local! {
     /// The last date parsed and the last second formatted on this thread:
     /// the calls of one second all carry the same `x-amz-date`.
@@ -272,8 +276,7 @@ thread_local! {
 pub fn parse_amz_date(s: &str) -> Option<u64> {
     LAST_PARSED.with_borrow_mut(|(text, parsed)| {
         if text != s {
-            let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-            *parsed = time::PrimitiveDateTime::parse(s, &fmt).ok().map(|t| t.assume_utc().unix_timestamp()).and_then(|t| u64::try_from(t).ok());
+            *parsed = time::PrimitiveDateTime::parse(s, AMZ_DATE).ok().map(|t| t.assume_utc().unix_timestamp()).and_then(|t| u64::try_from(t).ok());
             text.clear();
             text.push_str(s);
         }
@@ -286,8 +289,7 @@ pub fn format_amz_date(t: SystemTime) -> String {
     let secs = t.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     LAST_FORMATTED.with_borrow_mut(|(second, text)| {
         if *second != secs {
-            let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
-            *text = time::OffsetDateTime::from(UNIX_EPOCH + Duration::from_secs(secs)).format(&fmt).unwrap_or_default();
+            *text = time::OffsetDateTime::from(UNIX_EPOCH + Duration::from_secs(secs)).format(AMZ_DATE).unwrap_or_default();
             *second = secs;
         }
         text.clone()
