@@ -111,6 +111,10 @@ pub struct Listener {
     /// Open client connections at most; more wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Threads serving connections, each with its own runtime; absent: one
+    /// per CPU the process may use.
+    #[serde(default)]
+    pub threads: Option<usize>,
     /// DNS names clients reach Veil by. An S3 request to `<bucket>.<name>`
     /// is virtual-hosted addressing; with names set, an S3 request to any
     /// other host (but an IP address or `localhost`) is refused.
@@ -609,6 +613,9 @@ impl Config {
         }
         if !(1..=1_000_000).contains(&self.listener.max_connections) {
             return e("listener.max_connections", "must be between 1 and 1000000");
+        }
+        if self.listener.threads.is_some_and(|t| !(1..=1024).contains(&t)) {
+            return e("listener.threads", "must be between 1 and 1024");
         }
         if self.identity.issuers.is_empty() {
             return e("identity.issuers", "at least one issuer is required");

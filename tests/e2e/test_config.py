@@ -39,6 +39,7 @@ def test_bad_configs_exit_1_with_file_key_and_reason(tmp_path, issuer, moto):
         ('address = "127.0.0.1:0"\ntls', 'address = "localhost:x"\ntls', ["listener.address"]),
         ('shutdown_drain_secs = 5', 'shutdown_drain_secs = 5\nmax_connections = 0', ["listener.max_connections", "between 1 and"]),
         ('shutdown_drain_secs = 5', 'shutdown_drain_secs = 5\nheader_timeout_secs = 0', ["listener.header_timeout_secs", "between 1 and"]),
+        ('shutdown_drain_secs = 5', 'shutdown_drain_secs = 5\nthreads = 0', ["listener.threads", "between 1 and"]),
     ]
     for i, (old, new, expect) in enumerate(cases):
         d = tmp_path / str(i)
@@ -58,6 +59,19 @@ def test_plaintext_needs_an_explicit_flag_and_warns(tmp_path, issuer, moto):
         assert "insecure_plaintext = true" in veil.proc.output()
         import requests
         assert requests.get(veil.url + "/", timeout=10).status_code == 403
+    finally:
+        veil.stop()
+
+
+def test_serves_on_the_configured_threads(tmp_path, issuer, moto):
+    cfg, ca = harness.veil_config(tmp_path, issuer, moto)
+    cfg.write_text(cfg.read_text().replace('shutdown_drain_secs = 5', 'shutdown_drain_secs = 5\nthreads = 3', 1))
+    veil = harness.Veil(cfg)
+    try:
+        names = [(t / "comm").read_text().strip() for t in Path(f"/proc/{veil.proc.p.pid}/task").iterdir()]
+        assert sorted(n for n in names if n.startswith("veil-serve-")) == ["veil-serve-0", "veil-serve-1", "veil-serve-2"], names
+        import requests
+        assert requests.get(veil.url + "/", timeout=10, verify=str(ca)).status_code == 403
     finally:
         veil.stop()
 
