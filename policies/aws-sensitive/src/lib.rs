@@ -95,8 +95,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn generated_table_is_not_empty() {
-        assert!(generated::OPERATIONS > 1000);
-        assert!(generated::ALL.iter().all(|(s, a)| !generated::selectors(s, a).is_empty()));
+    fn generated_table_is_sorted_and_every_entry_found() {
+        let table = generated::TABLE;
+        assert!(table.len() > 1000);
+        assert!(table.windows(2).all(|w| (w[0].0, w[0].1) < (w[1].0, w[1].1)), "the table must be sorted for the binary search");
+        assert!(table.iter().all(|(s, a, sels)| !sels.is_empty() && generated::selectors(s, a) == *sels));
+        assert!(generated::selectors("secretsmanager", "GetSecretValue").iter().any(|(p, _)| *p == "SecretString"));
+        assert!(generated::selectors("secretsmanager", "NoSuchAction").is_empty());
+        assert!(generated::selectors("", "").is_empty());
     }
 }
