@@ -39,9 +39,11 @@ the `bench_upstream`, `bench_proxy` and `identify_bench` examples; installs
 nothing)
 Environment: DURATION (s per wrk run, default 2), REPEATS (default 3), CONNS
 (default "1,16,64"), EXTRAS=0 skips the listing and the Python/JS sets;
-BENCH_JSON=<file> also writes every cell as JSON; VEIL_PROFILE (default
-`release`; `make bench` runs `dist`, what ships) picks the cargo profile
-whose gateway and examples run.
+BENCH_JSON=<file> also writes every cell as JSON; THREADS=<n> runs every
+proxy on n threads (nginx `worker_processes`, the bare proxy's `--threads`,
+Veil's `listener.threads`; by default nginx 2, the others one per CPU);
+VEIL_PROFILE (default `release`; `make bench` runs `dist`, what ships) picks
+the cargo profile whose gateway and examples run.
 """
 import json
 import os
@@ -67,6 +69,7 @@ DURATION = int(os.environ.get("DURATION", "2"))
 REPEATS = int(os.environ.get("REPEATS", "3"))
 CONNS = [int(c) for c in os.environ.get("CONNS", "1,16,64").split(",")]
 EXTRAS = os.environ.get("EXTRAS", "1") != "0"
+THREADS = os.environ.get("THREADS")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 EXAMPLES = ROOT / "target" / harness.PROFILE / "examples"
 SMALL = ("4 KB GetSecretValue", "GetSecretValue", {"SecretId": "prod/search/db"})
@@ -156,6 +159,8 @@ def start_veil(d, sub, issuer, up_port, procs, extra="", policies_dir=harness.PO
     cfg, ca = harness.veil_config(Path(d) / sub, issuer, f"http://127.0.0.1:{up_port}", extra=extra, policies_dir=policies_dir,
                                   policy_config=policy_config)
     text = cfg.read_text()
+    if THREADS:
+        text = text.replace("[listener]\n", f"[listener]\nthreads = {THREADS}\n", 1)
     if not tls:
         text = text.replace('tls_cert = "veil.pem"\ntls_key = "veil-key.pem"', "insecure_plaintext = true")
     cfg.write_text(text.replace("[policies]\n", f"[policies]\ncache_dir = {json.dumps(str(policy_cache()))}\n", 1))
@@ -227,7 +232,7 @@ def nginx(upstream_port, d, cert=None, key=None):
   }}""" if cert else ""
     conf = Path(d) / "nginx.conf"
     conf.write_text(f"""
-worker_processes 2;
+worker_processes {THREADS or 2};
 pid {d}/nginx.pid;
 error_log {d}/nginx-error.log;
 events {{ worker_connections 4096; }}
@@ -252,7 +257,8 @@ def children(pid):
 def bare_proxy(up_port, procs, cert=None, key=None):
     """The bare proxy (gateway/examples/bench_proxy.rs): (its pid, URL)."""
     tls = ["--tls", str(cert), str(key)] if cert else []
-    p = harness.Proc("bare-proxy", [str(EXAMPLES / "bench_proxy"), f"127.0.0.1:{up_port}", *tls])
+    threads = ["--threads", THREADS] if THREADS else []
+    p = harness.Proc("bare-proxy", [str(EXAMPLES / "bench_proxy"), f"127.0.0.1:{up_port}", *tls, *threads])
     procs.append(p)
     addr = p.wait_for(r"listening (\S+)").group(1)
     return p.p.pid, f"{'https' if cert else 'http'}://{addr}/"

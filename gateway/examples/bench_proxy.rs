@@ -5,8 +5,9 @@
 //! Nothing else: no identity, policy, masking, audit or logging, so what
 //! Veil adds over it is what Veil's own work costs.
 //!
-//! `bench_proxy <upstream host:port> [--tls <cert.pem> <key.pem>]` binds a
-//! free port on 127.0.0.1 and prints `listening <addr>`.
+//! `bench_proxy <upstream host:port> [--tls <cert.pem> <key.pem>] [--threads <n>]`
+//! binds a free port on 127.0.0.1 and prints `listening <addr>`; it serves on
+//! `n` threads, one per CPU by default (as Veil's `listener.threads`).
 
 use std::time::Duration;
 
@@ -77,6 +78,9 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let limits = Limits { header_timeout: Duration::from_secs(10), drain: Duration::ZERO, max_connections: 4096 };
-    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let threads = match args.iter().position(|a| a == "--threads") {
+        Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).ok_or_else(|| anyhow::anyhow!("--threads <n>"))?,
+        None => std::thread::available_parallelism().map_or(2, usize::from),
+    };
     listener::serve_threads(tcp, threads, tls, handler, limits, std::future::pending()).await
 }
