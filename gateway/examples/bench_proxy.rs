@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let limits = Limits { header_timeout: Duration::from_secs(10), drain: Duration::ZERO, max_connections: 4096 };
     let threads = match args.iter().position(|a| a == "--threads") {
         Some(i) => args.get(i + 1).and_then(|n| n.parse().ok()).ok_or_else(|| anyhow::anyhow!("--threads <n>"))?,
-        None => std::thread::available_parallelism().map_or(2, usize::from),
+        None => listener::default_threads(),
     };
     listener::serve_threads(tcp, threads, tls, handler, limits, std::future::pending()).await
 }

@@ -114,6 +114,12 @@ pub async fn serve(
     serve_with(listener, tls, handler, limits, slots, shutdown).await
 }
 
+/// The serving threads when none are configured: one per CPU the process
+/// may use (its affinity mask and cgroup CPU quota count).
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(2, usize::from)
+}
+
 /// [`serve`] on `threads` threads, each running a current-thread runtime
 /// that accepts on its own handle of `listener` (see the module docs); the
 /// connection limit is shared. Returns once `shutdown` has resolved and

@@ -175,7 +175,7 @@ pub fn serve(path: &Path) -> Result<()> {
             let gateway = gateway.clone();
             async move { gateway.handle(req, remote).await }
         };
-        let threads = cfg.listener.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(2, usize::from));
+        let threads = cfg.listener.threads.unwrap_or_else(listener::default_threads);
         listener::serve_threads(tcp.into_std()?, threads, tls, handler, listener::Limits::of(&cfg.listener), shutdown_signal()).await
     })
 }
