@@ -1,5 +1,6 @@
 """`veil serve` refuses bad configuration with exit 1, naming file, key and reason."""
 import subprocess
+import time
 from pathlib import Path
 
 import harness
@@ -68,8 +69,20 @@ def test_serves_on_the_configured_threads(tmp_path, issuer, moto):
     cfg.write_text(cfg.read_text().replace('shutdown_drain_secs = 5', 'shutdown_drain_secs = 5\nthreads = 3', 1))
     veil = harness.Veil(cfg)
     try:
-        names = [(t / "comm").read_text().strip() for t in Path(f"/proc/{veil.proc.p.pid}/task").iterdir()]
-        assert sorted(n for n in names if n.startswith("veil-serve-")) == ["veil-serve-0", "veil-serve-1", "veil-serve-2"], names
+        # "listening" is logged just before the serving threads start.
+        deadline = time.monotonic() + 10
+        while True:
+            names = []
+            for task in Path(f"/proc/{veil.proc.p.pid}/task").iterdir():
+                try:
+                    names.append((task / "comm").read_text().strip())
+                except FileNotFoundError:  # a thread that ended meanwhile
+                    pass
+            serving = sorted(n for n in names if n.startswith("veil-serve-"))
+            if len(serving) >= 3 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert serving == ["veil-serve-0", "veil-serve-1", "veil-serve-2"], names
         import requests
         assert requests.get(veil.url + "/", timeout=10, verify=str(ca)).status_code == 403
     finally:
