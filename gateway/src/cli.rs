@@ -527,7 +527,7 @@ fn conformance(policy: &Path, dir: &Path) -> Result<()> {
         let mut response = match (case.response, &case.response_wire) {
             (Some(_), Some(_)) => bail!("{}: give `response` or `response_wire`, not both", file.display()),
             (_, Some(raw)) => {
-                let protocol = crate::aws::protocol_of(&op.service)
+                let protocol = crate::aws::protocol_of(&op.service, &http::HeaderMap::new())
                     .with_context(|| format!("{}: no AWS protocol known for service {:?}", file.display(), op.service))?;
                 let query_action = (protocol == crate::aws::Protocol::Query).then_some(op.action.as_str());
                 let parsed = ParsedBody::parse(protocol, raw.as_bytes(), query_action)

@@ -688,7 +688,7 @@ impl Gateway {
             aws::sqs::map_request(&mut classified, &gateway, &upstream).map_err(Failure::BadRequest)?;
             ctx.queue_origin = Some(gateway);
         }
-        ctx.protocol = Some(classified.model.protocol);
+        ctx.protocol = Some(classified.protocol);
         ctx.action = Some(classified.action.clone());
         ctx.rec.resource = classified.resource.clone().unwrap_or_default();
         ctx.rec.params = audit::redact(&classified.params).to_string();
@@ -799,7 +799,7 @@ impl Gateway {
             .map_err(|_| Failure::Upstream(UpstreamError::Timeout(self.upstream.timeout())))??;
         ctx.rec.upstream_us = upstream_started.elapsed().as_micros() as u64;
         let mask_started = Instant::now();
-        let protocol = classified.model.protocol;
+        let protocol = classified.protocol;
         let query_action = (protocol == Protocol::Query).then_some(classified.action.as_str());
         let mut parsed = ParsedBody::parse(protocol, &raw, query_action).map_err(Failure::Unparseable)?;
         let parse_us = mask_started.elapsed().as_micros() as u64;
@@ -898,7 +898,7 @@ impl Gateway {
         body: Incoming,
     ) -> Result<(Option<Bytes>, Option<Streamed>), Failure> {
         let signed = sigv4::parse(parts)?;
-        ctx.protocol = aws::protocol_of(&signed.service);
+        ctx.protocol = aws::protocol_of(&signed.service, &parts.headers);
         ctx.service = Some(signed.service.clone());
         ctx.region = Some(signed.region.clone());
         self.s3_virtual_path(ctx, &signed.service, parts)?;
@@ -950,7 +950,7 @@ impl Gateway {
         // identity work, and even the token's errors are in the service's shape.
         let service = header(SERVICE_HEADER)?;
         aws::endpoint::check_service(&service)?;
-        ctx.protocol = aws::protocol_of(&service);
+        ctx.protocol = aws::protocol_of(&service, &parts.headers);
         let region = header(REGION_HEADER)?;
         aws::endpoint::check_region(&region)?;
         ctx.region = Some(region);

@@ -38,7 +38,7 @@ pub enum Protocol {
     /// EC2's variant of query.
     #[serde(rename = "ec2")]
     Ec2,
-    /// Smithy RPC v2 CBOR (not parsed; passes policies as opaque).
+    /// Smithy RPC v2 CBOR (not read: such requests are refused).
     #[serde(rename = "smithy-rpc-v2-cbor")]
     Cbor,
 }
@@ -60,8 +60,12 @@ struct Table {
 pub struct Model {
     /// botocore model name.
     pub model: String,
-    /// Wire protocol.
+    /// Wire protocol (the first of `protocols` when there are several).
     pub protocol: Protocol,
+    /// Every protocol the service speaks, when more than one (CloudWatch:
+    /// CBOR, JSON and query); clients pick one per call.
+    #[serde(default)]
+    protocols: Vec<Protocol>,
     /// Endpoint prefix.
     pub prefix: String,
     /// One global endpoint.
@@ -69,6 +73,9 @@ pub struct Model {
     pub global: bool,
     /// X-Amz-Target prefix.
     pub target: Option<String>,
+    /// JSON version (`1.0`, `1.1`) of a model with a target.
+    #[serde(default)]
+    json: Option<String>,
     #[serde(default)]
     ops: Vec<RestOp>,
     /// Operations whose response body is a stream: the payload member of a
@@ -114,6 +121,11 @@ impl RestOp {
 }
 
 impl Model {
+    /// Whether calls to this model may be sent in `protocol`.
+    pub fn speaks(&self, protocol: Protocol) -> bool {
+        self.protocol == protocol || self.protocols.contains(&protocol)
+    }
+
     /// Whether a query key selects an operation of this REST model (S3's
     /// sub-resources: `acl`, `policy` …).
     fn selects(&self, key: &str) -> bool {
@@ -167,10 +179,21 @@ pub fn model_of(service: &str) -> Option<&'static Model> {
     table().services.get(service).and_then(|m| m.first())
 }
 
-/// The protocol of a service's main model, for shaping errors before the
-/// operation is known.
-pub fn protocol_of(service: &str) -> Option<Protocol> {
-    table().services.get(service).and_then(|m| m.first()).map(|m| m.protocol)
+/// The protocol a request to `service` is most likely in, for shaping
+/// errors before the operation is known: JSON when it names an
+/// `X-Amz-Target` and the service speaks JSON, query when it sends a form
+/// and the service speaks query, else its main model's (JSON for one whose
+/// main protocol is CBOR, which Veil does not read).
+pub fn protocol_of(service: &str, headers: &http::HeaderMap) -> Option<Protocol> {
+    let models = table().services.get(service)?;
+    if headers.contains_key("x-amz-target") && models.iter().any(|m| m.speaks(Protocol::Json)) {
+        return Some(Protocol::Json);
+    }
+    let form = wire::media_type(headers).ok().flatten().is_some_and(|m| m == wire::FORM);
+    if let Some(m) = models.iter().find(|m| form && (m.speaks(Protocol::Query) || m.speaks(Protocol::Ec2))) {
+        return Some(if m.speaks(Protocol::Ec2) { Protocol::Ec2 } else { Protocol::Query });
+    }
+    models.first().map(|m| if m.protocol == Protocol::Cbor && m.speaks(Protocol::Json) { Protocol::Json } else { m.protocol })
 }
 
 /// Why a request could not be classified.
@@ -195,6 +218,9 @@ pub enum ClassifyError {
 pub struct Classified {
     /// The model it belongs to.
     pub model: &'static Model,
+    /// The protocol this call is in (one the model speaks): its response
+    /// is read, and its errors written, in it.
+    pub protocol: Protocol,
     /// Operation name.
     pub action: String,
     /// Parameters as JSON.
@@ -283,24 +309,35 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
     query.retain(|(k, _)| !crate::sigv4::is_presign_param(k));
     wire::check_unique(&query, "query")?;
     let body = req.body.unwrap_or_default();
+    if req.headers.contains_key("smithy-protocol") || media.as_deref() == Some("application/cbor") {
+        return Err(unknown("the request is in Smithy RPC v2 CBOR, which Veil does not read; configure the client for JSON (X-Amz-Target) or query"));
+    }
     if let Some(target) = wire::header(req.headers, "x-amz-target")? {
-        refuse_codings(&codings)?;
+        let decoded = wire::decode_body(&codings, body)?;
+        let body = decoded.as_deref().unwrap_or(body);
         let (prefix, action) = target.rsplit_once('.').ok_or_else(|| unknown("X-Amz-Target is not Prefix.Operation"))?;
         let model = models
             .iter()
             .find(|m| m.target.as_deref().is_some_and(|t| target_prefix_matches(t, prefix)))
             .ok_or_else(|| unknown("X-Amz-Target prefix does not belong to this service"))?;
+        if !model.speaks(Protocol::Json) {
+            return Err(unknown("this service is not spoken in JSON (X-Amz-Target)"));
+        }
+        let content_type = json_media(model, media.as_deref())?;
         let params = json_body(body)?;
-        let forward = Forward {
-            method: http::Method::POST,
-            path_and_query: "/".into(),
-            body: None,
-            headers: wire::forwarded_headers(req.headers, true, false, &|_| false),
-        };
-        return Ok(finish(model, action, params, None, forward));
+        let mut headers = wire::forwarded_headers(req.headers, true, false, &|_| false);
+        headers.insert(http::header::CONTENT_TYPE, content_type);
+        if decoded.is_some() {
+            // The caller's digest was of the encoded body.
+            headers.remove("content-md5");
+        }
+        let forward = Forward { method: http::Method::POST, path_and_query: "/".into(), body: decoded.map(bytes::Bytes::from), headers };
+        return Ok(finish(model, Protocol::Json, action, params, None, forward));
     }
-    if let Some(model) = models.iter().find(|m| matches!(m.protocol, Protocol::Query | Protocol::Ec2)) {
-        refuse_codings(&codings)?;
+    if let Some(model) = models.iter().find(|m| m.speaks(Protocol::Query) || m.speaks(Protocol::Ec2)) {
+        let protocol = if model.speaks(Protocol::Ec2) { Protocol::Ec2 } else { Protocol::Query };
+        let decoded = wire::decode_body(&codings, body)?;
+        let body = decoded.as_deref().unwrap_or(body);
         let mut form = query;
         if !body.is_empty() {
             if media.as_deref() != Some(wire::FORM) {
@@ -322,7 +359,7 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
             body: Some(bytes::Bytes::from(wire::encode_form(&form))),
             headers,
         };
-        return Ok(finish(model, &action, params, None, forward));
+        return Ok(finish(model, protocol, &action, params, None, forward));
     }
     let segments: Vec<&str> = req.path.split('/').skip(1).collect();
     let mut best: Option<(usize, &Model, &RestOp, Vec<(String, String)>)> = None;
@@ -390,7 +427,7 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
         body: None,
         headers: wire::forwarded_headers(req.headers, false, streaming, &binds),
     };
-    Ok(finish(model, &op.0, params, resource, forward))
+    Ok(finish(model, model.protocol, &op.0, params, resource, forward))
 }
 
 /// Refuse a content coding Veil does not decode: AWS would read the decoded
@@ -422,14 +459,38 @@ fn template_query_keys(template: &str) -> Vec<&str> {
     template.split_once('?').map_or(Vec::new(), |(_, q)| q.split('&').filter(|s| !s.is_empty()).map(|s| s.split('=').next().unwrap_or(s)).collect())
 }
 
-fn finish(model: &'static Model, action: &str, params: Value, resource: Option<String>, forward: Forward) -> Classified {
+fn finish(model: &'static Model, protocol: Protocol, action: &str, params: Value, resource: Option<String>, forward: Forward) -> Classified {
     let resource = resource.or_else(|| {
         RESOURCE_PARAMS.iter().find_map(|k| match params.get(*k) {
             Some(Value::String(s)) => Some(s.clone()),
             _ => None,
         })
     });
-    Classified { model, action: action.to_string(), params, resource, forward }
+    Classified { model, protocol, action: action.to_string(), params, resource, forward }
+}
+
+/// The media type of an `X-Amz-Target` call is JSON's, or none, and goes
+/// upstream as JSON's: an endpoint that also speaks query (CloudWatch, SQS)
+/// reads a form body as a query call, whose `Action` could hide in a JSON
+/// string (`{"a":"&Action=DeleteAlarms&"}`), and one without a type as the
+/// endpoint likes.
+fn json_media(model: &Model, media: Option<&str>) -> Result<http::HeaderValue, wire::Ambiguous> {
+    match media {
+        Some(m @ ("application/x-amz-json-1.0" | "application/x-amz-json-1.1" | "application/json")) => Ok(http::HeaderValue::from_static(match m {
+            "application/x-amz-json-1.0" => "application/x-amz-json-1.0",
+            "application/x-amz-json-1.1" => "application/x-amz-json-1.1",
+            _ => "application/json",
+        })),
+        None => Ok(http::HeaderValue::from_static(if model.json.as_deref() == Some("1.1") {
+            "application/x-amz-json-1.1"
+        } else {
+            "application/x-amz-json-1.0"
+        })),
+        Some(other) => Err(wire::Ambiguous(format!(
+            "an X-Amz-Target call's body is JSON, but its Content-Type is {:?}",
+            crate::policy::host::truncate(other, 64)
+        ))),
+    }
 }
 
 /// Whether an `X-Amz-Target` prefix names the model whose botocore
@@ -593,6 +654,59 @@ mod tests {
     }
 
     #[test]
+    fn a_call_is_read_in_the_protocol_it_came_in() {
+        // CloudWatch speaks CBOR, JSON and query; botocore sends JSON, older SDKs query.
+        let h = headers(&[("x-amz-target", "GraniteServiceVersion20100801.ListMetrics"), ("content-type", "application/x-amz-json-1.0")]);
+        let c = classify(&RequestView { headers: &h, ..view("monitoring", "POST", "/", "", Some(br#"{"Namespace":"App"}"#)) }).unwrap();
+        assert_eq!((c.protocol, c.action.as_str(), &c.params), (Protocol::Json, "ListMetrics", &serde_json::json!({"Namespace": "App"})));
+        assert_eq!(protocol_of("monitoring", &h), Some(Protocol::Json));
+        let c = classify(&view("monitoring", "POST", "/", "", Some(b"Action=DeleteAlarms&Version=2010-08-01&AlarmNames.member.1=a"))).unwrap();
+        assert_eq!((c.protocol, c.action.as_str()), (Protocol::Query, "DeleteAlarms"));
+        assert_eq!(protocol_of("monitoring", &FORM_HEADERS), Some(Protocol::Query));
+        // A JSON-only service is not read as a form, and its errors are JSON.
+        assert!(classify(&view("secretsmanager", "POST", "/", "", Some(b"Action=DeleteSecret&SecretId=x"))).is_err());
+        assert_eq!(protocol_of("secretsmanager", &http::HeaderMap::new()), Some(Protocol::Json));
+        assert_eq!(protocol_of("monitoring", &http::HeaderMap::new()), Some(Protocol::Json), "CBOR's errors are not written; JSON's are");
+    }
+
+    #[test]
+    fn a_target_call_whose_body_could_be_read_as_a_form_is_refused() {
+        // AWS reads a form body on an endpoint that also speaks query: the
+        // JSON string below hides `Action=DeleteAlarms` from a JSON reader.
+        let body: &[u8] = br#"{"Namespace":"&Action=DeleteAlarms&AlarmNames.member.1=prod&"}"#;
+        // What goes upstream says JSON: the client's JSON type, else the model's.
+        for (ct, upstream) in [
+            (Some("application/x-www-form-urlencoded"), None),
+            (Some("text/plain"), None),
+            (None, Some("application/x-amz-json-1.0")),
+            (Some("application/x-amz-json-1.0"), Some("application/x-amz-json-1.0")),
+            (Some("application/x-amz-json-1.1; charset=utf-8"), Some("application/x-amz-json-1.1")),
+        ] {
+            let mut pairs = vec![("x-amz-target", "GraniteServiceVersion20100801.ListMetrics")];
+            pairs.extend(ct.map(|c| ("content-type", c)));
+            let h = headers(&pairs);
+            match (classify(&RequestView { headers: &h, ..view("monitoring", "POST", "/", "", Some(body)) }), upstream) {
+                (Ok(c), Some(want)) => assert_eq!(c.forward.headers.get_all("content-type").iter().collect::<Vec<_>>(), [want], "{ct:?}"),
+                (Err(ClassifyError::Ambiguous(_)), None) => {}
+                (r, _) => panic!("{ct:?}: {r:?}"),
+            }
+        }
+        let h = headers(&[("x-amz-target", "secretsmanager.ListSecrets")]);
+        let c = classify(&RequestView { headers: &h, ..view("secretsmanager", "POST", "/", "", Some(b"{}")) }).unwrap();
+        assert_eq!(c.forward.headers["content-type"], "application/x-amz-json-1.1", "secretsmanager's JSON version");
+        let h = headers(&[("x-amz-target", "secretsmanager.ListSecrets"), ("content-type", "application/x-www-form-urlencoded")]);
+        assert!(classify(&RequestView { headers: &h, ..view("secretsmanager", "POST", "/", "", Some(b"{}")) }).is_err());
+    }
+
+    #[test]
+    fn cbor_requests_are_refused_with_a_reason() {
+        let h = headers(&[("smithy-protocol", "rpc-v2-cbor"), ("content-type", "application/cbor")]);
+        let e = classify(&RequestView { headers: &h, ..view("monitoring", "POST", "/service/GraniteServiceVersion20100801/operation/ListMetrics", "", Some(b"\xa0")) })
+            .unwrap_err();
+        assert!(e.to_string().contains("CBOR"), "{e}");
+    }
+
+    #[test]
     fn namespaced_targets_match_in_both_spellings() {
         // botocore sends the namespaced prefix, the JavaScript SDK v3 the shape name.
         let body: &[u8] = br#"{"Name":"trail"}"#;
@@ -716,7 +830,7 @@ mod tests {
         let c = classify(&RequestView { headers: &extra, ..view("secretsmanager", "POST", "/", "a=b", Some(b"{}")) }).unwrap();
         assert_eq!(c.forward.path_and_query, "/");
         let names: Vec<&str> = c.forward.headers.keys().map(http::HeaderName::as_str).collect();
-        assert_eq!(names, ["x-amz-target"]);
+        assert_eq!(names, ["x-amz-target", "content-type"]);
     }
 
     #[test]

@@ -179,7 +179,7 @@ pub fn map_request(c: &mut super::Classified, gateway: &Origin, upstream: &Origi
         c.resource = Some(mapped.clone());
     }
     c.params["QueueUrl"] = Value::String(mapped.clone());
-    c.forward.body = Some(match (c.model.protocol, c.forward.body.take()) {
+    c.forward.body = Some(match (c.protocol, c.forward.body.take()) {
         // A form Veil re-serialised: the same pairs with the new URL.
         (super::Protocol::Query, Some(form)) => {
             let mut pairs = super::wire::form_pairs(&form, "body").map_err(|e| e.to_string())?;

@@ -57,6 +57,31 @@ pub fn media_type(headers: &HeaderMap) -> Result<Option<String>, Ambiguous> {
     Ok(header(headers, "content-type")?.map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase()))
 }
 
+/// Most bytes a compressed request body may decode to.
+pub const MAX_DECODED_BODY: usize = 16 << 20;
+
+/// The body a JSON or query call's `Content-Encoding` stands for: `None`
+/// when it has none, the decoded bytes for `gzip` (botocore compresses
+/// large CloudWatch `PutMetricData` calls), refused otherwise. The decoded
+/// bytes are what policies see and what goes upstream, without the
+/// encoding, so AWS reads exactly what Veil read.
+pub fn decode_body(codings: &[String], body: &[u8]) -> Result<Option<Vec<u8>>, Ambiguous> {
+    use std::io::Read;
+    match codings {
+        [] => Ok(None),
+        [gzip] if gzip == "gzip" => {
+            let mut out = Vec::new();
+            let read = flate2::read::MultiGzDecoder::new(body).take(MAX_DECODED_BODY as u64 + 1).read_to_end(&mut out);
+            match read {
+                Ok(n) if n > MAX_DECODED_BODY => Err(ambiguous(format!("the gzip body decodes to more than {MAX_DECODED_BODY} bytes"))),
+                Ok(_) => Ok(Some(out)),
+                Err(e) => Err(ambiguous(format!("the body is not valid gzip: {e}"))),
+            }
+        }
+        _ => Err(ambiguous(format!("Content-Encoding {} is not decoded by Veil; send the body without it or with gzip", codings.join(", ")))),
+    }
+}
+
 /// The one form media type.
 pub const FORM: &str = "application/x-www-form-urlencoded";
 
@@ -211,6 +236,28 @@ pub fn forwarded_headers(headers: &HeaderMap, json_target: bool, streaming: bool
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn gzip_bodies_are_decoded_within_a_bound_and_other_codings_refused() {
+        use std::io::Write;
+        let gz = |data: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            e.write_all(data).unwrap();
+            e.finish().unwrap()
+        };
+        assert_eq!(decode_body(&[], b"{}").unwrap(), None);
+        assert_eq!(decode_body(&["gzip".into()], &gz(b"{\"a\":1}")).unwrap().as_deref(), Some(&b"{\"a\":1}"[..]));
+        // Concatenated members are one body, as gzip defines it.
+        let two = [gz(b"Action=ListMetrics&"), gz(b"Namespace=x")].concat();
+        assert_eq!(decode_body(&["gzip".into()], &two).unwrap().as_deref(), Some(&b"Action=ListMetrics&Namespace=x"[..]));
+        let bomb = gz(&vec![b' '; MAX_DECODED_BODY + 1]);
+        assert!(bomb.len() < 64 << 10);
+        assert!(decode_body(&["gzip".into()], &bomb).unwrap_err().0.contains("more than"));
+        assert!(decode_body(&["gzip".into()], b"not gzip").unwrap_err().0.contains("not valid gzip"));
+        assert!(decode_body(&["gzip".into()], &gz(b"{}")[..10]).is_err(), "cut short");
+        assert!(decode_body(&["br".into()], b"x").is_err());
+        assert!(decode_body(&["gzip".into(), "gzip".into()], b"x").is_err());
+    }
 
     #[test]
     fn strict_json_refuses_repeated_keys_at_any_depth() {

@@ -4,10 +4,15 @@ service models (botocore is pinned in tests/requirements.txt; regenerate after
 bumping it: `python3 gateway/src/aws/models/generate.py`).
 
 For every service, keyed by its SigV4 signing name, one entry per model:
-  protocol     json | rest-json | rest-xml | query | ec2
+  protocol     json | rest-json | rest-xml | query | ec2 | smithy-rpc-v2-cbor
+  protocols    every protocol the service speaks, when more than one (CloudWatch:
+               smithy-rpc-v2-cbor, json, query): clients pick one, and Veil reads
+               each call in the protocol its request is in
   prefix       endpoint prefix (host name part: <prefix>.<region>.amazonaws.com)
   global       true when the service has one global endpoint (iam, route53 …)
   target       X-Amz-Target prefix (json protocol)
+  json         its JSON version: a call in JSON goes upstream as
+               application/x-amz-json-<json>
   ops          rest protocols: [name, method, requestUri, [required headers]?,
                {header: input member}?] (`prefix*` for a prefix of headers)
   streaming    {operation: payload member}: response bodies that are a stream
@@ -58,10 +63,13 @@ def main():
         signing = meta.get("signingName") or meta["endpointPrefix"]
         shapes = model["shapes"]
         entry = {"model": name, "protocol": protocol, "prefix": meta["endpointPrefix"]}
+        if len(meta.get("protocols", [])) > 1:
+            entry["protocols"] = meta["protocols"]
         if meta["endpointPrefix"] in GLOBAL:
             entry["global"] = True
         if protocol == "json" or "targetPrefix" in meta:
             entry["target"] = meta.get("targetPrefix", "")
+            entry["json"] = meta.get("jsonVersion", "1.0")
         ops, streaming, blobs = [], {}, {}
         walker = BlobWalker(model)
         for op_name, op in sorted(model["operations"].items()):

@@ -1,0 +1,130 @@
+"""A service that speaks several protocols (CloudWatch: Smithy RPC v2 CBOR,
+JSON and query) is read in the one each call comes in: botocore and the AWS
+CLI send JSON, older SDKs query. A call whose body AWS could read in another
+protocol than Veil did is refused before it goes upstream."""
+import datetime
+import json
+import time
+import xml.etree.ElementTree as ET
+
+import botocore.auth
+import botocore.awsrequest
+import requests
+
+import harness
+from test_data_path import session_credentials
+
+
+def signed(creds, url, body, headers):
+    """A CloudWatch request signed with botocore's SigV4, sent as given."""
+    req = botocore.awsrequest.AWSRequest(method="POST", url=url, data=body, headers=headers)
+    botocore.auth.SigV4Auth(creds, "monitoring", "us-east-1").add_auth(req)
+    return req.prepare()
+
+
+def send(stack, req):
+    return requests.post(req.url, data=req.body, headers=dict(req.headers), verify=str(stack["ca"]), timeout=30)
+
+
+def alarm_names(stack):
+    cw = harness.moto_client(stack["moto"], "cloudwatch")
+    return {a["AlarmName"] for a in cw.describe_alarms()["MetricAlarms"]}
+
+
+def test_cloudwatch_through_boto3_and_the_cli(stack, tmp_path):
+    ns = f"Veil/E2E{time.time_ns()}"
+    alarm = f"alarm-{time.time_ns()}"
+    with harness.agent(stack, tmp_path) as s:
+        cw = s.client("cloudwatch")
+        cw.put_metric_data(Namespace=ns, MetricData=[{"MetricName": "Calls", "Value": 3.0}])
+        assert [m["MetricName"] for m in cw.list_metrics(Namespace=ns)["Metrics"]] == ["Calls"]
+        cw.put_metric_alarm(AlarmName=alarm, MetricName="Calls", Namespace=ns, Statistic="Sum", Period=60,
+                            EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanThreshold")
+        assert alarm in {a["AlarmName"] for a in cw.describe_alarms(AlarmNames=[alarm])["MetricAlarms"]}
+        now = datetime.datetime.now(datetime.timezone.utc)
+        stats = cw.get_metric_statistics(Namespace=ns, MetricName="Calls", StartTime=now - datetime.timedelta(hours=1),
+                                         EndTime=now + datetime.timedelta(minutes=5), Period=60, Statistics=["Sum"])
+        assert [p["Sum"] for p in stats["Datapoints"]] == [3.0]
+    token_file = tmp_path / "token"
+    token_file.write_text(harness.mint(stack["issuer"], sub="cli-agent", groups=["search"]))
+    out = harness.aws_cli(harness.agent_env(stack["veil"], stack["ca"], token_file), "cloudwatch", "list-metrics", "--namespace", ns)
+    assert out.returncode == 0, out.stderr
+    assert [m["MetricName"] for m in json.loads(out.stdout)["Metrics"]] == ["Calls"]
+
+
+def test_a_large_put_metric_data_is_compressed_by_botocore_and_read_decoded(stack, tmp_path):
+    ns = f"Veil/Gzip{time.time_ns()}"
+    data = [{"MetricName": f"m{i:03d}", "Value": float(i), "Dimensions": [{"Name": "Host", "Value": f"host-{i:03d}" * 4}]}
+            for i in range(150)]
+    sent = []
+    with harness.agent(stack, tmp_path) as s:
+        cw = s.client("cloudwatch")
+        cw.meta.events.register("before-send.cloudwatch.PutMetricData",
+                                lambda request, **_: sent.append(request.headers.get("Content-Encoding")))
+        cw.put_metric_data(Namespace=ns, MetricData=data)
+        assert sent == [b"gzip"] or sent == ["gzip"], f"botocore compressed the call: {sent}"
+        names = {m["MetricName"] for p in cw.get_paginator("list_metrics").paginate(Namespace=ns) for m in p["Metrics"]}
+    assert names == {d["MetricName"] for d in data}
+    # By hand: a gzip body is read decoded, and goes upstream decoded.
+    creds = session_credentials(stack, harness.mint(stack["issuer"]))
+    import gzip
+    body = gzip.compress(json.dumps({"Namespace": ns, "MetricData": [{"MetricName": "late", "Value": 1.0}]}).encode())
+    r = send(stack, signed(creds, stack["veil"].url + "/", body, {
+        "X-Amz-Target": "GraniteServiceVersion20100801.PutMetricData", "Content-Type": "application/x-amz-json-1.0",
+        "Content-Encoding": "gzip"}))
+    assert r.status_code == 200, r.text
+    cw = harness.moto_client(stack["moto"], "cloudwatch")
+    assert "late" in {m["MetricName"] for m in cw.list_metrics(Namespace=ns, MetricName="late")["Metrics"]}
+    # A body that is not gzip, or another coding, is refused before AWS.
+    for coding, raw in [("gzip", b"{not gzip"), ("br", b"{}")]:
+        r = send(stack, signed(creds, stack["veil"].url + "/", raw, {
+            "X-Amz-Target": "GraniteServiceVersion20100801.PutMetricData", "Content-Type": "application/x-amz-json-1.0",
+            "Content-Encoding": coding}))
+        assert r.status_code == 400 and r.json()["__type"] == "InvalidRequest", r.text
+
+
+def test_cloudwatch_in_the_query_protocol(stack):
+    creds = session_credentials(stack, harness.mint(stack["issuer"]))
+    ns = f"Veil/Query{time.time_ns()}"
+    harness.moto_client(stack["moto"], "cloudwatch").put_metric_data(Namespace=ns, MetricData=[{"MetricName": "Hits", "Value": 1.0}])
+    url = stack["veil"].url + "/"
+    form = {"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"}
+    r = send(stack, signed(creds, url, f"Action=ListMetrics&Version=2010-08-01&Namespace={ns}", form))
+    assert r.status_code == 200, r.text
+    names = [e.text for e in ET.fromstring(r.text).iter() if e.tag.endswith("MetricName")]
+    assert names == ["Hits"], r.text
+    # Errors come back in the protocol of the call: query's XML.
+    r = send(stack, signed(creds, url, f"Action=ListMetrics&Version=2010-08-01&Namespace={ns}&Namespace=other", form))
+    assert r.status_code == 400 and "<ErrorResponse" in r.text and "<Code>InvalidRequest</Code>" in r.text, r.text
+
+
+def test_a_target_call_whose_body_reads_as_another_form_is_refused(stack):
+    creds = session_credentials(stack, harness.mint(stack["issuer"]))
+    alarm = f"keep-{time.time_ns()}"
+    harness.moto_client(stack["moto"], "cloudwatch").put_metric_alarm(
+        AlarmName=alarm, MetricName="Calls", Namespace="Veil/Keep", Statistic="Sum", Period=60,
+        EvaluationPeriods=1, Threshold=1, ComparisonOperator="GreaterThanThreshold")
+    url = stack["veil"].url + "/"
+    # Valid JSON to Veil (a ListMetrics), a DeleteAlarms to a form reader.
+    body = json.dumps({"Namespace": f"&Action=DeleteAlarms&Version=2010-08-01&AlarmNames.member.1={alarm}&"})
+    target = {"X-Amz-Target": "GraniteServiceVersion20100801.ListMetrics"}
+    for content_type in ["application/x-www-form-urlencoded", "text/plain"]:
+        r = send(stack, signed(creds, url, body, {**target, "Content-Type": content_type}))
+        assert r.status_code == 400, r.text
+        assert r.json()["__type"] == "InvalidRequest" and "Content-Type" in r.json()["message"], r.text
+    assert alarm in alarm_names(stack), "the hidden DeleteAlarms never reached AWS"
+    # Said plainly, or with no type at all, the call is a ListMetrics, and
+    # goes upstream as JSON: AWS reads what Veil read.
+    for extra in [{"Content-Type": "application/x-amz-json-1.0"}, {}]:
+        r = send(stack, signed(creds, url, body, {**target, **extra}))
+        assert r.status_code == 200 and r.json().get("Metrics", []) == [], r.text
+        assert alarm in alarm_names(stack), extra
+
+
+def test_cbor_calls_are_refused_with_the_reason(stack):
+    creds = session_credentials(stack, harness.mint(stack["issuer"]))
+    url = stack["veil"].url + "/service/GraniteServiceVersion20100801/operation/ListMetrics"
+    r = send(stack, signed(creds, url, b"\xa0", {"smithy-protocol": "rpc-v2-cbor", "Content-Type": "application/cbor",
+                                                "Accept": "application/cbor"}))
+    assert r.status_code == 400, r.text
+    assert "CBOR" in r.text, r.text
