@@ -83,8 +83,10 @@ def test_forms_aws_would_read_otherwise_are_refused(stack, tmp_path):
     form = [("Content-Type", "application/x-www-form-urlencoded")]
     n = time.time_ns()
     cases = {
-        # The gzip header's comment field would be read as parameters.
-        "gzip": (form + [("Content-Encoding", "gzip")], gzip.compress(f"Action=CreateUser&Version=2010-05-08&UserName=gz{n}".encode())),
+        # A gzip body is read whole, every member: here a second one adds an Action.
+        "gzip members": (form + [("Content-Encoding", "gzip")],
+                         gzip.compress(b"Action=ListUsers&Version=2010-05-08&") + gzip.compress(f"Action=CreateUser&UserName=gz{n}".encode())),
+        "other coding": (form + [("Content-Encoding", "deflate")], f"Action=CreateUser&Version=2010-05-08&UserName=df{n}".encode()),
         "repeated": (form, f"Action=ListUsers&Action=CreateUser&Version=2010-05-08&UserName=rep{n}".encode()),
         "value and parent": (form, f"Action=CreateUser&Version=2010-05-08&UserName=vp{n}&UserName.x=1".encode()),
         "list spelled twice": (form, f"Action=CreateUser&Version=2010-05-08&UserName=ls{n}&Tags.1.Key=a&Tags.member.1.Key=b".encode()),
@@ -95,7 +97,7 @@ def test_forms_aws_would_read_otherwise_are_refused(stack, tmp_path):
         status, text = send(veil, ca, creds, "iam", body=body, headers=headers, unsigned=["content-type"] if what == "second content type" else ())
         assert status == 400, (what, status, text[:300])
         assert "ambiguous" in text.lower() or "encoding" in text.lower(), (what, text[:300])
-    for prefix in ["gz", "rep", "vp", "ls", "ct", "nf"]:
+    for prefix in ["gz", "df", "rep", "vp", "ls", "ct", "nf"]:
         no_user(moto, f"{prefix}{n}")
     # An Action in the query and another in the body.
     status, text = send(veil, ca, creds, "iam", path="/?Action=ListUsers", body=f"Action=CreateUser&UserName=qb{n}&Version=2010-05-08".encode(), headers=form)
@@ -107,6 +109,11 @@ def test_forms_aws_would_read_otherwise_are_refused(stack, tmp_path):
                         headers=[("Content-Type", "APPLICATION/X-WWW-FORM-URLENCODED; charset=utf-8")])
     assert status == 403 and "ApprovalRequired" in text, text[:300]
     no_user(moto, f"up{n}")
+    # A gzip form is read decoded, as AWS reads it: the CreateUser is held.
+    status, text = send(veil, ca, creds, "iam", body=gzip.compress(f"Action=CreateUser&Version=2010-05-08&UserName=gzc{n}".encode()),
+                        headers=form + [("Content-Encoding", "gzip")])
+    assert status == 403 and "ApprovalRequired" in text and "iam:CreateUser" in text, text[:300]
+    no_user(moto, f"gzc{n}")
     audit = subprocess.run([str(harness.VEIL), "audit", "export", "--config", str(stack["dir"] / "veil.toml")], capture_output=True, text=True, timeout=60)
     refused = [json.loads(l) for l in audit.stdout.splitlines() if "ambiguous" in l]
     assert len(refused) >= len(cases), "each refusal is audited"
