@@ -128,3 +128,29 @@ def test_cbor_calls_are_refused_with_the_reason(stack):
                                                 "Accept": "application/cbor"}))
     assert r.status_code == 400, r.text
     assert "CBOR" in r.text, r.text
+
+
+def test_a_rest_json_body_is_shown_to_policies_whatever_its_content_type(tmp_path, issuer, moto):
+    """AWS reads a REST-JSON body as the operation's JSON input whatever
+    Content-Type it names; so do policies. Here risky-actions holds any
+    UpdateFunctionConfiguration whose parameters open a network to the world."""
+    config = harness.POLICY_CONFIG + '\n[policies.config.risky-actions]\ningress_actions = ["lambda:UpdateFunctionConfiguration"]\n'
+    cfg, ca = harness.veil_config(tmp_path, issuer, moto, "[approvals]\nwait_secs = 1\n", policy_config=config)
+    veil = harness.Veil(cfg)
+    try:
+        stack = {"veil": veil, "ca": ca, "issuer": issuer, "moto": moto}
+        fn = harness.create_function(moto)
+        creds = session_credentials(stack, harness.mint(issuer))
+        url = f"{veil.url}/2015-03-31/functions/{fn}/configuration"
+        body = json.dumps({"Description": "0.0.0.0/0", "Timeout": 42})
+        for extra in [{"Content-Type": "text/plain"}, {}, {"Content-Type": "application/json"}]:
+            req = botocore.awsrequest.AWSRequest(method="PUT", url=url, data=body, headers=extra)
+            botocore.auth.SigV4Auth(creds, "lambda", "us-east-1").add_auth(req)
+            p = req.prepare()
+            r = requests.put(p.url, data=p.body, headers=dict(p.headers), verify=str(ca), timeout=30)
+            assert r.status_code == 403 and r.json()["__type"] == "ApprovalRequired", (extra, r.text)
+            assert "0.0.0.0/0" in r.json()["message"], r.text
+        got = harness.moto_client(moto, "lambda").get_function_configuration(FunctionName=fn)
+        assert got["Timeout"] != 42 and got.get("Description") != "0.0.0.0/0", "no held call reached AWS"
+    finally:
+        veil.stop()

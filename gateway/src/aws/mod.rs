@@ -82,6 +82,10 @@ pub struct Model {
     /// byte stream, `None` for a stream of events.
     #[serde(default)]
     streaming: HashMap<String, Option<String>>,
+    /// REST-JSON operations whose request body is a raw payload (Lambda
+    /// `Invoke`); every other REST-JSON body is the input as JSON.
+    #[serde(default)]
+    raw_input: Vec<String>,
     /// Per operation, the selectors of its blob outputs (base64 on the wire).
     #[serde(default, deserialize_with = "selectors")]
     blobs: HashMap<String, Vec<Selector>>,
@@ -389,8 +393,10 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
     if !codings.is_empty() && !binds("content-encoding") && !(streaming && codings.iter().all(|c| c == "aws-chunked")) {
         refuse_codings(&codings)?;
     }
+    // A REST-JSON body is the input as JSON whatever its Content-Type says
+    // (AWS reads it so): shown to policies, or refused when it is not JSON.
     let mut params = match model.protocol {
-        Protocol::RestJson if !body.is_empty() && media.as_deref().is_some_and(|m| m.contains("json")) => json_body(body)?,
+        Protocol::RestJson if !body.is_empty() && !model.raw_input.iter().any(|o| *o == op.0) => json_body(body)?,
         _ => Value::Object(Map::new()),
     };
     let resource = if labels.is_empty() { None } else { Some(labels.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join("/")) };
@@ -696,6 +702,23 @@ mod tests {
         assert_eq!(c.forward.headers["content-type"], "application/x-amz-json-1.1", "secretsmanager's JSON version");
         let h = headers(&[("x-amz-target", "secretsmanager.ListSecrets"), ("content-type", "application/x-www-form-urlencoded")]);
         assert!(classify(&RequestView { headers: &h, ..view("secretsmanager", "POST", "/", "", Some(b"{}")) }).is_err());
+    }
+
+    #[test]
+    fn a_rest_json_body_is_read_as_json_whatever_its_type_says() {
+        let body: &[u8] = br#"{"Description":"0.0.0.0/0","Timeout":42}"#;
+        for ct in [None, Some("text/plain"), Some("application/octet-stream"), Some("application/json")] {
+            let h = headers(&ct.map(|c| vec![("content-type", c)]).unwrap_or_default());
+            let c = classify(&RequestView { headers: &h, ..view("lambda", "PUT", "/2015-03-31/functions/f/configuration", "", Some(body)) }).unwrap();
+            assert_eq!(c.action, "UpdateFunctionConfiguration");
+            assert_eq!((&c.params["Description"], &c.params["Timeout"]), (&serde_json::json!("0.0.0.0/0"), &serde_json::json!(42)), "{ct:?}");
+            let h = headers(&ct.map(|c| vec![("content-type", c)]).unwrap_or_default());
+            assert!(classify(&RequestView { headers: &h, ..view("lambda", "PUT", "/2015-03-31/functions/f/configuration", "", Some(b"Timeout=42")) }).is_err(), "{ct:?}");
+        }
+        // A raw payload is the function's input, not parameters.
+        let h = headers(&[("content-type", "text/plain")]);
+        let c = classify(&RequestView { headers: &h, ..view("lambda", "POST", "/2015-03-31/functions/f/invocations", "", Some(b"not json")) }).unwrap();
+        assert_eq!((c.action.as_str(), &c.params), ("Invoke", &serde_json::json!({"FunctionName": "f"})));
     }
 
     #[test]
