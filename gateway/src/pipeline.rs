@@ -678,7 +678,13 @@ impl Gateway {
             body: body.as_deref(),
             headers: &parts.headers,
         };
-        let mut classified = aws::classify(&view)?;
+        let mut classified = aws::classify(&view).map_err(|e| {
+            // The audit trail and the log name what the caller asked for.
+            if let ClassifyError::NotAnOperation { action, .. } = &e {
+                ctx.action = Some(action.clone());
+            }
+            e
+        })?;
         let upstream_host = aws::endpoint::host(classified.model, &region)?;
         if service == "sqs" {
             // Queue URLs: the caller's name for a queue is the gateway's, AWS's its own.

@@ -119,6 +119,26 @@ def test_forms_aws_would_read_otherwise_are_refused(stack, tmp_path):
     assert len(refused) >= len(cases), "each refusal is audited"
 
 
+def test_operation_names_are_read_only_as_the_model_spells_them(stack, tmp_path):
+    """An emulator (and perhaps a service) reads `getSecretValue` or
+    `create_user` as GetSecretValue or CreateUser, which a policy matching
+    the model's name would not see: such names are refused."""
+    creds = session_creds(stack, tmp_path)
+    veil, ca, moto = stack["veil"], stack["ca"], stack["moto"]
+    name = f"prod/payments/case-{time.time_ns()}"
+    harness.moto_client(moto, "secretsmanager").create_secret(Name=name, SecretString="hunter2-case")
+    for target in ["secretsmanager.getSecretValue", "secretsmanager.get_secret_value"]:
+        status, text = send(veil, ca, creds, "secretsmanager", body=json.dumps({"SecretId": name}).encode(),
+                            headers=[("X-Amz-Target", target), ("Content-Type", "application/x-amz-json-1.1")])
+        assert status == 400 and "case-sensitive" in text and "hunter2" not in text, (target, status, text[:300])
+    n = time.time_ns()
+    for i, action in enumerate(["create_user", "createUser", "CREATEUSER"]):
+        status, text = send(veil, ca, creds, "iam", body=f"Action={action}&Version=2010-05-08&UserName=cs{i}-{n}".encode(),
+                            headers=[("Content-Type", "application/x-www-form-urlencoded")])
+        assert status == 400 and "case-sensitive" in text, (action, status, text[:300])
+        no_user(moto, f"cs{i}-{n}")
+
+
 def test_s3_sub_resources_and_headers_are_read_once(stack, tmp_path):
     creds = session_creds(stack, tmp_path)
     veil, ca, moto = stack["veil"], stack["ca"], stack["moto"]

@@ -209,6 +209,10 @@ pub enum ClassifyError {
     /// No operation matches.
     #[error("cannot tell which {service} operation this is: {reason}")]
     UnknownOperation { service: String, reason: String },
+    /// The operation a caller named (an `X-Amz-Target`, a query `Action`)
+    /// is not one of the service's as its model spells it.
+    #[error("cannot tell which {service} operation this is: {:?} is not one of its operations (names are case-sensitive)", crate::policy::host::truncate(.action, 128))]
+    NotAnOperation { service: String, action: String },
     /// The parameters do not parse.
     #[error("request parameters do not parse: {0}")]
     BadParams(String),
@@ -324,6 +328,7 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
             .iter()
             .find(|m| m.target.as_deref().is_some_and(|t| target_prefix_matches(t, prefix)))
             .ok_or_else(|| unknown("X-Amz-Target prefix does not belong to this service"))?;
+        known_operation(req.service, action)?;
         if !model.speaks(Protocol::Json) {
             return Err(unknown("this service is not spoken in JSON (X-Amz-Target)"));
         }
@@ -352,6 +357,7 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
         // Also refuses a parameter given in both the query and the body.
         wire::check_unique(&form, "form")?;
         let action = form.iter().find(|(k, _)| k == "Action").map(|(_, v)| v.clone()).ok_or_else(|| unknown("no Action parameter"))?;
+        known_operation(req.service, &action)?;
         let params = unflatten(form.iter().filter(|(k, _)| k != "Action" && k != "Version").cloned())?;
         let mut headers = wire::forwarded_headers(req.headers, false, false, &|_| false);
         // The body is re-serialised: the caller's digest of it no longer applies.
@@ -473,6 +479,18 @@ fn finish(model: &'static Model, protocol: Protocol, action: &str, params: Value
         })
     });
     Classified { model, protocol, action: action.to_string(), params, resource, forward }
+}
+
+/// A caller-named operation (an `X-Amz-Target`, a query `Action`) must be
+/// one of the service's, spelled exactly: a service or emulator that reads
+/// `getSecretValue` or `create_user` as the operation policies know as
+/// `GetSecretValue` or `CreateUser` would otherwise run a call whose name
+/// no policy matched.
+fn known_operation(service: &str, action: &str) -> Result<(), ClassifyError> {
+    match operations::operation(service, action) {
+        Some(_) => Ok(()),
+        None => Err(ClassifyError::NotAnOperation { service: service.to_string(), action: action.to_string() }),
+    }
 }
 
 /// The media type of an `X-Amz-Target` call is JSON's, or none, and goes
@@ -719,6 +737,20 @@ mod tests {
         let h = headers(&[("content-type", "text/plain")]);
         let c = classify(&RequestView { headers: &h, ..view("lambda", "POST", "/2015-03-31/functions/f/invocations", "", Some(b"not json")) }).unwrap();
         assert_eq!((c.action.as_str(), &c.params), ("Invoke", &serde_json::json!({"FunctionName": "f"})));
+    }
+
+    #[test]
+    fn caller_named_operations_must_be_spelled_as_the_model_does() {
+        for target in ["secretsmanager.getSecretValue", "secretsmanager.get_secret_value", "secretsmanager.GETSECRETVALUE", "secretsmanager.GetSecretValue "] {
+            let h = headers(&[("x-amz-target", target), ("content-type", "application/x-amz-json-1.1")]);
+            let e = classify(&RequestView { headers: &h, ..view("secretsmanager", "POST", "/", "", Some(b"{}")) }).unwrap_err();
+            assert!(e.to_string().contains("case-sensitive"), "{target}: {e}");
+        }
+        for action in ["createUser", "create_user", "CreateUserX"] {
+            let body = format!("Action={action}&Version=2010-05-08&UserName=u");
+            assert!(classify(&view("iam", "POST", "/", "", Some(body.as_bytes()))).is_err(), "{action}");
+        }
+        assert_eq!(classify(&view("iam", "POST", "/", "", Some(b"Action=CreateUser&Version=2010-05-08&UserName=u"))).unwrap().action, "CreateUser");
     }
 
     #[test]
