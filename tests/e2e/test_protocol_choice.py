@@ -121,13 +121,21 @@ def test_a_target_call_whose_body_reads_as_another_form_is_refused(stack):
         assert alarm in alarm_names(stack), extra
 
 
-def test_cbor_calls_are_refused_with_the_reason(stack):
+def test_cbor_calls_are_refused_with_the_reason(stack, tmp_path):
     creds = session_credentials(stack, harness.mint(stack["issuer"]))
     url = stack["veil"].url + "/service/GraniteServiceVersion20100801/operation/ListMetrics"
     r = send(stack, signed(creds, url, b"\xa0", {"smithy-protocol": "rpc-v2-cbor", "Content-Type": "application/cbor",
                                                 "Accept": "application/cbor"}))
     assert r.status_code == 400, r.text
     assert "CBOR" in r.text, r.text
+    # Where the service does not speak CBOR it is only a media type: an S3 object's.
+    bucket = f"cbor-{time.time_ns()}"
+    harness.moto_client(stack["moto"], "s3").create_bucket(Bucket=bucket)
+    with harness.agent(stack, tmp_path) as s:
+        s3 = s.client("s3")
+        s3.put_object(Bucket=bucket, Key="data.cbor", Body=b"\xa1\x61\x61\x01", ContentType="application/cbor")
+        got = s3.get_object(Bucket=bucket, Key="data.cbor")
+        assert (got["ContentType"], got["Body"].read()) == ("application/cbor", b"\xa1\x61\x61\x01")
 
 
 def test_a_rest_json_body_is_shown_to_policies_whatever_its_content_type(tmp_path, issuer, moto):

@@ -317,7 +317,8 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
     query.retain(|(k, _)| !crate::sigv4::is_presign_param(k));
     wire::check_unique(&query, "query")?;
     let body = req.body.unwrap_or_default();
-    if req.headers.contains_key("smithy-protocol") || media.as_deref() == Some("application/cbor") {
+    let cbor = req.headers.contains_key("smithy-protocol") || media.as_deref() == Some("application/cbor");
+    if cbor && models.iter().any(|m| m.speaks(Protocol::Cbor)) {
         return Err(unknown("the request is in Smithy RPC v2 CBOR, which Veil does not read; configure the client for JSON (X-Amz-Target) or query"));
     }
     if let Some(target) = wire::header(req.headers, "x-amz-target")? {
@@ -759,6 +760,10 @@ mod tests {
         let e = classify(&RequestView { headers: &h, ..view("monitoring", "POST", "/service/GraniteServiceVersion20100801/operation/ListMetrics", "", Some(b"\xa0")) })
             .unwrap_err();
         assert!(e.to_string().contains("CBOR"), "{e}");
+        // Elsewhere application/cbor is just a media type: an S3 object's.
+        let h = headers(&[("content-type", "application/cbor")]);
+        let c = classify(&RequestView { headers: &h, ..view("s3", "PUT", "/bucket/data.cbor", "", Some(b"\xa0")) }).unwrap();
+        assert_eq!(c.action, "PutObject");
     }
 
     #[test]
