@@ -130,6 +130,11 @@ impl Model {
         self.protocol == protocol || self.protocols.contains(&protocol)
     }
 
+    /// The form protocol (EC2's or query) this model speaks, if any.
+    fn form_protocol(&self) -> Option<Protocol> {
+        [Protocol::Ec2, Protocol::Query].into_iter().find(|p| self.speaks(*p))
+    }
+
     /// Whether a query key selects an operation of this REST model (S3's
     /// sub-resources: `acl`, `policy` …).
     fn selects(&self, key: &str) -> bool {
@@ -194,8 +199,8 @@ pub fn protocol_of(service: &str, headers: &http::HeaderMap) -> Option<Protocol>
         return Some(Protocol::Json);
     }
     let form = wire::media_type(headers).ok().flatten().is_some_and(|m| m == wire::FORM);
-    if let Some(m) = models.iter().find(|m| form && (m.speaks(Protocol::Query) || m.speaks(Protocol::Ec2))) {
-        return Some(if m.speaks(Protocol::Ec2) { Protocol::Ec2 } else { Protocol::Query });
+    if let Some(protocol) = models.iter().filter(|_| form).find_map(Model::form_protocol) {
+        return Some(protocol);
     }
     models.first().map(|m| if m.protocol == Protocol::Cbor && m.speaks(Protocol::Json) { Protocol::Json } else { m.protocol })
 }
@@ -344,8 +349,7 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
         let forward = Forward { method: http::Method::POST, path_and_query: "/".into(), body: decoded.map(bytes::Bytes::from), headers };
         return Ok(finish(model, Protocol::Json, action, params, None, forward));
     }
-    if let Some(model) = models.iter().find(|m| m.speaks(Protocol::Query) || m.speaks(Protocol::Ec2)) {
-        let protocol = if model.speaks(Protocol::Ec2) { Protocol::Ec2 } else { Protocol::Query };
+    if let Some((model, protocol)) = models.iter().find_map(|m| m.form_protocol().map(|p| (m, p))) {
         let decoded = wire::decode_body(&codings, body)?;
         let body = decoded.as_deref().unwrap_or(body);
         let mut form = query;
@@ -500,22 +504,18 @@ fn known_operation(service: &str, action: &str) -> Result<(), ClassifyError> {
 /// string (`{"a":"&Action=DeleteAlarms&"}`), and one without a type as the
 /// endpoint likes.
 fn json_media(model: &Model, media: Option<&str>) -> Result<http::HeaderValue, wire::Ambiguous> {
-    match media {
-        Some(m @ ("application/x-amz-json-1.0" | "application/x-amz-json-1.1" | "application/json")) => Ok(http::HeaderValue::from_static(match m {
-            "application/x-amz-json-1.0" => "application/x-amz-json-1.0",
-            "application/x-amz-json-1.1" => "application/x-amz-json-1.1",
-            _ => "application/json",
-        })),
-        None => Ok(http::HeaderValue::from_static(if model.json.as_deref() == Some("1.1") {
-            "application/x-amz-json-1.1"
-        } else {
-            "application/x-amz-json-1.0"
-        })),
-        Some(other) => Err(wire::Ambiguous(format!(
-            "an X-Amz-Target call's body is JSON, but its Content-Type is {:?}",
-            crate::policy::host::truncate(other, 64)
-        ))),
-    }
+    const JSON_TYPES: [&str; 3] = ["application/x-amz-json-1.0", "application/x-amz-json-1.1", "application/json"];
+    let chosen = match media {
+        None if model.json.as_deref() == Some("1.1") => JSON_TYPES[1],
+        None => JSON_TYPES[0],
+        Some(m) => JSON_TYPES.into_iter().find(|t| *t == m).ok_or_else(|| {
+            wire::Ambiguous(format!(
+                "an X-Amz-Target call's body is JSON, but its Content-Type is {:?}",
+                crate::policy::host::truncate(m, 64)
+            ))
+        })?,
+    };
+    Ok(http::HeaderValue::from_static(chosen))
 }
 
 /// Whether an `X-Amz-Target` prefix names the model whose botocore
