@@ -653,7 +653,7 @@ impl Gateway {
                 "Signature Version 2 (configure the SDK for SigV4, e.g. signature_version='s3v4')".into(),
             )));
         }
-        let (body, payload_mode) = if sigv4::is_sigv4(&parts) {
+        let (mut body, mut payload_mode) = if sigv4::is_sigv4(&parts) {
             self.identify_sigv4(ctx, &parts, body).await?
         } else if let Some(token) = bearer {
             self.identify_bearer(ctx, &parts, &token).await?;
@@ -670,21 +670,33 @@ impl Gateway {
         let service = ctx.service.clone().unwrap_or_default();
         let region = ctx.region.clone().unwrap_or_default();
         let virtual_path = ctx.virtual_path.take();
-        let view = RequestView {
-            service: &service,
-            method: parts.method.as_str(),
-            path: virtual_path.as_deref().unwrap_or(parts.uri.path()),
-            query: parts.uri.query().unwrap_or(""),
-            body: body.as_deref(),
-            headers: &parts.headers,
+        let classify = |ctx: &mut Ctx, body: Option<&[u8]>| {
+            let view = RequestView {
+                service: &service,
+                method: parts.method.as_str(),
+                path: virtual_path.as_deref().unwrap_or(parts.uri.path()),
+                query: parts.uri.query().unwrap_or(""),
+                body,
+                headers: &parts.headers,
+            };
+            aws::classify(&view).map_err(|e| {
+                // The audit trail and the log name what the caller asked for.
+                if let ClassifyError::NotAnOperation { action, .. } = &e {
+                    ctx.action = Some(action.clone());
+                }
+                e
+            })
         };
-        let mut classified = aws::classify(&view).map_err(|e| {
-            // The audit trail and the log name what the caller asked for.
-            if let ClassifyError::NotAnOperation { action, .. } = &e {
-                ctx.action = Some(action.clone());
-            }
-            e
-        })?;
+        let mut classified = classify(ctx, body.as_deref())?;
+        if let Some(streamed) = payload_mode.take_if(|_| !classified.model.streams_input(&classified.action)) {
+            // Only data for AWS to keep streams past policies; any other
+            // body is input they must see (S3 DeleteObjects' keys, a bucket
+            // policy), however the caller signed it.
+            let read = self.read_streamed(&classified.action, streamed).await?;
+            ctx.rec.bytes_in = read.len() as u64;
+            classified = classify(ctx, Some(&read))?;
+            body = Some(read);
+        }
         let upstream_host = aws::endpoint::host(classified.model, &region)?;
         if service == "sqs" {
             // Queue URLs: the caller's name for a queue is the gateway's, AWS's its own.
@@ -945,6 +957,36 @@ impl Gateway {
         let hash = hex::encode(Sha256::digest(&bytes));
         sigv4::verify(parts, &signed, secret, Some(&hash), SystemTime::now(), self.max_skew)?;
         Ok((Some(bytes), None))
+    }
+
+    /// Read a streamed S3 body that is input, not data (see
+    /// [`aws::Model::streams_input`]).
+    async fn read_streamed(&self, action: &str, streamed: Streamed) -> Result<Bytes, Failure> {
+        match streamed.payload {
+            StreamedPayload::Unsigned => {
+                // Frame by frame, not through `read_body`: a boxed body's
+                // error type there makes the request future not `Send`.
+                let (mut stream, mut read) = (streamed.body, bytes::BytesMut::new());
+                while let Some(frame) = stream.frame().await {
+                    let frame = frame.map_err(|e| Failure::BodyRead(e.to_string()))?;
+                    if let Ok(data) = frame.into_data() {
+                        if read.len() + data.len() > self.max_body {
+                            return Err(Failure::TooLarge("request", self.max_body));
+                        }
+                        read.extend_from_slice(&data);
+                    }
+                }
+                Ok(read.freeze())
+            }
+            StreamedPayload::UnsignedTrailer => Err(Failure::Classify(
+                aws::wire::Ambiguous(format!(
+                    "the body of s3 {action} is sent aws-chunked with a trailer, which Veil does not read; sign it with its SHA-256 or UNSIGNED-PAYLOAD"
+                ))
+                .into(),
+            )),
+            // Streamed only when declared larger than a body may be.
+            StreamedPayload::Sha256(_) => Err(Failure::TooLarge("request", self.max_body)),
+        }
     }
 
     async fn identify_bearer(&self, ctx: &mut Ctx, parts: &Parts, token: &str) -> Result<(), Failure> {

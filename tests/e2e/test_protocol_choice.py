@@ -9,6 +9,8 @@ import xml.etree.ElementTree as ET
 
 import botocore.auth
 import botocore.awsrequest
+import botocore.config
+import botocore.exceptions
 import requests
 
 import harness
@@ -162,3 +164,64 @@ def test_a_rest_json_body_is_shown_to_policies_whatever_its_content_type(tmp_pat
         assert got["Timeout"] != 42 and got.get("Description") != "0.0.0.0/0", "no held call reached AWS"
     finally:
         veil.stop()
+
+
+def test_rest_xml_bodies_are_shown_to_policies_however_they_are_signed(tmp_path, issuer, moto):
+    """An S3 body that is input, not data (DeleteObjects' keys, a bucket's
+    tags) is read and shown to policies, also when the caller signs it
+    UNSIGNED-PAYLOAD, which lets only an object's bytes stream past them.
+    Here risky-actions holds any such call whose parameters name a network
+    open to the world."""
+    config = (harness.POLICY_CONFIG + '\n[policies.config.risky-actions]\n'
+              'ingress_actions = ["s3:DeleteObjects", "s3:PutBucketTagging"]\n')
+    cfg, ca = harness.veil_config(tmp_path, issuer, moto, "[approvals]\nwait_secs = 1\n", policy_config=config)
+    veil = harness.Veil(cfg)
+    try:
+        stack = {"veil": veil, "ca": ca, "issuer": issuer, "moto": moto}
+        bucket = f"xml-{time.time_ns()}"
+        direct = harness.moto_client(moto, "s3")
+        direct.create_bucket(Bucket=bucket)
+        for key in ["0.0.0.0/0", "keep", "plain"]:
+            direct.put_object(Bucket=bucket, Key=key, Body=b"x")
+        unsigned = botocore.config.Config(s3={"payload_signing_enabled": False})
+        with harness.agent(stack, tmp_path) as s:
+            for client in [s.client("s3"), s.client("s3", config=unsigned)]:
+                try:
+                    client.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "keep"}, {"Key": "0.0.0.0/0"}]})
+                    raise AssertionError("a DeleteObjects naming an open network went through")
+                except botocore.exceptions.ClientError as e:
+                    assert e.response["Error"]["Code"] == "ApprovalRequired", e.response
+                    assert "0.0.0.0/0" in e.response["Error"]["Message"], e.response
+                try:
+                    client.put_bucket_tagging(Bucket=bucket, Tagging={"TagSet": [{"Key": "allow", "Value": "0.0.0.0/0"}]})
+                    raise AssertionError("a PutBucketTagging naming an open network went through")
+                except botocore.exceptions.ClientError as e:
+                    assert e.response["Error"]["Code"] == "ApprovalRequired", e.response
+            keys = {o["Key"] for o in direct.list_objects_v2(Bucket=bucket)["Contents"]}
+            assert {"0.0.0.0/0", "keep"} <= keys, "no held call reached AWS"
+            assert "TagSet" not in _tagging(direct, bucket)
+            # What no rule holds goes through, read the same way.
+            s.client("s3", config=unsigned).delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": "plain"}]})
+            assert "plain" not in {o["Key"] for o in direct.list_objects_v2(Bucket=bucket)["Contents"]}
+        # An input body framed aws-chunked with a trailer is not read, so refused.
+        creds = session_credentials(stack, harness.mint(issuer))
+        body = b"<Tagging><TagSet><Tag><Key>a</Key><Value>0.0.0.0/0</Value></Tag></TagSet></Tagging>"
+        chunked = b"%x\r\n%s\r\n0\r\nx-amz-checksum-crc32:AAAAAA==\r\n\r\n" % (len(body), body)
+        req = botocore.awsrequest.AWSRequest(method="PUT", url=f"{veil.url}/{bucket}?tagging", data=chunked, headers={
+            "X-Amz-Content-SHA256": "STREAMING-UNSIGNED-PAYLOAD-TRAILER", "Content-Encoding": "aws-chunked",
+            "X-Amz-Decoded-Content-Length": str(len(body)), "X-Amz-Trailer": "x-amz-checksum-crc32"})
+        botocore.auth.SigV4Auth(creds, "s3", "us-east-1").add_auth(req)
+        p = req.prepare()
+        r = requests.put(p.url, data=p.body, headers=dict(p.headers), verify=str(ca), timeout=30)
+        assert r.status_code == 400 and "aws-chunked" in r.text, r.text
+        assert "TagSet" not in _tagging(direct, bucket)
+    finally:
+        veil.stop()
+
+
+def _tagging(client, bucket):
+    try:
+        return client.get_bucket_tagging(Bucket=bucket)
+    except botocore.exceptions.ClientError as e:
+        assert e.response["Error"]["Code"] == "NoSuchTagSet", e.response
+        return {}

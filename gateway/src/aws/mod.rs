@@ -82,16 +82,30 @@ pub struct Model {
     /// byte stream, `None` for a stream of events.
     #[serde(default)]
     streaming: HashMap<String, Option<String>>,
-    /// REST-JSON operations whose request body is a raw payload (Lambda
-    /// `Invoke`); every other REST-JSON body is the input as JSON.
+    /// REST operations whose request body is one input member (S3
+    /// `PutBucketTagging`'s `Tagging`, Lambda `Invoke`'s `Payload`), not
+    /// the input's members together.
     #[serde(default)]
-    raw_input: Vec<String>,
+    payloads: HashMap<String, (String, Payload)>,
     /// Per operation, the selectors of its blob outputs (base64 on the wire).
     #[serde(default, deserialize_with = "selectors")]
     blobs: HashMap<String, Vec<Selector>>,
     /// Query keys that select an operation in some URI template (`acl`).
     #[serde(skip)]
     selector_keys: OnceLock<Vec<String>>,
+}
+
+/// What a REST operation's request body is, when it is one input member.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Payload {
+    /// Bytes for AWS to keep (an S3 object, a function's event): data, not
+    /// parameters, and the only kind of body that may stream.
+    Blob,
+    /// Text (S3 `PutBucketPolicy`'s policy document).
+    String,
+    /// A structure in the protocol's format (JSON or XML).
+    Structure,
 }
 
 fn selectors<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<String, Vec<Selector>>, D::Error> {
@@ -157,6 +171,19 @@ impl Model {
     /// operation that does not stream bytes.
     pub fn stream_member(&self, action: &str) -> Option<&str> {
         self.streaming.get(action).and_then(Option::as_deref)
+    }
+
+    /// The input member `action`'s request body is, and its kind; `None`
+    /// when the body holds the input's members together.
+    pub fn payload(&self, action: &str) -> Option<(&str, Payload)> {
+        self.payloads.get(action).map(|(member, kind)| (member.as_str(), *kind))
+    }
+
+    /// Whether `action`'s request body is data for AWS to keep (S3
+    /// `PutObject`): the one kind of body that may stream past policies.
+    /// Any other body is input, read before policies decide.
+    pub fn streams_input(&self, action: &str) -> bool {
+        matches!(self.payload(action), Some((_, Payload::Blob)))
     }
 
     /// The selectors of `action`'s blob outputs (base64 text on the wire),
@@ -339,7 +366,7 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
             return Err(unknown("this service is not spoken in JSON (X-Amz-Target)"));
         }
         let content_type = json_media(model, media.as_deref())?;
-        let params = json_body(body)?;
+        let params = Value::Object(json_body(body)?);
         let mut headers = wire::forwarded_headers(req.headers, true, false, &|_| false);
         headers.insert(http::header::CONTENT_TYPE, content_type);
         if decoded.is_some() {
@@ -404,12 +431,7 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
     if !codings.is_empty() && !binds("content-encoding") && !(streaming && codings.iter().all(|c| c == "aws-chunked")) {
         refuse_codings(&codings)?;
     }
-    // A REST-JSON body is the input as JSON whatever its Content-Type says
-    // (AWS reads it so): shown to policies, or refused when it is not JSON.
-    let mut params = match model.protocol {
-        Protocol::RestJson if !body.is_empty() && !model.raw_input.iter().any(|o| *o == op.0) => json_body(body)?,
-        _ => Value::Object(Map::new()),
-    };
+    let mut params = Value::Object(rest_body(model, &op.0, body)?);
     let resource = if labels.is_empty() { None } else { Some(labels.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join("/")) };
     if let Value::Object(map) = &mut params {
         for (k, v) in query.iter().cloned().chain(labels) {
@@ -527,12 +549,40 @@ fn target_prefix_matches(model: &str, prefix: &str) -> bool {
     model == prefix || model.rsplit_once('.').is_some_and(|(_, shape)| shape == prefix)
 }
 
-fn json_body(body: &[u8]) -> Result<Value, ClassifyError> {
+fn json_body(body: &[u8]) -> Result<Map<String, Value>, ClassifyError> {
     if body.is_empty() {
-        return Ok(Value::Object(Map::new()));
+        return Ok(Map::new());
     }
-    let v = wire::strict_json(body)?;
-    if v.is_object() { Ok(v) } else { Err(ClassifyError::BadParams("JSON body is not an object".into())) }
+    match wire::strict_json(body)? {
+        Value::Object(map) => Ok(map),
+        _ => Err(ClassifyError::BadParams("JSON body is not an object".into())),
+    }
+}
+
+/// The parameters a REST call's body holds, read as AWS reads it whatever
+/// its Content-Type says: a blob payload is data and not shown; a text
+/// payload is shown under its member, as is a structure payload (JSON or
+/// XML); any other body holds the input's members. A body that does not
+/// read so is refused.
+fn rest_body(model: &Model, action: &str, body: &[u8]) -> Result<Map<String, Value>, ClassifyError> {
+    if body.is_empty() {
+        return Ok(Map::new());
+    }
+    let members = || -> Result<Map<String, Value>, ClassifyError> {
+        match model.protocol {
+            Protocol::RestXml => xml::request_members(body).map_err(|e| ClassifyError::BadParams(e.to_string())),
+            _ => json_body(body),
+        }
+    };
+    match model.payload(action) {
+        Some((_, Payload::Blob)) => Ok(Map::new()),
+        Some((member, Payload::String)) => {
+            let text = std::str::from_utf8(body).map_err(|_| ClassifyError::BadParams(format!("the {member} body is not UTF-8 text")))?;
+            Ok(Map::from_iter([(member.to_string(), Value::String(text.to_string()))]))
+        }
+        Some((member, Payload::Structure)) => Ok(Map::from_iter([(member.to_string(), Value::Object(members()?))])),
+        None => members(),
+    }
 }
 
 /// Match a model URI template (`/{Bucket}/{Key+}?uploads`) against a path;
@@ -738,6 +788,55 @@ mod tests {
         let h = headers(&[("content-type", "text/plain")]);
         let c = classify(&RequestView { headers: &h, ..view("lambda", "POST", "/2015-03-31/functions/f/invocations", "", Some(b"not json")) }).unwrap();
         assert_eq!((c.action.as_str(), &c.params), ("Invoke", &serde_json::json!({"FunctionName": "f"})));
+    }
+
+    #[test]
+    fn rest_xml_bodies_are_shown_to_policies() {
+        let none = headers(&[]);
+        let c = |method, path, query, body: &'static [u8]| classify(&RequestView { headers: &none, ..view("s3", method, path, query, Some(body)) });
+        // A structure payload, under its member's name.
+        let deleted = c("POST", "/b", "delete", b"<Delete xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Object><Key>prod/a</Key></Object><Object><Key>b&amp;c</Key></Object><Quiet>true</Quiet></Delete>").unwrap();
+        assert_eq!(deleted.action, "DeleteObjects");
+        assert_eq!(deleted.params, json!({"Bucket": "b", "delete": "", "Delete": {"Object": [{"Key": "prod/a"}, {"Key": "b&c"}], "Quiet": "true"}}));
+        // A text payload, under its member's name.
+        let policy = c("PUT", "/b", "policy", br#"{"Statement":[{"Effect":"Allow","Principal":"*"}]}"#).unwrap();
+        assert_eq!((policy.action.as_str(), &policy.params["Policy"]), ("PutBucketPolicy", &json!(r#"{"Statement":[{"Effect":"Allow","Principal":"*"}]}"#)));
+        // Data is not parameters.
+        let put = c("PUT", "/b/k", "", b"<Delete><Object><Key>x</Key></Object></Delete>").unwrap();
+        assert_eq!((put.action.as_str(), &put.params), ("PutObject", &json!({"Bucket": "b", "Key": "k"})));
+        // No payload: the body holds the input's members.
+        let rrset = classify(&view("route53", "POST", "/2013-04-01/hostedzone/Z1/rrset/", "", Some(b"<?xml version=\"1.0\"?><ChangeResourceRecordSetsRequest><ChangeBatch><Changes><Change><Action>DELETE</Action></Change></Changes></ChangeBatch></ChangeResourceRecordSetsRequest>"))).unwrap();
+        assert_eq!(rrset.params, json!({"Id": "Z1", "ChangeBatch": {"Changes": {"Change": {"Action": "DELETE"}}}}));
+        // What AWS could read another way, or that does not read, is refused.
+        for body in [
+            &b"<Delete><Object><Key>prod<i/>/a</Key></Object></Delete>"[..],
+            b"<Delete>text</Delete>",
+            b"<!DOCTYPE d [<!ENTITY k \"prod\">]><Delete><Object><Key>&k;</Key></Object></Delete>",
+            b"{\"Delete\": {}}",
+            b"<Delete><Object><Key>a</Key></Object></Delete><Delete/>",
+        ] {
+            let e = c("POST", "/b", "delete", body).unwrap_err();
+            assert!(matches!(e, ClassifyError::BadParams(_)), "{}: {e}", String::from_utf8_lossy(body));
+        }
+        assert!(c("PUT", "/b", "policy", b"\xff\xfe").is_err(), "a text payload must be text");
+        // An empty structure and XML's whitespace are nothing; other spaces are text.
+        assert_eq!(c("POST", "/b", "delete", b"<Delete>\n </Delete>").unwrap().params["Delete"], json!({}));
+        assert!(c("POST", "/b", "delete", "<Delete><Object><Key>a</Key>\u{a0}</Object></Delete>".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn rest_json_structure_payloads_are_shown_under_their_member() {
+        let c = classify(&view("glacier", "PUT", "/-/vaults/v/access-policy", "", Some(br#"{"Policy":"{}"}"#))).unwrap();
+        assert_eq!((c.action.as_str(), &c.params), ("SetVaultAccessPolicy", &json!({"accountId": "-", "vaultName": "v", "policy": {"Policy": "{}"}})));
+    }
+
+    #[test]
+    fn only_data_bodies_may_stream() {
+        let s3 = model_of("s3").unwrap();
+        assert!(s3.streams_input("PutObject") && s3.streams_input("UploadPart"));
+        for op in ["DeleteObjects", "PutBucketPolicy", "PutBucketAcl", "PutPublicAccessBlock", "GetObject", "CompleteMultipartUpload"] {
+            assert!(!s3.streams_input(op), "{op}");
+        }
     }
 
     #[test]

@@ -172,6 +172,37 @@ impl Document {
     }
 }
 
+/// The members an XML request body holds: the JSON view inside its root
+/// element. Stricter than a response's reading: an element that holds both
+/// text and elements is refused, since AWS could read the text the view
+/// leaves out, and the root must hold elements (or nothing).
+pub fn request_members(bytes: &[u8]) -> Result<Map<String, Value>, XmlError> {
+    let doc = Document::parse(bytes)?;
+    refuse_mixed(&doc.root)?;
+    match view(&doc.root) {
+        Value::Object(map) => Ok(map),
+        Value::String(t) if is_xml_space(&t) => Ok(Map::new()),
+        _ => Err(err(format!("the root element <{}> holds text, not members", doc.root.name))),
+    }
+}
+
+/// Only XML's own whitespace: a no-break space is text.
+fn is_xml_space(t: &str) -> bool {
+    t.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r' | b'\n'))
+}
+
+fn refuse_mixed(e: &Element) -> Result<(), XmlError> {
+    let has_elements = child_elements(e).next().is_some();
+    for c in &e.children {
+        match c {
+            Node::Text(t) if has_elements && !is_xml_space(t) => return Err(err(format!("<{}> holds both text and elements", e.name))),
+            Node::Element(child) => refuse_mixed(child)?,
+            Node::Text(_) => {}
+        }
+    }
+    Ok(())
+}
+
 fn element(s: &quick_xml::events::BytesStart<'_>, empty: bool) -> Result<Element, XmlError> {
     let name = std::str::from_utf8(s.name().as_ref()).map_err(err)?.to_string();
     // Written back as it came, so it must be a name the writer can close.

@@ -19,9 +19,9 @@ For every service, keyed by its SigV4 signing name, one entry per model:
                of bytes (passed through unparsed, or shown to policies as text
                under the member's name when small), or null for a stream of
                events (always passed through)
-  raw_input    rest-json operations whose request body is a raw payload (a blob
-               or string member: Lambda Invoke); every other rest-json body is
-               the input's JSON, read as such whatever its Content-Type
+  payloads     {operation: [member, kind]}: rest-json and rest-xml operations
+               whose request body is one input member (kind blob, string or
+               structure) rather than the input's members together
   blobs        {operation: [selectors]}: output values of type blob (base64 text
                on the wire), in wire names, so a mask keeps them base64
 
@@ -73,7 +73,7 @@ def main():
         if protocol == "json" or "targetPrefix" in meta:
             entry["target"] = meta.get("targetPrefix", "")
             entry["json"] = meta.get("jsonVersion", "1.0")
-        ops, streaming, blobs, raw_input = [], {}, {}, []
+        ops, streaming, blobs, payloads = [], {}, {}, {}
         walker = BlobWalker(model)
         for op_name, op in sorted(model["operations"].items()):
             http = op.get("http", {})
@@ -103,11 +103,12 @@ def main():
                 if bound:
                     row.append(dict(sorted(bound.items())))
                 ops.append(row)
-                if protocol == "rest-json" and "input" in op:
+                if "input" in op:
                     shape = shapes[op["input"]["shape"]]
                     payload = shape.get("payload")
-                    if payload and shapes[shape["members"][payload]["shape"]]["type"] in ("blob", "string"):
-                        raw_input.append(op_name)
+                    if payload:
+                        kind = shapes[shape["members"][payload]["shape"]]["type"]
+                        payloads[op_name] = [payload, kind if kind in ("blob", "string") else "structure"]
             out_ref = op.get("output")
             if out_ref:
                 shape = shapes[out_ref["shape"]]
@@ -124,8 +125,8 @@ def main():
                     blobs[op_name] = paths
         if ops:
             entry["ops"] = ops
-        if raw_input:
-            entry["raw_input"] = raw_input
+        if payloads:
+            entry["payloads"] = payloads
         if streaming:
             entry["streaming"] = streaming
         if blobs:
