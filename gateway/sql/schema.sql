@@ -46,7 +46,8 @@ CREATE TABLE IF NOT EXISTS {db}.audit
     trace_id String,
     agent_session String,
     role_session String,
-    error String
+    error String,
+    role String
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(time)

@@ -596,6 +596,7 @@ impl Gateway {
         if let Some(s) = ctx.session {
             rec.role_session.clone_from(&s.session.name);
         }
+        rec.role = ctx.role.unwrap_or_default();
         rec.status = resp.status().as_u16();
         if rec.bytes_out == 0 {
             rec.bytes_out = http_body::Body::size_hint(resp.body()).exact().unwrap_or(0);
@@ -1007,6 +1008,8 @@ impl Gateway {
         let identity = self.verifier.verify(token).await?;
         let roles = self.roles.load();
         let role = match parts.headers.get(ROLE_HEADER) {
+            // An IAM role ARN is at most 2048 characters.
+            Some(r) if r.len() > 2048 => return Err(Failure::BadRequest(format!("header {ROLE_HEADER} is longer than a role ARN may be"))),
             Some(r) => r.to_str().map_err(|_| Failure::BadRequest(format!("header {ROLE_HEADER} is not visible ASCII")))?.to_string(),
             None => match roles.only() {
                 Some(only) => only.arn.clone(),
@@ -1048,6 +1051,7 @@ impl Gateway {
             None => 3600,
         };
         ctx.rec.role_session.clone_from(&name);
+        ctx.role = Some(role.clone());
         let identity = self.verifier.verify(&token).await?;
         ctx.identity = Some(identity.clone());
         // Trust is checked before any credential is minted.

@@ -75,6 +75,7 @@ def test_every_call_is_recorded_in_clickhouse_without_secrets(issuer, moto, clic
         owner = by_action[("payments-agent", "GetSecretValue")]
         assert owner["masked_fields"] == 0 and json.loads(owner["response"])["SecretString"] == "***"
         assert by_action[("search-agent", "AssumeRoleWithWebIdentity")]["verdict"] == "allow"
+        assert {r["role"] for r in rows} == {harness.ROLE_ARN}, "every record names the role the call ran as"
 
         # The compliance queries, through the CLI, against this ClickHouse.
         out = veil_cli("audit", "query", "secrets-accessed", "--config", str(cfg), "--since", "1h")
@@ -94,6 +95,30 @@ def test_every_call_is_recorded_in_clickhouse_without_secrets(issuer, moto, clic
         assert out.returncode == 1 and "needs --subject" in out.stderr
     finally:
         veil.stop()
+
+
+def test_a_table_from_before_the_role_column_gains_it(issuer, moto, clickhouse, tmp_path):
+    """ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS: the gateway adds the
+    columns an older release's table lacks, once, and ships into it."""
+    db = f"veil_{os.getpid()}_{next(_db)}"
+    schema = (harness.ROOT / "gateway" / "sql" / "schema.sql").read_text()
+    older = schema.replace(",\n    role String\n", "\n")
+    assert older != schema
+    for stmt in [s for s in "\n".join(l for l in older.splitlines() if not l.startswith("--")).split(";") if s.strip()]:
+        clickhouse.query(stmt.replace("{db}", db))
+    clickhouse.query(f"INSERT INTO {db}.audit (id, time, kind, subject) VALUES ('old-row', now(), 'call', 'before')")
+    cfg, ca = harness.veil_config(tmp_path, issuer, moto, harness.clickhouse_audit(clickhouse, db))
+    for attempt in range(2):  # a restart finds the column there
+        veil = harness.Veil(cfg)
+        try:
+            with harness.agent_session(veil, ca, harness.mint(issuer, sub=f"role-agent-{attempt}"), tmp_path) as s:
+                s.client("sts").get_caller_identity()
+            clickhouse.wait_count(f"SELECT count() FROM {db}.audit FINAL WHERE subject = 'role-agent-{attempt}'", 2)
+        finally:
+            veil.stop()
+    rows = clickhouse.rows(f"SELECT subject, role FROM {db}.audit FINAL ORDER BY ts_ms")
+    assert {(r["subject"], r["role"]) for r in rows} == {("before", ""), ("role-agent-0", harness.ROLE_ARN), ("role-agent-1", harness.ROLE_ARN)}, rows
+    assert [r["name"] for r in clickhouse.rows(f"DESCRIBE TABLE {db}.audit")].count("role") == 1
 
 
 def sts_clients(veil, ca, token, tmp_path, threads=8):

@@ -146,9 +146,9 @@ pub fn query(name: &str, records: &[Record], a: &QueryArgs) -> String {
             let rows = calls
                 .into_iter()
                 .filter(|r| r.subject == a.subject)
-                .map(|r| vec![time(r), r.id.clone(), op(r), r.resource.clone(), r.verdict.clone(), r.status.to_string(), r.masked_fields.to_string(), r.app_id.clone(), r.agent_session.clone(), r.source_ip.clone()])
+                .map(|r| vec![time(r), r.id.clone(), op(r), r.resource.clone(), r.verdict.clone(), r.status.to_string(), r.masked_fields.to_string(), r.role.clone(), r.app_id.clone(), r.agent_session.clone(), r.source_ip.clone()])
                 .collect();
-            table(&["at", "id", "operation", "resource", "verdict", "status", "masked_fields", "app_id", "agent_session", "source_ip"], rows)
+            table(&["at", "id", "operation", "resource", "verdict", "status", "masked_fields", "role", "app_id", "agent_session", "source_ip"], rows)
         }
         "policy-for-call" => {
             let rows = records
@@ -176,11 +176,12 @@ pub fn query(name: &str, records: &[Record], a: &QueryArgs) -> String {
                         r.agent_session.clone(),
                         r.trace_id.clone(),
                         r.app_id.clone(),
+                        r.role.clone(),
                         r.role_session.clone(),
                     ]
                 })
                 .collect();
-            table(&["at", "id", "subject", "operation", "resource", "verdict", "status", "masked_fields", "agent_session", "trace_id", "app_id", "role_session"], rows)
+            table(&["at", "id", "subject", "operation", "resource", "verdict", "status", "masked_fields", "agent_session", "trace_id", "app_id", "role", "role_session"], rows)
         }
         _ => table(&["error"], vec![vec![format!("no query named {name}")]]),
     }

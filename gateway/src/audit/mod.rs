@@ -115,6 +115,9 @@ pub struct Record {
     pub role_session: String,
     /// Why the call failed, if it did.
     pub error: String,
+    /// The role ARN the call asked to act as (admitted or not). Last, so a
+    /// spool record written before it existed reads as one without it.
+    pub role: String,
 }
 
 impl Record {
@@ -178,15 +181,16 @@ impl Record {
     }
 }
 
-/// Spool payload format tag: postcard (compact, fast to decode; fields in
-/// declaration order). Payloads starting with `{` are JSON, as older spools
-/// wrote them.
+/// Spool payload format tags: postcard (compact, fast to decode; fields in
+/// declaration order). V1 records predate `role`, the last field; payloads
+/// starting with `{` are JSON, as older spools wrote them.
 const POSTCARD_V1: u8 = 1;
+const POSTCARD_V2: u8 = 2;
 
 impl Record {
     /// The spool payload of this record.
     pub fn encode(&self) -> Vec<u8> {
-        let out = vec![POSTCARD_V1];
+        let out = vec![POSTCARD_V2];
         match postcard::to_extend(self, out) {
             Ok(v) => v,
             // Unreachable for this struct; fall back to JSON rather than lose a record.
@@ -197,7 +201,13 @@ impl Record {
     /// A record from a spool payload.
     pub fn decode(payload: &[u8]) -> Result<Record, String> {
         match payload.first() {
-            Some(&POSTCARD_V1) => postcard::from_bytes(&payload[1..]).map_err(|e| e.to_string()),
+            Some(&POSTCARD_V2) => postcard::from_bytes(&payload[1..]).map_err(|e| e.to_string()),
+            Some(&POSTCARD_V1) => {
+                // An empty string in postcard is its length, a zero byte.
+                let mut v2 = payload[1..].to_vec();
+                v2.push(0);
+                postcard::from_bytes(&v2).map_err(|e| e.to_string())
+            }
             Some(b'{') => serde_json::from_slice(payload).map_err(|e| e.to_string()),
             _ => Err("unknown record format".into()),
         }
@@ -502,6 +512,13 @@ mod tests {
         assert_eq!(Record::decode(&serde_json::to_vec(&r).unwrap()).unwrap(), r);
         assert!(Record::decode(b"\xff").is_err());
         assert!(Record::decode(&r.encode()[..10]).is_err());
+        // A record spooled before `role` existed: format 1, without the last field.
+        let v2 = r.encode();
+        let v1: Vec<u8> = [&[POSTCARD_V1][..], &v2[1..v2.len() - 1]].concat();
+        assert_eq!((v2[0], v2.last()), (POSTCARD_V2, Some(&0)), "role, empty, is the last byte");
+        assert_eq!(Record::decode(&v1).unwrap(), r);
+        r.role = "arn:aws:iam::123456789012:role/agent".into();
+        assert_eq!(Record::decode(&r.encode()).unwrap(), r);
     }
 
     #[tokio::test]

@@ -25,6 +25,11 @@ use crate::metrics::Metrics;
 /// The schema, run statement by statement.
 pub const SCHEMA: &str = include_str!("../../sql/schema.sql");
 
+/// Columns added to the table since it was first released, appended by
+/// [`ClickHouse::migrate`] to a table that lacks them (ClickHouse 18.16 has
+/// no `ADD COLUMN IF NOT EXISTS`); `schema.sql` creates new tables with them.
+const ADDED_COLUMNS: &[(&str, &str)] = &[("role", "String")];
+
 /// The compliance queries: name, SQL.
 pub const QUERIES: &[(&str, &str)] = &[
     ("secrets-accessed", include_str!("../../sql/queries/secrets-accessed.sql")),
@@ -106,13 +111,31 @@ impl ClickHouse {
         ClickHouse { client, db: cfg.database.clone() }
     }
 
-    /// Create the database and table if missing.
+    /// Create the database and table if missing, and add the columns a
+    /// table created by an older release lacks.
     pub async fn migrate(&self) -> Result<(), clickhouse::error::Error> {
         let plain = self.client.clone().with_database("default");
         for stmt in schema_statements(&self.db) {
             plain.query(&stmt).execute().await?;
         }
+        for (name, ty) in ADDED_COLUMNS {
+            if self.has_column(&plain, name).await? {
+                continue;
+            }
+            let added = plain.query(&format!("ALTER TABLE {}.audit ADD COLUMN {name} {ty}", self.db)).execute().await;
+            // Another replica starting at the same time may have added it.
+            if let Err(e) = added {
+                if !self.has_column(&plain, name).await? {
+                    return Err(e);
+                }
+            }
+        }
         Ok(())
+    }
+
+    async fn has_column(&self, client: &clickhouse::Client, name: &str) -> Result<bool, clickhouse::error::Error> {
+        let sql = "SELECT count() FROM system.columns WHERE database = ? AND table = 'audit' AND name = ?";
+        Ok(client.query(sql).bind(self.db.as_str()).bind(name).fetch_one::<u64>().await? > 0)
     }
 
     /// Insert rows in one INSERT.
