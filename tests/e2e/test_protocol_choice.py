@@ -1,9 +1,12 @@
 """A service that speaks several protocols (CloudWatch: Smithy RPC v2 CBOR,
 JSON and query) is read in the one each call comes in: botocore and the AWS
 CLI send JSON, older SDKs query. A call whose body AWS could read in another
-protocol than Veil did is refused before it goes upstream."""
+protocol than Veil did is refused before it goes upstream. REST calls are
+read as AWS reads them too: their bodies whatever Content-Type they name,
+their query keys under the SDKs' parameter names."""
 import datetime
 import json
+import subprocess
 import time
 import xml.etree.ElementTree as ET
 
@@ -225,3 +228,19 @@ def _tagging(client, bucket):
     except botocore.exceptions.ClientError as e:
         assert e.response["Error"]["Code"] == "NoSuchTagSet", e.response
         return {}
+
+
+def test_rest_query_keys_are_shown_under_the_sdks_parameter_names(stack, tmp_path):
+    """`?prefix=` is ListObjectsV2's `Prefix`: policies, and the audit
+    record's parameters, name it as the SDKs and the API reference do."""
+    bucket = f"names-{time.time_ns()}"
+    harness.moto_client(stack["moto"], "s3").create_bucket(Bucket=bucket)
+    with harness.agent(stack, tmp_path, sub="naming-agent") as s:
+        assert s.client("s3").list_objects_v2(Bucket=bucket, Prefix="team-a/", MaxKeys=7)["KeyCount"] == 0
+    out = subprocess.run([str(harness.VEIL), "audit", "export", "--config", str(stack["dir"] / "veil.toml")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    rec = next(r for r in map(json.loads, out.stdout.splitlines())
+               if r["subject"] == "naming-agent" and r["action"] == "ListObjectsV2")
+    params = json.loads(rec["params"])
+    assert {"Bucket", "Prefix", "MaxKeys"} <= set(params) and not {"prefix", "max-keys"} & set(params), params

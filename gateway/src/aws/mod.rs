@@ -120,11 +120,23 @@ fn selectors<'de, D: serde::Deserializer<'de>>(d: D) -> Result<HashMap<String, V
 
 /// A REST operation: name, method, URI template, required request
 /// headers, and the headers its input binds to members (`prefix*` for a
-/// prefix, `x-amz-meta-*`).
+/// prefix, `x-amz-meta-*`), with the query keys (`?prefix`) and URI labels
+/// (`{restapi_id}`) whose members are named otherwise.
 #[derive(Debug, Deserialize)]
 struct RestOp(String, String, String, #[serde(default)] Vec<String>, #[serde(default)] BTreeMap<String, String>);
 
 impl RestOp {
+    /// The name policies see a query key or URI label under: its input
+    /// member's (S3 `?prefix=` is `Prefix`), or the wire name when no member
+    /// is named otherwise (a sub-resource such as `?acl`).
+    fn member_name(&self, wire: String, sigil: (char, &str)) -> String {
+        let mut key = String::with_capacity(wire.len() + 2);
+        key.push(sigil.0);
+        key.push_str(&wire);
+        key.push_str(sigil.1);
+        self.4.get(&key).cloned().unwrap_or(wire)
+    }
+
     /// The input member a header is bound to, and for a prefix binding the
     /// rest of the header's name (the map key).
     fn binds<'a>(&'a self, header: &'a str) -> Option<(&'a str, Option<&'a str>)> {
@@ -434,7 +446,8 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
     let mut params = Value::Object(rest_body(model, &op.0, body)?);
     let resource = if labels.is_empty() { None } else { Some(labels.iter().map(|(_, v)| v.as_str()).collect::<Vec<_>>().join("/")) };
     if let Value::Object(map) = &mut params {
-        for (k, v) in query.iter().cloned().chain(labels) {
+        let query = query.iter().cloned().map(|(k, v)| (op.member_name(k, ('?', "")), v));
+        for (k, v) in query.chain(labels.into_iter().map(|(k, v)| (op.member_name(k, ('{', "}")), v))) {
             bind(map, k, Value::String(v))?;
         }
         for name in req.headers.keys() {
@@ -806,7 +819,7 @@ mod tests {
         assert_eq!((put.action.as_str(), &put.params), ("PutObject", &json!({"Bucket": "b", "Key": "k"})));
         // No payload: the body holds the input's members.
         let rrset = classify(&view("route53", "POST", "/2013-04-01/hostedzone/Z1/rrset/", "", Some(b"<?xml version=\"1.0\"?><ChangeResourceRecordSetsRequest><ChangeBatch><Changes><Change><Action>DELETE</Action></Change></Changes></ChangeBatch></ChangeResourceRecordSetsRequest>"))).unwrap();
-        assert_eq!(rrset.params, json!({"Id": "Z1", "ChangeBatch": {"Changes": {"Change": {"Action": "DELETE"}}}}));
+        assert_eq!(rrset.params, json!({"HostedZoneId": "Z1", "ChangeBatch": {"Changes": {"Change": {"Action": "DELETE"}}}}));
         // What AWS could read another way, or that does not read, is refused.
         for body in [
             &b"<Delete><Object><Key>prod<i/>/a</Key></Object></Delete>"[..],
@@ -822,6 +835,17 @@ mod tests {
         // An empty structure and XML's whitespace are nothing; other spaces are text.
         assert_eq!(c("POST", "/b", "delete", b"<Delete>\n </Delete>").unwrap().params["Delete"], json!({}));
         assert!(c("POST", "/b", "delete", "<Delete><Object><Key>a</Key>\u{a0}</Object></Delete>".as_bytes()).is_err());
+    }
+
+    #[test]
+    fn query_keys_and_labels_are_shown_under_their_members_names() {
+        let none = headers(&[]);
+        let list = classify(&RequestView { headers: &none, ..view("s3", "GET", "/b", "list-type=2&prefix=team-a%2F&max-keys=5", None) }).unwrap();
+        assert_eq!((list.action.as_str(), &list.params), ("ListObjectsV2", &json!({"Bucket": "b", "list-type": "2", "Prefix": "team-a/", "MaxKeys": "5"})));
+        assert_eq!(list.forward.path_and_query, "/b?list-type=2&prefix=team-a%2F&max-keys=5", "the wire names go upstream");
+        let api = classify(&RequestView { headers: &none, ..view("apigateway", "GET", "/restapis/r1/stages/prod", "", None) }).unwrap();
+        assert_eq!((api.action.as_str(), &api.params), ("GetStage", &json!({"restApiId": "r1", "stageName": "prod"})));
+        assert_eq!(api.resource.as_deref(), Some("r1/prod"));
     }
 
     #[test]

@@ -14,7 +14,9 @@ For every service, keyed by its SigV4 signing name, one entry per model:
   json         its JSON version: a call in JSON goes upstream as
                application/x-amz-json-<json>
   ops          rest protocols: [name, method, requestUri, [required headers]?,
-               {header: input member}?] (`prefix*` for a prefix of headers)
+               {header: input member}?] (`prefix*` for a prefix of headers;
+               `?key` a query key and `{label}` a URI label whose member is
+               named otherwise)
   streaming    {operation: payload member}: response bodies that are a stream
                of bytes (passed through unparsed, or shown to policies as text
                under the member's name when small), or null for a stream of
@@ -91,6 +93,8 @@ def main():
                 # Every header the operation's input reads, by member: Veil
                 # shows them to policies as parameters and forwards only
                 # these (a trailing `*` marks a prefix, `x-amz-meta-*`).
+                # And each query key (`?prefix`) or URI label (`{restapi_id}`)
+                # named otherwise than its member: policies see the member.
                 bound = {}
                 if "input" in op:
                     for member, ref in shapes[op["input"]["shape"]].get("members", {}).items():
@@ -98,6 +102,10 @@ def main():
                             bound[ref["locationName"].lower()] = member
                         elif ref.get("location") == "headers":
                             bound[ref.get("locationName", "").lower() + "*"] = member
+                        elif ref.get("location") == "querystring" and ref.get("locationName", member) != member:
+                            bound["?" + ref["locationName"]] = member
+                        elif ref.get("location") == "uri" and ref.get("locationName", member) != member:
+                            bound["{" + ref["locationName"] + "}"] = member
                 if headers or bound:
                     row.append(sorted(headers))
                 if bound:
