@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS {db}.audit
     agent_session String,
     role_session String,
     error String,
-    role String
+    role String,
+    params_truncated UInt8
 )
 ENGINE = ReplacingMergeTree()
 PARTITION BY toYYYYMM(time)

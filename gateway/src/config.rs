@@ -459,7 +459,8 @@ pub struct AuditConfig {
     /// closed) or `"log"` the loss and answer anyway.
     #[serde(default = "default_on_failure")]
     pub on_failure: String,
-    /// Largest masked response body kept in a record, bytes.
+    /// Largest masked response body, and request parameters, kept in a
+    /// record, bytes (each cut there and marked).
     #[serde(default = "default_response_cap")]
     pub response_cap_bytes: usize,
     /// Token claims copied into each record (besides iss and sub).

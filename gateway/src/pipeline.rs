@@ -64,6 +64,9 @@ pub const REGION_HEADER: &str = "x-veil-region";
 pub const ROLE_HEADER: &str = "x-veil-role";
 /// Largest STS form body accepted.
 const MAX_STS_BODY: usize = 64 * 1024;
+/// Longest error message kept in an audit record, in bytes.
+const MAX_RECORDED_ERROR: usize = 4096;
+
 /// Streamed response bodies up to this size are read and shown to policies
 /// (see `check_stream`); larger ones pass unparsed.
 const SHOWN_STREAM_BYTES: usize = 1 << 20;
@@ -441,7 +444,7 @@ impl Gateway {
         rec.action = action.to_string();
         rec.region.clone_from(&e.region);
         rec.resource.clone_from(&e.resource);
-        rec.params = e.params.to_string();
+        rec.set_params_doc(&e.params, self.audit.response_cap);
         rec.reasons.clone_from(&e.reasons);
         rec.approval_reviewers = e.approvers();
         rec.approval_decided_ms = e.decided_ms();
@@ -565,7 +568,9 @@ impl Gateway {
         if ctx.verdict == "unauthenticated" {
             self.metrics.auth_failures.inc();
         }
-        ctx.rec.error = f.to_string();
+        // Messages can quote what the caller sent (a name, a header): capped,
+        // so a record always fits the spool.
+        ctx.rec.error = policy::host::truncate(&f.to_string(), MAX_RECORDED_ERROR).to_string();
         if let Failure::Internal { detail } = &f {
             tracing::error!(request_id = %ctx.request_id, panic = detail.as_str(), "call processing panicked; answered InternalFailure");
             ctx.rec.error = format!("{f}: panicked: {detail}");
@@ -710,7 +715,7 @@ impl Gateway {
         ctx.protocol = Some(classified.protocol);
         ctx.action = Some(classified.action.clone());
         ctx.rec.resource = classified.resource.clone().unwrap_or_default();
-        ctx.rec.params = audit::redact(&classified.params).to_string();
+        ctx.rec.set_params_doc(&classified.params, self.audit.response_cap);
         let call = CallInput {
             identity: ctx.identity.clone().ok_or(Failure::MissingAuth)?,
             operation: Operation { service: service.clone(), action: classified.action.clone(), region: region.clone(), resource: classified.resource.clone() },

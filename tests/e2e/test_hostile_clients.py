@@ -3,6 +3,7 @@ a closed connection, nothing reaches AWS, and the gateway keeps serving."""
 import json
 import socket
 import ssl
+import subprocess
 import time
 
 import requests
@@ -139,6 +140,26 @@ def test_oversize_body_is_refused(stack, tmp_path):
         assert r.status_code == 413, r.text[:200]
     except requests.exceptions.ConnectionError:
         pass  # closed while the client was still sending: also a refusal
+    still_serving(stack, tmp_path)
+
+
+def test_a_large_request_within_the_limit_is_answered_and_audited(stack, tmp_path):
+    """A request just under the body limit whose parameters would make a
+    record larger than the spool takes: the call is answered as AWS answers
+    it and recorded, its parameters cut at the cap and marked, not refused
+    as if the audit trail were down."""
+    subject = f"large-{time.time_ns()}"
+    tags = [{"Key": f"k{i}", "Value": "v" * 20} for i in range(180_000)]
+    body = json.dumps({"SecretId": "no-such-secret", "Tags": tags}).encode()
+    assert 4 << 20 < len(body) < 10 << 20
+    r = requests.post(stack["veil"].url + "/", data=body, headers=bearer_headers(stack, "TagResource", sub=subject),
+                      verify=str(stack["ca"]), timeout=60)
+    assert r.json()["__type"].endswith("ResourceNotFoundException"), r.text[:300]  # moto answers 404
+    out = subprocess.run([str(harness.VEIL), "audit", "export", "--config", str(stack["dir"] / "veil.toml")],
+                         capture_output=True, text=True, timeout=60)
+    rec = next(r for r in map(json.loads, out.stdout.splitlines()) if r["subject"] == subject)
+    assert rec["action"] == "TagResource" and rec["params_truncated"] == 1, {k: str(v)[:100] for k, v in rec.items()}
+    assert len(rec["params"]) <= 65536 and rec["params"].startswith('{"SecretId":"no-such-secret"'), rec["params"][:100]
     still_serving(stack, tmp_path)
 
 

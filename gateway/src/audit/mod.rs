@@ -57,7 +57,8 @@ pub struct Record {
     pub region: String,
     /// Main resource.
     pub resource: String,
-    /// Request parameters, redacted to identifiers (JSON).
+    /// Request parameters, redacted to identifiers (JSON, capped like the
+    /// response).
     pub params: String,
     /// allow, deny, approval-required, unauthenticated, error (calls);
     /// requested, approved, denied, expired, used (approvals); loaded, rejected (reloads).
@@ -115,9 +116,12 @@ pub struct Record {
     pub role_session: String,
     /// Why the call failed, if it did.
     pub error: String,
-    /// The role ARN the call asked to act as (admitted or not). Last, so a
-    /// spool record written before it existed reads as one without it.
+    /// The role ARN the call asked to act as (admitted or not). Last, with
+    /// `params_truncated`, so a spool record written before them reads as
+    /// one without them.
     pub role: String,
+    /// 1 when `params` was cut at the cap.
+    pub params_truncated: u8,
 }
 
 impl Record {
@@ -164,26 +168,41 @@ impl Record {
         }
     }
 
-    /// Keep the response body as [`redact`] shows it, cut at `cap_bytes` on
-    /// a character boundary. Only what is kept is written: a large response
-    /// costs its first `cap_bytes`, not a copy of the whole document.
+    /// Keep the response body as [`redact`] shows it, cut at `cap_bytes`
+    /// (see [`capped`]).
     pub fn set_response_doc<'a>(&mut self, doc: impl Tree<'a>, cap_bytes: usize) {
-        let mut out = CapWriter { buf: Vec::with_capacity(cap_bytes.min(1 << 20) + 1), room: cap_bytes.saturating_add(1) };
-        let complete = serde_json::to_writer(&mut out, &Redacted { v: doc, mode: Mode::Keep(false) }).is_ok();
-        let text = match std::str::from_utf8(&out.buf) {
-            Ok(t) => t,
-            // Cut inside a character by the cap: keep the whole ones before it.
-            Err(e) => std::str::from_utf8(&out.buf[..e.valid_up_to()]).unwrap_or_default(),
-        };
-        let kept = cap(text, cap_bytes);
-        self.response_truncated = u8::from(!complete || kept.len() < text.len());
-        self.response = kept.to_string();
+        let (text, truncated) = capped(doc, cap_bytes);
+        (self.response, self.response_truncated) = (text, u8::from(truncated));
+    }
+
+    /// Keep the request parameters as [`redact`] shows them, cut at
+    /// `cap_bytes` (see [`capped`]): a record must fit the spool however
+    /// large a request a caller sends.
+    pub fn set_params_doc<'a>(&mut self, doc: impl Tree<'a>, cap_bytes: usize) {
+        let (text, truncated) = capped(doc, cap_bytes);
+        (self.params, self.params_truncated) = (text, u8::from(truncated));
     }
 }
 
+/// `doc` as [`redact`] shows it, cut at `cap_bytes` on a character
+/// boundary, and whether it was cut. Only what is kept is written: a large
+/// document costs its first `cap_bytes`, not a copy of the whole.
+fn capped<'a>(doc: impl Tree<'a>, cap_bytes: usize) -> (String, bool) {
+    let mut out = CapWriter { buf: Vec::with_capacity(cap_bytes.min(1 << 20) + 1), room: cap_bytes.saturating_add(1) };
+    let complete = serde_json::to_writer(&mut out, &Redacted { v: doc, mode: Mode::Keep(false) }).is_ok();
+    let text = match std::str::from_utf8(&out.buf) {
+        Ok(t) => t,
+        // Cut inside a character by the cap: keep the whole ones before it.
+        Err(e) => std::str::from_utf8(&out.buf[..e.valid_up_to()]).unwrap_or_default(),
+    };
+    let kept = cap(text, cap_bytes);
+    (kept.to_string(), !complete || kept.len() < text.len())
+}
+
 /// Spool payload format tags: postcard (compact, fast to decode; fields in
-/// declaration order). V1 records predate `role`, the last field; payloads
-/// starting with `{` are JSON, as older spools wrote them.
+/// declaration order). V1 records predate `role` and `params_truncated`,
+/// the last fields; payloads starting with `{` are JSON, as older spools
+/// wrote them.
 const POSTCARD_V1: u8 = 1;
 const POSTCARD_V2: u8 = 2;
 
@@ -203,9 +222,10 @@ impl Record {
         match payload.first() {
             Some(&POSTCARD_V2) => postcard::from_bytes(&payload[1..]).map_err(|e| e.to_string()),
             Some(&POSTCARD_V1) => {
-                // An empty string in postcard is its length, a zero byte.
+                // An empty string in postcard is its length, a zero byte;
+                // a zero u8 is a zero byte.
                 let mut v2 = payload[1..].to_vec();
-                v2.push(0);
+                v2.extend([0, 0]);
                 postcard::from_bytes(&v2).map_err(|e| e.to_string())
             }
             Some(b'{') => serde_json::from_slice(payload).map_err(|e| e.to_string()),
@@ -501,6 +521,11 @@ mod tests {
         assert_eq!((r.response.as_str(), r.response_truncated), (whole.as_str(), 0));
         r.set_response_doc(&doc, whole.len() - 1);
         assert_eq!(r.response_truncated, 1);
+        // Request parameters are kept the same way.
+        r.set_params_doc(&doc, 18);
+        assert_eq!((r.params.as_str(), r.params_truncated), (r#"{"N":1,"Name":"é"#, 1));
+        r.set_params_doc(&doc, whole.len());
+        assert_eq!((r.params.as_str(), r.params_truncated), (whole.as_str(), 0));
     }
 
     #[test]
@@ -514,8 +539,8 @@ mod tests {
         assert!(Record::decode(&r.encode()[..10]).is_err());
         // A record spooled before `role` existed: format 1, without the last field.
         let v2 = r.encode();
-        let v1: Vec<u8> = [&[POSTCARD_V1][..], &v2[1..v2.len() - 1]].concat();
-        assert_eq!((v2[0], v2.last()), (POSTCARD_V2, Some(&0)), "role, empty, is the last byte");
+        let v1: Vec<u8> = [&[POSTCARD_V1][..], &v2[1..v2.len() - 2]].concat();
+        assert_eq!((v2[0], &v2[v2.len() - 2..]), (POSTCARD_V2, &[0, 0][..]), "role (empty) and params_truncated (0) end it");
         assert_eq!(Record::decode(&v1).unwrap(), r);
         r.role = "arn:aws:iam::123456789012:role/agent".into();
         assert_eq!(Record::decode(&r.encode()).unwrap(), r);

@@ -28,7 +28,7 @@ pub const SCHEMA: &str = include_str!("../../sql/schema.sql");
 /// Columns added to the table since it was first released, appended by
 /// [`ClickHouse::migrate`] to a table that lacks them (ClickHouse 18.16 has
 /// no `ADD COLUMN IF NOT EXISTS`); `schema.sql` creates new tables with them.
-const ADDED_COLUMNS: &[(&str, &str)] = &[("role", "String")];
+const ADDED_COLUMNS: &[(&str, &str)] = &[("role", "String"), ("params_truncated", "UInt8")];
 
 /// The compliance queries: name, SQL.
 pub const QUERIES: &[(&str, &str)] = &[
