@@ -97,12 +97,12 @@ def test_every_call_is_recorded_in_clickhouse_without_secrets(issuer, moto, clic
         veil.stop()
 
 
-def test_a_table_from_before_the_role_column_gains_it(issuer, moto, clickhouse, tmp_path):
+def test_a_table_from_before_the_role_columns_gains_them(issuer, moto, clickhouse, tmp_path):
     """ClickHouse 18.16 has no ADD COLUMN IF NOT EXISTS: the gateway adds the
     columns an older release's table lacks, once, and ships into it."""
     db = f"veil_{os.getpid()}_{next(_db)}"
     schema = (harness.ROOT / "gateway" / "sql" / "schema.sql").read_text()
-    older = schema.replace(",\n    role String\n", "\n")
+    older = schema.replace(",\n    role String,\n    params_truncated UInt8\n", "\n")
     assert older != schema
     for stmt in [s for s in "\n".join(l for l in older.splitlines() if not l.startswith("--")).split(";") if s.strip()]:
         clickhouse.query(stmt.replace("{db}", db))
@@ -118,7 +118,8 @@ def test_a_table_from_before_the_role_column_gains_it(issuer, moto, clickhouse, 
             veil.stop()
     rows = clickhouse.rows(f"SELECT subject, role FROM {db}.audit FINAL ORDER BY ts_ms")
     assert {(r["subject"], r["role"]) for r in rows} == {("before", ""), ("role-agent-0", harness.ROLE_ARN), ("role-agent-1", harness.ROLE_ARN)}, rows
-    assert [r["name"] for r in clickhouse.rows(f"DESCRIBE TABLE {db}.audit")].count("role") == 1
+    columns = [r["name"] for r in clickhouse.rows(f"DESCRIBE TABLE {db}.audit")]
+    assert (columns.count("role"), columns.count("params_truncated")) == (1, 1), columns
 
 
 def sts_clients(veil, ca, token, tmp_path, threads=8):
