@@ -832,6 +832,9 @@ mod tests {
             assert!(matches!(e, ClassifyError::BadParams(_)), "{}: {e}", String::from_utf8_lossy(body));
         }
         assert!(c("PUT", "/b", "policy", b"\xff\xfe").is_err(), "a text payload must be text");
+        let many = [&b"<Delete>"[..], &b"<a/>".repeat(200_001), b"</Delete>"].concat();
+        let e = classify(&RequestView { headers: &none, ..view("s3", "POST", "/b", "delete", Some(&many)) }).unwrap_err();
+        assert!(e.to_string().contains("more than 200000 elements"), "{e}");
         // An empty structure and XML's whitespace are nothing; other spaces are text.
         assert_eq!(c("POST", "/b", "delete", b"<Delete>\n </Delete>").unwrap().params["Delete"], json!({}));
         assert!(c("POST", "/b", "delete", "<Delete><Object><Key>a</Key>\u{a0}</Object></Delete>".as_bytes()).is_err());

@@ -18,6 +18,10 @@ use serde_json::{Map, Value};
 
 /// Deepest nesting accepted.
 const MAX_DEPTH: usize = 128;
+/// Most elements a request body may hold: ten times the largest real one
+/// (S3 CompleteMultipartUpload's 10 000 parts), and a bound on the memory a
+/// body of many tiny elements takes once parsed (about 100 bytes each).
+const MAX_REQUEST_ELEMENTS: usize = 200_000;
 const LIST_WRAPPERS: &[&str] = &["member", "item", "entry"];
 
 /// An XML parse failure.
@@ -55,6 +59,11 @@ fn err(e: impl std::fmt::Display) -> XmlError {
 impl Document {
     /// Parse an XML body.
     pub fn parse(bytes: &[u8]) -> Result<Document, XmlError> {
+        Document::parse_limited(bytes, usize::MAX)
+    }
+
+    /// Parse an XML body of at most `max_elements` elements.
+    fn parse_limited(bytes: &[u8], max_elements: usize) -> Result<Document, XmlError> {
         use quick_xml::events::Event;
         let text = std::str::from_utf8(bytes).map_err(|_| err("not UTF-8"))?;
         let mut reader = quick_xml::Reader::from_str(text);
@@ -62,8 +71,15 @@ impl Document {
         let mut prolog = String::new();
         let mut stack: Vec<Element> = Vec::new();
         let mut root: Option<Element> = None;
+        let mut elements = 0usize;
         loop {
             let ev = reader.read_event().map_err(|e| err(format!("at byte {}: {e}", reader.buffer_position())))?;
+            if matches!(ev, Event::Start(_) | Event::Empty(_)) {
+                elements += 1;
+                if elements > max_elements {
+                    return Err(err(format!("more than {max_elements} elements")));
+                }
+            }
             match ev {
                 Event::Decl(d) => {
                     if stack.is_empty() && root.is_none() {
@@ -177,7 +193,7 @@ impl Document {
 /// text and elements is refused, since AWS could read the text the view
 /// leaves out, and the root must hold elements (or nothing).
 pub fn request_members(bytes: &[u8]) -> Result<Map<String, Value>, XmlError> {
-    let doc = Document::parse(bytes)?;
+    let doc = Document::parse_limited(bytes, MAX_REQUEST_ELEMENTS)?;
     refuse_mixed(&doc.root)?;
     match view(&doc.root) {
         Value::Object(map) => Ok(map),
