@@ -244,3 +244,26 @@ def test_rest_query_keys_are_shown_under_the_sdks_parameter_names(stack, tmp_pat
                if r["subject"] == "naming-agent" and r["action"] == "ListObjectsV2")
     params = json.loads(rec["params"])
     assert {"Bucket", "Prefix", "MaxKeys"} <= set(params) and not {"prefix", "max-keys"} & set(params), params
+
+
+def test_a_copy_source_is_shown_decoded_as_s3_reads_it(stack, tmp_path):
+    """CopyObject's source is a URL-encoded header; S3 decodes it, so a rule
+    on key prefixes must see it decoded: `s%65cret/x` is `secret/x`."""
+    bucket = f"copy-{time.time_ns()}"
+    direct = harness.moto_client(stack["moto"], "s3")
+    direct.create_bucket(Bucket=bucket)
+    direct.put_object(Bucket=bucket, Key="secret/a b", Body=b"payload")
+    with harness.agent(stack, tmp_path, sub="copy-agent") as s:
+        s3 = s.client("s3")
+        s3.copy_object(Bucket=bucket, Key="one", CopySource={"Bucket": bucket, "Key": "secret/a b"})
+
+        def encode_by_hand(request, **kwargs):
+            request.headers.replace_header("x-amz-copy-source", f"/{bucket}/s%65cret/a%20b")
+        s3.meta.events.register("before-sign.s3.CopyObject", encode_by_hand)
+        s3.copy_object(Bucket=bucket, Key="two", CopySource=f"{bucket}/secret/a b")
+    assert direct.get_object(Bucket=bucket, Key="two")["Body"].read() == b"payload"
+    out = subprocess.run([str(harness.VEIL), "audit", "export", "--config", str(stack["dir"] / "veil.toml")],
+                         capture_output=True, text=True, timeout=60)
+    sources = [json.loads(r["params"])["CopySource"] for r in map(json.loads, out.stdout.splitlines())
+               if r["subject"] == "copy-agent" and r["action"] == "CopyObject"]
+    assert sources == [{"Bucket": bucket, "Key": "secret/a b"}] * 2, sources

@@ -458,7 +458,11 @@ pub fn classify(req: &RequestView<'_>) -> Result<Classified, ClassifyError> {
             if req.headers.get_all(name).iter().nth(1).is_some() {
                 return Err(wire::Ambiguous(format!("header {name} is sent more than once")).into());
             }
-            let value = Value::String(wire::header(req.headers, name.as_str())?.unwrap_or_default().to_string());
+            let text = wire::header(req.headers, name.as_str())?.unwrap_or_default();
+            let value = match name.as_str() {
+                "x-amz-copy-source" => copy_source(text)?,
+                _ => Value::String(text.to_string()),
+            };
             match suffix {
                 None => bind(map, member.to_string(), value)?,
                 Some(key) => {
@@ -648,6 +652,33 @@ fn match_uri(template: &str, segments: &[&str], query: &[(String, String)]) -> O
 
 /// A path segment percent-decoded; `None` when that is not UTF-8 (a lossy
 /// decode would show policies a name AWS never reads).
+/// S3's `x-amz-copy-source` (`/bucket/key?versionId=v`, URL-encoded) as
+/// the SDKs' `CopySource` parameter spells it out, `{Bucket, Key,
+/// VersionId}`, decoded as S3 decodes it: a rule on key prefixes must see
+/// the key S3 copies from, not its encoding (`s%65cret/x` is `secret/x`).
+fn copy_source(raw: &str) -> Result<Value, wire::Ambiguous> {
+    let bad = |why: String| wire::Ambiguous(format!("x-amz-copy-source {why}"));
+    let (path, query) = raw.split_once('?').unwrap_or((raw, ""));
+    let b = path.as_bytes();
+    let hex_at = |i: usize| b.get(i).is_some_and(u8::is_ascii_hexdigit);
+    if b.iter().enumerate().any(|(i, c)| *c == b'%' && !(hex_at(i + 1) && hex_at(i + 2))) {
+        return Err(bad("has a % not followed by two hex digits".into()));
+    }
+    let path = pct_decode(path).ok_or_else(|| bad("is not UTF-8 once decoded".into()))?;
+    let path = path.strip_prefix('/').unwrap_or(&path);
+    // An access point's: arn:aws:s3:<region>:<account>:accesspoint/<name>/object/<key>.
+    let split = if path.starts_with("arn:") { path.split_once("/object/") } else { path.split_once('/') };
+    let (bucket, key) = split.filter(|(b, k)| !b.is_empty() && !k.is_empty()).ok_or_else(|| bad("names no bucket and key".into()))?;
+    let mut out = Map::from_iter([("Bucket".to_string(), Value::from(bucket)), ("Key".to_string(), Value::from(key))]);
+    for (k, v) in wire::form_pairs(query.as_bytes(), "x-amz-copy-source")? {
+        if k != "versionId" || out.contains_key("VersionId") {
+            return Err(bad(format!("names {k:?} in its query; only one versionId is read")));
+        }
+        out.insert("VersionId".into(), Value::String(v));
+    }
+    Ok(Value::Object(out))
+}
+
 fn pct_decode(s: &str) -> Option<String> {
     percent_encoding::percent_decode_str(s).decode_utf8().ok().map(std::borrow::Cow::into_owned)
 }
@@ -849,6 +880,26 @@ mod tests {
         let api = classify(&RequestView { headers: &none, ..view("apigateway", "GET", "/restapis/r1/stages/prod", "", None) }).unwrap();
         assert_eq!((api.action.as_str(), &api.params), ("GetStage", &json!({"restApiId": "r1", "stageName": "prod"})));
         assert_eq!(api.resource.as_deref(), Some("r1/prod"));
+    }
+
+    #[test]
+    fn the_copy_source_is_shown_as_s3_reads_it() {
+        let copy = |source: &str| {
+            let h = headers(&[("x-amz-copy-source", source)]);
+            classify(&RequestView { headers: &h, ..view("s3", "PUT", "/dst/k", "", None) }).map(|c| (c.action, c.params["CopySource"].clone()))
+        };
+        let (action, source) = copy("/src/s%65cret/a%20b%2Bc").unwrap();
+        assert_eq!((action.as_str(), source), ("CopyObject", json!({"Bucket": "src", "Key": "secret/a b+c"})));
+        assert_eq!(copy("src/k%3Fq?versionId=v1").unwrap().1, json!({"Bucket": "src", "Key": "k?q", "VersionId": "v1"}));
+        let arn = copy("arn%3Aaws%3As3%3Aus-west-2%3A123456789012%3Aaccesspoint%2Fap%2Fobject%2Fdir%2Fk").unwrap().1;
+        assert_eq!(arn, json!({"Bucket": "arn:aws:s3:us-west-2:123456789012:accesspoint/ap", "Key": "dir/k"}));
+        for bad in ["/src/k%zz", "/src/k%2", "/src", "/src/", "//k", "/src/k?versionId=a&versionId=b", "/src/k?partNumber=1", "/src/%ff"] {
+            assert!(copy(bad).is_err(), "{bad}");
+        }
+        // Forwarded as the caller encoded it.
+        let h = headers(&[("x-amz-copy-source", "/src/s%65cret")]);
+        let c = classify(&RequestView { headers: &h, ..view("s3", "PUT", "/dst/k", "", None) }).unwrap();
+        assert_eq!(c.forward.headers["x-amz-copy-source"], "/src/s%65cret");
     }
 
     #[test]
