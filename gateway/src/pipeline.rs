@@ -568,15 +568,16 @@ impl Gateway {
         if ctx.verdict == "unauthenticated" {
             self.metrics.auth_failures.inc();
         }
-        // Messages can quote what the caller sent (a name, a header): capped,
-        // so a record always fits the spool.
-        ctx.rec.error = policy::host::truncate(&f.to_string(), MAX_RECORDED_ERROR).to_string();
-        if let Failure::Internal { detail } = &f {
+        let error = if let Failure::Internal { detail } = &f {
             tracing::error!(request_id = %ctx.request_id, panic = detail.as_str(), "call processing panicked; answered InternalFailure");
-            ctx.rec.error = format!("{f}: panicked: {detail}");
+            format!("{f}: panicked: {detail}")
         } else {
             tracing::info!(request_id = %ctx.request_id, error = %f, "call refused");
-        }
+            f.to_string()
+        };
+        // Messages can quote what the caller sent (a name, a header): capped,
+        // so a record always fits the spool.
+        ctx.rec.error = policy::host::truncate(&error, MAX_RECORDED_ERROR).to_string();
         if let Failure::ApprovalRequired { id, .. } | Failure::ApprovalDenied { id, .. } = &f {
             ctx.rec.approval_id.clone_from(id);
         }
